@@ -1,0 +1,81 @@
+"""The model zoo: every architecture of the deck, chosen by `model.name` from a config.
+
+`create_model(config.model)` checks the options against the chosen module's fields, so a switch that
+does not apply to a model (say `stage4` on MiniVGG) or an unknown value is an error rather than
+silently ignored. Nothing here knows about data or training.
+"""
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cnn_flax.errors import UserError
+from cnn_flax.models.demo import Conv1x1Demo
+from cnn_flax.models.googlenet import DeeperGoogLeNet, GoogLeNet, MiniGoogLeNet
+from cnn_flax.models.layers import ACTIVATIONS, BN_ORDERS
+from cnn_flax.models.minivgg import MiniVGG
+from cnn_flax.models.nin import NiN
+from cnn_flax.models.vgg import VGG, VGG_TABLE
+
+MODELS: dict[str, type[nn.Module]] = {
+    "minivgg": MiniVGG,
+    "minigooglenet": MiniGoogLeNet,
+    "deepergooglenet": DeeperGoogLeNet,
+    "googlenet": GoogLeNet,
+    "vgg": VGG,
+    "nin": NiN,
+    "conv1x1_demo": Conv1x1Demo,
+}
+# Keys of config.model that describe the input or the run rather than a module field.
+NON_MODULE_KEYS = ("name", "input_shape")
+_MODULE_INTERNALS = ("parent", "name", "dtype")
+
+__all__ = ["MODELS", "VGG", "VGG_TABLE", "Conv1x1Demo", "DeeperGoogLeNet", "GoogLeNet", "MiniGoogLeNet",
+           "MiniVGG", "NiN", "create_model", "init_variables", "model_options"]
+
+
+def model_options(name: str) -> tuple[str, ...]:
+    """The config keys a model accepts besides name and input_shape."""
+    return tuple(f.name for f in dataclasses.fields(MODELS[name]) if f.init and f.name not in _MODULE_INTERNALS)
+
+
+def create_model(model_config: Mapping[str, Any], dtype: Any = jnp.float32) -> nn.Module:
+    """Build the module `model_config['name']` with the other keys as its options."""
+    name = model_config.get("name")
+    if name not in MODELS:
+        raise UserError(f"model.name={name!r} is not known; use one of {', '.join(MODELS)}")
+    accepted = model_options(name)
+    options = {}
+    for key, value in model_config.items():
+        if key in NON_MODULE_KEYS:
+            continue
+        if key not in accepted:
+            raise UserError(f"model.{key} does not apply to model {name!r}; its options are {', '.join(accepted)}")
+        options[key] = value
+    if options.get("bn_order", BN_ORDERS[0]) not in BN_ORDERS:
+        raise UserError(f"model.bn_order={options['bn_order']!r} is not known; use one of {', '.join(BN_ORDERS)}")
+    if options.get("activation", "relu") not in ACTIVATIONS:
+        raise UserError(f"model.activation={options['activation']!r} is not known; use one of "
+                        f"{', '.join(ACTIVATIONS)}")
+    if "pooling" in options and options["pooling"] in ("", "none"):
+        options["pooling"] = None
+    return MODELS[name](dtype=dtype, **options)
+
+
+def init_variables(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Initialise in training mode, so that parameters used only in training (aux heads) exist too.
+
+    Jitted: run op by op, initialising an Inception network costs seconds of dispatch.
+    """
+
+    @jax.jit
+    def init(rng: jax.Array) -> dict[str, Any]:
+        params_rng, dropout_rng = jax.random.split(rng)
+        dummy = jnp.zeros((1, *input_shape), jnp.float32)
+        return dict(model.init({"params": params_rng, "dropout": dropout_rng}, dummy, train=True))
+
+    return init(rng)
