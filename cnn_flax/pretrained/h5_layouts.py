@@ -1,0 +1,143 @@
+"""Read every HDF5 layout Keras has written weights in, as one list of named layers with ordered weights.
+
+Keras changed its weight files twice, and VGG16/VGG19 weights exist in all three forms:
+
+  legacy     root attribute `layer_names`; one group per layer with attribute `weight_names` naming its
+             datasets (`block1_conv1_W_1:0`, `block1_conv1_b_1:0` in the published ImageNet files,
+             `block1_conv1/kernel:0` from tf.keras 2's save_weights). Keras loads by order, kernel first.
+  full model the same, under a `model_weights` group (tf.keras 2 and Keras 3 `model.save('x.h5')`).
+  Keras 3    `.weights.h5` (also inside a `.keras` zip): `layers/<key>/vars/0, 1, …`, where the key comes
+             from the class name (`conv2d_3`, `dense_1`) and recent versions record the layer's own name
+             as the `name` attribute of `vars`. tf.keras 2.13 wrote `_layer_checkpoint_dependencies`
+             instead of `layers`.
+
+Matching against a model is keras_h5's job; this module only says what the file holds. Datasets are
+returned unread so that a full file loaded into a model without its classifier never reads the 400 MB
+of fc weights.
+"""
+
+import contextlib
+import dataclasses
+import io
+import os
+import zipfile
+from collections.abc import Iterator
+
+import h5py
+import ml_dtypes
+import numpy as np
+
+from cnn_flax.errors import UserError
+
+LEGACY, FULL_MODEL, KERAS3 = "legacy", "full model", "Keras 3"
+_KERAS3_CONTAINERS = ("layers", "_layer_checkpoint_dependencies")
+_ARCHIVE_WEIGHTS = "model.weights.h5"
+
+
+@dataclasses.dataclass(frozen=True)
+class FileLayer:
+    """One layer of the file that has weights. `name` is None for Keras 3 files that did not record it."""
+
+    name: str | None
+    key: str
+    weights: tuple[h5py.Dataset, ...]
+
+    @property
+    def kind(self) -> str:
+        """'conv' or 'dense' by the rank of the first weight (the kernel), as Keras orders them."""
+        rank = len(self.weights[0].shape)
+        return {4: "conv", 2: "dense"}.get(rank, f"rank-{rank}")
+
+    @property
+    def label(self) -> str:
+        return self.name if self.name is not None else self.key
+
+
+def read_array(dataset: h5py.Dataset) -> np.ndarray:
+    """The dataset's values; Keras 3 stores bfloat16 as raw 2-byte records marked by a `dtype` attribute."""
+    values = np.asarray(dataset[()])
+    if dataset.attrs.get("dtype") == "bfloat16":
+        values = values.view(ml_dtypes.bfloat16)
+    return values
+
+
+@contextlib.contextmanager
+def open_keras_weights(path: str | os.PathLike) -> Iterator[tuple[str, list[FileLayer]]]:
+    """Yield (layout, layers with weights) for a Keras weight file; UserError when it is not one."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file; give the path of a Keras .h5 / .weights.h5 weight file")
+    source: str | io.BytesIO = path
+    if zipfile.is_zipfile(path):
+        source = _archive_weights(path)
+    elif not h5py.is_hdf5(path):
+        raise UserError(f"{path}: not an HDF5 file; Keras weights come as .h5, .weights.h5 or .keras files")
+    with h5py.File(source, "r") as handle:
+        yield _layout(path, handle)
+
+
+def _archive_weights(path: str) -> io.BytesIO:
+    with zipfile.ZipFile(path) as archive:
+        if _ARCHIVE_WEIGHTS not in archive.namelist():
+            raise UserError(f"{path}: a zip archive without {_ARCHIVE_WEIGHTS}, so not a Keras .keras file")
+        return io.BytesIO(archive.read(_ARCHIVE_WEIGHTS))
+
+
+def _layout(path: str, handle: h5py.File) -> tuple[str, list[FileLayer]]:
+    if _has_strings(handle, "layer_names"):
+        return LEGACY, _legacy_layers(path, handle)
+    if "model_weights" in handle and _has_strings(handle["model_weights"], "layer_names"):
+        return FULL_MODEL, _legacy_layers(path, handle["model_weights"])
+    for container in _KERAS3_CONTAINERS:
+        if isinstance(handle.get(container), h5py.Group):
+            return KERAS3, _keras3_layers(handle[container])
+    raise UserError(f"{path}: an HDF5 file without Keras weights (no layer_names, model_weights or layers); "
+                    "save them with Keras's save_weights or model.save")
+
+
+def _has_strings(group: h5py.Group, name: str) -> bool:
+    return name in group.attrs or f"{name}0" in group.attrs
+
+
+def _strings(group: h5py.Group, name: str) -> list[str]:
+    """A string-list attribute, including the `name0`, `name1`, … chunks Keras writes past 64 KB."""
+    if name in group.attrs:
+        chunks = [group.attrs[name]]
+    else:
+        chunks = []
+        while f"{name}{len(chunks)}" in group.attrs:
+            chunks.append(group.attrs[f"{name}{len(chunks)}"])
+    values = [item for chunk in chunks for item in np.atleast_1d(chunk)]
+    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _legacy_layers(path: str, group: h5py.Group) -> list[FileLayer]:
+    layers = []
+    for name in _strings(group, "layer_names"):
+        layer_group = group.get(name)
+        weight_names = _strings(layer_group, "weight_names") if isinstance(layer_group, h5py.Group) else None
+        if weight_names is None or any(weight not in layer_group for weight in weight_names):
+            raise UserError(f"{path}: layer {name} is listed in layer_names but its weights are missing; "
+                            "the file is damaged or was not written by Keras")
+        weights = tuple(layer_group[weight] for weight in weight_names)
+        if weights:
+            layers.append(FileLayer(name, name, weights))
+    return layers
+
+
+def _keras3_layers(container: h5py.Group) -> list[FileLayer]:
+    """Layers in saving order: by class name as Keras numbered them (conv2d, conv2d_1, …, dense, …)."""
+    layers = []
+    for key in sorted(container, key=_key_order):
+        variables = container[key].get("vars")
+        if not isinstance(variables, h5py.Group) or not len(variables):
+            continue
+        weights = tuple(variables[index] for index in sorted(variables, key=int))
+        name = variables.attrs.get("name")
+        layers.append(FileLayer(name.decode("utf8") if isinstance(name, bytes) else name, key, weights))
+    return layers
+
+
+def _key_order(key: str) -> tuple[str, int]:
+    base, _, number = key.rpartition("_")
+    return (base, int(number)) if number.isdigit() else (key, -1)

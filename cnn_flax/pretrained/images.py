@@ -1,0 +1,60 @@
+"""Images in, VGG inputs out, exactly as Keras prepares them for its ImageNet VGG16/VGG19 weights.
+
+The published weights come from Caffe: they expect BGR pixels with the ImageNet channel means
+subtracted and no scaling (Keras's preprocess_input, mode 'caffe'). Resizing follows
+keras.utils.load_img(target_size=...): PIL, converted to RGB, nearest-neighbour by default, no aspect
+ratio kept, EXIF orientation ignored. Any other choice changes the logits enough to change top-5
+rankings against Keras.
+"""
+
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cnn_flax.errors import UserError
+
+# Keras's imagenet_utils means for mode 'caffe', in BGR order.
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "hamming": Image.Resampling.HAMMING,
+    "box": Image.Resampling.BOX,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def load_images(paths: Sequence[str | os.PathLike], size: tuple[int, int],
+                interpolation: str = "nearest") -> np.ndarray:
+    """uint8 [N, height, width, 3] RGB, each file resized to `size` = (height, width) as Keras's load_img."""
+    if interpolation not in RESAMPLING:
+        raise UserError(f"interpolation={interpolation!r} is not known; use one of {', '.join(RESAMPLING)}")
+    height, width = size
+    return np.stack([_load_one(os.fspath(path), (width, height), RESAMPLING[interpolation])
+                     for path in paths]) if paths else np.zeros((0, height, width, 3), np.uint8)
+
+
+def _load_one(path: str, width_height: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such image file; check the paths given to --images")
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB") if image.mode != "RGB" else image
+            if rgb.size != width_height:
+                rgb = rgb.resize(width_height, resample)
+            return np.asarray(rgb, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise UserError(f"{path}: cannot be read as an image ({error}); give a JPEG, PNG or other "
+                        "PIL-readable file") from None
+
+
+def caffe_preprocess(images: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
+    """float32 RGB→BGR minus the ImageNet means; numpy stays numpy, jax arrays (jit tracers too) stay jax."""
+    xp = jnp if isinstance(images, jax.Array) else np
+    bgr = xp.asarray(images).astype(xp.float32)[..., ::-1]
+    return bgr - xp.asarray(CAFFE_BGR_MEAN, dtype=xp.float32)
