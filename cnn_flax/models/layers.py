@@ -7,7 +7,9 @@ Pooling layers are modules rather than functions so that summaries list them lik
 that an input too small for a window fails with a message instead of an empty tensor.
 """
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -15,11 +17,27 @@ import jax
 import jax.numpy as jnp
 
 from cnn_flax.errors import UserError
+from cnn_flax.models.cpu_kernels import conv_general_dilated, max_pool
 
 Dtype = Any
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"relu": nn.relu, "elu": nn.elu}
 BN_ORDERS = ("conv_bn_act", "conv_act_bn")
 keras_kernel_init = nn.initializers.glorot_uniform()
+_BATCH_NORM_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar("batch_norm_axis", default=None)
+
+
+@contextlib.contextmanager
+def batch_norm_axis(axis_name: str | None) -> Iterator[None]:
+    """Within this block, every BatchNorm averages its batch statistics over the named device axis.
+
+    `jax.pmap` gives each device a slice of the batch; without this, each would normalise with its own
+    slice's statistics. (Under `jax.jit` over a mesh the batch is one global array and nothing is needed.)
+    """
+    token = _BATCH_NORM_AXIS.set(axis_name)
+    try:
+        yield
+    finally:
+        _BATCH_NORM_AXIS.reset(token)
 
 
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -38,13 +56,13 @@ def keras_batch_norm(train: bool, dtype: Dtype, name: str | None = None) -> nn.B
     """BatchNorm with Keras's defaults, statistics kept in float32 whatever the compute dtype."""
     return nn.BatchNorm(
         use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=dtype, param_dtype=jnp.float32,
-        name=name)
+        axis_name=_BATCH_NORM_AXIS.get() if train else None, name=name)
 
 
 def keras_conv(features: int, kernel: int, strides: int = 1, padding: str = "SAME", dtype: Dtype = jnp.float32,
                name: str | None = None) -> nn.Conv:
     return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=padding,
-                   kernel_init=keras_kernel_init, dtype=dtype, name=name)
+                   kernel_init=keras_kernel_init, dtype=dtype, conv_general_dilated=conv_general_dilated, name=name)
 
 
 def keras_dense(features: int, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Dense:
@@ -97,7 +115,7 @@ class MaxPool(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.padding == "VALID":
             _check_window(x, self.window, self.name or "max_pool")
-        return nn.max_pool(x, (self.window, self.window), (self.strides, self.strides), self.padding)
+        return max_pool(x, self.window, self.strides, self.padding)
 
 
 class AvgPool(nn.Module):

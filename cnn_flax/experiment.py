@@ -1,0 +1,169 @@
+"""Turns a config into the pieces of a run: data source, model, schedule, optimizer, parallelism.
+
+This is where the packages meet (with train.py and modes.py): epochs become steps here, the number of
+classes and the input shape are reconciled between config and data here, and initial weights are
+chosen here (fresh, a Keras .h5 file, or an Orbax checkpoint of another run).
+"""
+
+import dataclasses
+import logging
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from cnn_flax.data import DatasetInfo, DataSource, make_preprocess, make_source
+from cnn_flax.errors import UserError
+from cnn_flax.models import create_model, init_variables
+from cnn_flax.training.checkpoint import Checkpoints
+from cnn_flax.training.optim import build_optimizer, build_schedule
+from cnn_flax.training.parallel import check_batch_size, make_parallel
+
+log = logging.getLogger("cnn_flax")
+# Class counts of the datasets, for `--mode=summary` when the data is not on this machine.
+NOMINAL_CLASSES = {"digits": 10, "cifar10": 10, "tiny_imagenet": 200, "imagenet2012": 1000}
+
+
+@dataclasses.dataclass
+class Experiment:
+    config: ml_collections.ConfigDict
+    model: nn.Module
+    model_config: dict[str, Any]
+    input_shape: tuple[int, int, int]
+    source: DataSource | None = None
+    info: DatasetInfo | None = None
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        if self.info is not None:
+            return self.info.class_names
+        return tuple(str(i) for i in range(self.model_config.get("num_classes", 0)))
+
+
+def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    shape = config.model.get("input_shape")
+    if shape:
+        return tuple(int(v) for v in shape)
+    size = int(config.data.image_size)
+    return (size, size, 3)
+
+
+def resolve_model_config(config: ml_collections.ConfigDict, info: DatasetInfo | None) -> dict[str, Any]:
+    """config.model with num_classes taken from the data when it is -1 (never hard-coded for real data)."""
+    model = config.model.to_dict()
+    model.pop("input_shape", None)
+    if "num_classes" not in model:
+        return model
+    if info is not None:
+        if model["num_classes"] in (-1, None):
+            model["num_classes"] = info.num_classes
+        elif model["num_classes"] != info.num_classes:
+            raise UserError(f"model.num_classes={model['num_classes']} but the {info.name} data has "
+                            f"{info.num_classes} classes; set --config.model.num_classes=-1 to take it from the data")
+    elif model["num_classes"] in (-1, None):
+        model["num_classes"] = NOMINAL_CLASSES.get(config.data.get("name"), 1000)
+    return model
+
+
+def build_experiment(config: ml_collections.ConfigDict, need_data: bool = True) -> Experiment:
+    source = info = None
+    if need_data:
+        source = make_source(config.data)
+        info = source.info
+    shape = input_shape(config)
+    if info is not None and tuple(info.image_shape) != shape:
+        raise UserError(f"data gives {info.image_shape} images but the model is built for {shape}; "
+                        "set data.image_size to match")
+    model_config = resolve_model_config(config, info)
+    dtype = jnp.bfloat16 if config.get("half_precision") else jnp.float32
+    model = create_model(model_config, dtype=dtype)
+    return Experiment(config, model, model_config, shape, source, info)
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict, source: DataSource) -> int:
+    available = source.num_batches("train", config.batch_size, drop_remainder=True)
+    wanted = int(config.get("steps_per_epoch", -1))
+    if available == 0:
+        raise UserError(f"the train split has fewer examples than batch_size={config.batch_size}; "
+                        "lower --config.batch_size")
+    if wanted > available:
+        raise UserError(f"steps_per_epoch={wanted} but the train split gives only {available} batches of "
+                        f"{config.batch_size}; set --config.steps_per_epoch=-1 (whole split) or lower it")
+    return wanted if wanted > 0 else available
+
+
+def make_optimizer(config: ml_collections.ConfigDict, spe: int) -> tuple[Callable, optax.GradientTransformation]:
+    schedule = build_schedule(config.optimizer, config.schedule, config.num_epochs, spe)
+    return schedule, build_optimizer(config.optimizer, schedule)
+
+
+def preprocessors(exp: Experiment) -> Callable:
+    assert exp.info is not None
+    return make_preprocess(exp.config.data, exp.info)
+
+
+def setup_parallel(config: ml_collections.ConfigDict):
+    check_batch_size(config.batch_size)
+    if config.data.get("on_device") and config.get("parallel", "jit") != "jit":
+        raise UserError("data.on_device=True needs parallel='jit'; set --config.parallel=jit")
+    return make_parallel(config.get("parallel", "jit"))
+
+
+def initial_variables(exp: Experiment) -> dict[str, Any]:
+    """Fresh weights from config.seed, or the weights named by config.init_from."""
+    variables = init_variables(exp.model, jax.random.key(exp.config.seed), exp.input_shape)
+    source = exp.config.get("init_from", "")
+    if not source:
+        return variables
+    if not os.path.exists(source):
+        raise UserError(f"init_from={source!r} does not exist; give a Keras .h5 file or an Orbax checkpoint folder")
+    if source.endswith((".h5", ".hdf5", ".keras")):
+        from cnn_flax.pretrained import load_keras_weights
+
+        skip = tuple(s for s in exp.config.get("init_skip", "").split(",") if s)
+        log.info("Initialising from Keras weights %s", source)
+        return load_keras_weights(source, variables, skip=skip)
+    return _variables_from_checkpoint(source, variables)
+
+
+def _variables_from_checkpoint(path: str, template: dict[str, Any]) -> dict[str, Any]:
+    """Parameters and BatchNorm statistics from another run's checkpoint (its optimizer state is dropped)."""
+    path = os.path.abspath(path)
+    match = re.fullmatch(r"epoch_(\d+)", os.path.basename(path))
+    directory = os.path.dirname(path) if match else os.path.join(path, "checkpoints")
+    checkpoints = Checkpoints(directory)
+    epochs = checkpoints.saved_epochs()
+    if not epochs:
+        raise UserError(f"init_from={path!r} holds no epoch checkpoints; point it at a workdir or at "
+                        "checkpoints/epoch_N")
+    epoch = int(match.group(1)) if match else epochs[-1]
+    import orbax.checkpoint as ocp
+
+    raw = checkpoints.epochs.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    raw_state = raw.get("state", raw)
+    loaded = {"params": raw_state["params"], "batch_stats": raw_state.get("batch_stats") or {}}
+    result = {}
+    for collection, tree in template.items():
+        source_tree = loaded.get(collection, {})
+        flat_source = {k: v for k, v in _flatten(source_tree)}
+        flat = []
+        for key, leaf in _flatten(tree):
+            if key not in flat_source or np.shape(flat_source[key]) != np.shape(leaf):
+                raise UserError(f"init_from={path!r}: {collection}/{'/'.join(key)} is missing or has another "
+                                "shape; the checkpoint is of a different model")
+            flat.append(jnp.asarray(flat_source[key], dtype=leaf.dtype))
+        result[collection] = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tree), flat)
+    log.info("Initialised from checkpoint %s (epoch %d)", directory, epoch)
+    return result
+
+
+def _flatten(tree: Any) -> list[tuple[tuple[str, ...], Any]]:
+    return [(tuple(str(getattr(k, "key", k)) for k in path), leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]

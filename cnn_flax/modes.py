@@ -1,0 +1,154 @@
+"""The launcher's modes besides training: summary, prepare, evaluate (one or every checkpoint), predict.
+
+Each is one function of (config, workdir, …) so research code can call them as well as launch.py.
+"""
+
+import logging
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from cnn_flax.errors import UserError
+from cnn_flax.evaluation import epoch_table, rank_accuracies, write_evaluation
+from cnn_flax.experiment import NOMINAL_CLASSES, build_experiment, initial_variables
+from cnn_flax.models.summary import summary_text
+from cnn_flax.train import RunFiles, Trainer
+from cnn_flax.training.checkpoint import Checkpoints
+from cnn_flax.training.history import write_json_atomically
+from cnn_flax.training.optim import describe_optimizer, learning_rate_plan
+from cnn_flax.training.step import cross_entropy
+
+log = logging.getLogger("cnn_flax")
+# Train-split sizes, so the plan of a per-step schedule can be printed without the data.
+NOMINAL_TRAIN_SIZE = {"digits": 1347, "cifar10": 50_000, "tiny_imagenet": 90_000, "imagenet2012": 1_281_167}
+
+
+def summary(config: ml_collections.ConfigDict) -> str:
+    """Model table and totals, then the optimizer and the learning rate by epoch. Needs no data."""
+    exp = build_experiment(config, need_data=False)
+    lines = [summary_text(exp.model, exp.input_shape, title=config.get("name"))]
+    if "num_classes" not in exp.model_config:
+        return lines[0]
+    spe = int(config.get("steps_per_epoch", -1))
+    if spe <= 0:
+        spe = max(NOMINAL_TRAIN_SIZE.get(config.data.name, config.batch_size) // config.batch_size, 1)
+    lines += ["", f"Optimizer: {describe_optimizer(config.optimizer)}; batch {config.batch_size}; "
+                  f"{config.num_epochs} epochs of {spe} steps",
+              "Learning rate plan:"]
+    lines += [f"  {line}" for line in learning_rate_plan(config.optimizer, config.schedule, config.num_epochs, spe)]
+    return "\n".join(lines)
+
+
+def prepare(config: ml_collections.ConfigDict, overwrite: bool = False) -> list[str]:
+    from cnn_flax.data import make_source
+
+    if config.data.name not in NOMINAL_CLASSES or config.data.name == "imagenet2012":
+        raise UserError(f"data.name={config.data.name!r} has nothing to prepare here")
+    return make_source(config.data).prepare(overwrite=overwrite)
+
+
+def _evaluate_state(trainer: Trainer, state: Any, split: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    logits, labels = trainer.predictions(trainer.parallel.put_replicated(state), split)
+    loss = float(np.mean(np.asarray(cross_entropy(logits, labels))))
+    return dict(loss=loss, **rank_accuracies(logits, labels)), logits, labels
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "latest") -> dict[str, Any]:
+    """Evaluate the latest checkpoint, a given epoch, or every saved epoch ('all') on `eval_split`."""
+    trainer = Trainer(config, workdir)
+    checkpoints = Checkpoints(trainer.files.checkpoints)
+    epochs = checkpoints.saved_epochs()
+    split = config.get("eval_split", "test")
+    template = trainer.template()
+    if checkpoint == "all":
+        if not epochs:
+            raise UserError(f"no epoch checkpoints in {checkpoints.directory}; train first")
+        rows = []
+        for epoch in epochs:
+            tree, _ = checkpoints.restore_epoch(epoch, template)
+            values, _, _ = _evaluate_state(trainer, tree["state"], split)
+            rows.append(dict(epoch=epoch, **values))
+            log.info("epoch %d: rank-1 %.4f rank-5 %.4f loss %.4f", epoch, values["rank1"], values["rank5"],
+                     values["loss"])
+        table = epoch_table(rows)
+        print(table)
+        if trainer.files.is_writer:
+            write_json_atomically(trainer.files.path("checkpoints_evaluation.json"), rows)
+            with open(trainer.files.path("checkpoints_evaluation.txt"), "w") as handle:
+                handle.write(table + "\n")
+        return {"epochs": rows}
+    if checkpoint == "latest":
+        if epochs:
+            tree, _ = checkpoints.restore_epoch(epochs[-1], template)
+            state = tree["state"]
+        elif config.get("init_from"):
+            state = template["state"].replace(**initial_variables(trainer.exp))
+        else:
+            raise UserError(f"no checkpoint in {checkpoints.directory} and no init_from; train first or set "
+                            "--config.init_from")
+    else:
+        try:
+            tree, _ = checkpoints.restore_epoch(int(checkpoint), template)
+        except ValueError as error:
+            raise UserError(f"--checkpoint={checkpoint!r}: use latest, all or an epoch number") from error
+        state = tree["state"]
+    results = trainer.final_report(state)
+    print(f"{split}: rank-1 {results['rank1']:.4f}  rank-5 {results['rank5']:.4f}  loss {results['loss']:.4f}")
+    return results
+
+
+def _inference_variables(config: ml_collections.ConfigDict, workdir: str, exp) -> dict[str, Any]:
+    """The latest checkpoint of the workdir if there is one, else the weights of init_from."""
+    directory = RunFiles(workdir).checkpoints
+    if os.path.isdir(directory) and Checkpoints(directory).saved_epochs():
+        from cnn_flax.experiment import _variables_from_checkpoint
+        from cnn_flax.models import init_variables
+
+        template = jax.eval_shape(lambda: init_variables(exp.model, jax.random.key(0), exp.input_shape))
+        return _variables_from_checkpoint(workdir, template)
+    if config.get("init_from"):
+        return initial_variables(exp)
+    raise UserError(f"no checkpoint in {directory} and no init_from; train first or set --config.init_from")
+
+
+def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -> list[dict[str, Any]]:
+    """Top-5 classes per image, into predictions.json; Keras 'caffe' preprocessing for ImageNet configs."""
+    from cnn_flax.pretrained import (
+        caffe_preprocess,
+        format_predictions,
+        imagenet_class_names,
+        load_images,
+        top_k_predictions,
+    )
+
+    if not paths:
+        raise UserError("--mode=predict needs --images=a.jpg,b.png")
+    caffe = config.data.get("normalize") == "caffe"
+    exp = build_experiment(config, need_data=not caffe)
+    variables = _inference_variables(config, workdir, exp)
+    if caffe:
+        preprocess = caffe_preprocess
+        names = imagenet_class_names() if exp.model_config.get("num_classes") == 1000 else exp.class_names
+    else:
+        from cnn_flax.data import make_preprocess
+
+        data_preprocess = make_preprocess(config.data, exp.info)
+        preprocess = lambda images: data_preprocess(images, None)  # noqa: E731
+        names = exp.class_names
+    images = load_images(paths, exp.input_shape[:2])
+    logits = jax.jit(lambda v, x: exp.model.apply(v, preprocess(x), train=False))(variables, images)
+    probs = np.asarray(jax.nn.softmax(np.asarray(logits, np.float32)))
+    top = top_k_predictions(probs, names, k=min(5, probs.shape[-1]))
+    results = [dict(image=path, top5=entries) for path, entries in zip(paths, top, strict=True)]
+    files = RunFiles(workdir)
+    if files.is_writer:
+        os.makedirs(workdir, exist_ok=True)
+        write_json_atomically(files.path("predictions.json"), results)
+    print(format_predictions(paths, top))
+    return results
+
+
+__all__ = ["evaluate", "predict", "prepare", "summary", "write_evaluation"]

@@ -1,0 +1,50 @@
+"""history.json: one record per finished epoch, rewritten atomically after each epoch.
+
+On resume the records after the restored checkpoint are dropped, so the file always describes the
+training that produced the current parameters.
+"""
+
+import json
+import math
+import os
+from typing import Any
+
+FIELDS = ("epoch", "learning_rate", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
+
+
+def write_json_atomically(path: str, payload: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as handle:
+        json.dump(payload, handle, indent=2, allow_nan=False)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+class History:
+    def __init__(self, path: str, records: list[dict[str, Any]] | None = None) -> None:
+        self.path = path
+        self.records = records or []
+
+    @classmethod
+    def load(cls, path: str) -> "History":
+        if not os.path.exists(path):
+            return cls(path)
+        with open(path) as handle:
+            try:
+                return cls(path, json.load(handle))
+            except json.JSONDecodeError:
+                return cls(path)  # rebuilt from the checkpointed epoch on; the old file is replaced
+
+    def truncate(self, epochs_done: int) -> "History":
+        self.records = [r for r in self.records if r["epoch"] <= epochs_done]
+        return self
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append({key: _finite(record.get(key)) for key in FIELDS})
+
+    def save(self) -> None:
+        write_json_atomically(self.path, self.records)

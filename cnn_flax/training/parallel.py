@@ -1,0 +1,111 @@
+"""Data parallelism over every device of every process: `jit` over a mesh (default) or `pmap`.
+
+Both present the same small interface to the training loop: put a replicated tree or a process-local
+batch on the devices, compile a step, and fetch results back to the host. Batches are split across all
+devices of all processes; each process feeds only its own rows (`global_batch // process_count`).
+
+`jit` follows the current JAX recipe: one `Mesh` whose single axis is 'data', the batch sharded along
+it and the state replicated; XLA inserts the gradient and BatchNorm reductions. The mesh is built with
+`jax.sharding.Mesh` rather than `jax.make_mesh`, whose default explicit axes break Linen's Dropout.
+`pmap` is kept for users of the classic API; it names the device axis 'batch' for the collectives.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cnn_flax.errors import UserError
+
+PARALLEL_MODES = ("jit", "pmap")
+
+
+def check_batch_size(global_batch_size: int) -> None:
+    devices = jax.device_count()
+    if global_batch_size % devices:
+        raise UserError(f"batch_size={global_batch_size} is not divisible by the {devices} devices; set "
+                        f"--config.batch_size to a multiple of {devices}")
+
+
+class JitParallel:
+    axis_name = None
+
+    def __init__(self) -> None:
+        self.mesh = Mesh(np.asarray(jax.devices()), ("data",))
+        self.replicated = NamedSharding(self.mesh, P())
+        self.sharded = NamedSharding(self.mesh, P("data"))
+
+    def put_replicated(self, tree: Any) -> Any:
+        def put(x):
+            x = np.asarray(x)
+            return jax.make_array_from_callback(x.shape, self.replicated, lambda index: x[index])
+        return jax.tree_util.tree_map(put, tree)
+
+    def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        if all(isinstance(v, jax.Array) and v.sharding == self.sharded for v in local_batch.values()):
+            return local_batch  # already on the devices (data.on_device)
+        return {k: jax.make_array_from_process_local_data(self.sharded, np.asarray(v)) for k, v in local_batch.items()}
+
+    def compile_step(self, fn: Callable, donate: tuple[int, ...] = (0, 2)) -> Callable:
+        return jax.jit(fn, out_shardings=self.replicated, donate_argnums=donate)
+
+    def compile_predict(self, fn: Callable) -> Callable:
+        return jax.jit(fn, out_shardings=self.sharded)
+
+    def fetch(self, tree: Any) -> Any:
+        """Host copy of a replicated tree."""
+        return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+    def fetch_rows(self, array: jax.Array) -> np.ndarray:
+        """All rows of a batch-sharded array, gathered from every process."""
+        if jax.process_count() == 1:
+            return np.asarray(array)
+        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+class PmapParallel:
+    axis_name = "batch"
+
+    def __init__(self) -> None:
+        self.devices = jax.local_devices()
+        self.stacked = NamedSharding(Mesh(np.asarray(self.devices), ("batch",)), P("batch"))
+
+    def put_replicated(self, tree: Any) -> Any:
+        n = len(self.devices)
+        return jax.tree_util.tree_map(
+            lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n, *np.shape(x))), self.stacked), tree)
+
+    def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        n = len(self.devices)
+
+        def split(x):
+            x = np.asarray(x)
+            return jax.device_put(x.reshape(n, x.shape[0] // n, *x.shape[1:]), self.stacked)
+        return {k: split(v) for k, v in local_batch.items()}
+
+    def compile_step(self, fn: Callable, donate: tuple[int, ...] = (0, 2)) -> Callable:
+        return jax.pmap(fn, axis_name=self.axis_name, donate_argnums=donate)
+
+    def compile_predict(self, fn: Callable) -> Callable:
+        return jax.pmap(fn, axis_name=self.axis_name)
+
+    def fetch(self, tree: Any) -> Any:
+        return jax.tree_util.tree_map(lambda x: np.asarray(x[0]), tree)
+
+    def fetch_rows(self, array: jax.Array) -> np.ndarray:
+        local = np.asarray(array).reshape(-1, *array.shape[2:])
+        if jax.process_count() == 1:
+            return local
+        return np.asarray(multihost_utils.process_allgather(local, tiled=True))
+
+
+def make_parallel(mode: str) -> JitParallel | PmapParallel:
+    if mode == "jit":
+        return JitParallel()
+    if mode == "pmap":
+        return PmapParallel()
+    raise UserError(f"parallel={mode!r} is not known; use one of {', '.join(PARALLEL_MODES)}")

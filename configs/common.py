@@ -1,0 +1,50 @@
+"""Defaults shared by every config; each experiment file starts from `base()` and changes what it needs."""
+
+import ml_collections
+
+
+def base(name: str) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.name = name  # default workdir: runs/<name>
+    config.seed = 0
+    config.num_epochs = 1
+    config.batch_size = 64  # global, split over all devices of all processes
+    config.steps_per_epoch = -1  # -1: the whole train split
+    config.eval_steps = -1  # -1: the whole evaluation split
+    config.eval_split = "test"  # the split of the final report
+    config.parallel = "jit"  # or "pmap"
+    config.half_precision = False  # bfloat16 compute, float32 parameters and BatchNorm statistics
+    config.init_from = ""  # a Keras .h5 file, or a workdir / checkpoints/epoch_N of another run
+    config.init_skip = ""  # comma-separated layer names not to take from init_from (e.g. predictions)
+    config.resume_epoch = -1  # restart from this saved epoch (later checkpoints are set aside)
+    config.checkpoint_every_epochs = 5
+    config.keep_checkpoints = 0  # 0: keep every saved epoch
+    config.log_every_steps = 50
+    config.tta = False  # also report horizontal-flip test-time augmentation
+
+    config.optimizer = ml_collections.ConfigDict(dict(
+        name="sgd", learning_rate=0.01, momentum=0.9, nesterov=False, b1=0.9, b2=0.999, eps=1e-7, l2=0.0))
+    config.schedule = ml_collections.ConfigDict(dict(name="constant"))
+    config.loss = ml_collections.ConfigDict(dict(aux_weight=0.3))
+
+    config.data = ml_collections.ConfigDict(dict(
+        name="cifar10", dir="", root="", image_size=32, normalize="scale", on_device=False, prefetch=2,
+        split_seed=42, test_per_class=50))
+    config.data.augment = ml_collections.ConfigDict(dict(
+        rotation=0.0, zoom=0.0, width_shift=0.0, height_shift=0.0, shear=0.0, horizontal_flip=False))
+    config.model = ml_collections.ConfigDict()
+    config.wandb = ml_collections.ConfigDict(dict(enabled=False, project="cnn_flax", name="", mode=""))
+    return config
+
+
+def tiny_imagenet(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The deck's Tiny ImageNet setup: 64x64, per-channel mean subtraction, its augmentation."""
+    config.data.update(dict(name="tiny_imagenet", dir="data/tiny_imagenet_hdf5", root="data/tiny-imagenet-200",
+                            image_size=64, normalize="mean_rgb"))
+    config.data.augment.update(dict(rotation=18.0, zoom=0.15, width_shift=0.2, height_shift=0.2, shear=0.15,
+                                    horizontal_flip=True))
+    config.model = ml_collections.ConfigDict(dict(
+        name="deepergooglenet", num_classes=-1, stage4=True, bn_order="conv_bn_act", activation="relu"))
+    config.optimizer.l2 = 0.0002
+    config.batch_size = 64
+    return config

@@ -1,0 +1,25 @@
+"""GoogLeNet (the paper's table, LRN, two auxiliary heads weighted 0.3) on ImageNet at 224x224.
+
+    python launch.py --config configs/googlenet_imagenet.py --mode=summary
+
+SGD momentum 0.9, rate 0.01 lowered 4% every 8 epochs (the paper). The ImageNet input pipeline
+(TFDS imagenet2012, manual download) is not part of cnn_flax yet, so this config serves the summary and
+research code; training it needs that pipeline. Expected: the paper's single model reaches ~10.07%
+top-5 error with multi-crop testing.
+"""
+
+from configs.common import base
+
+
+def get_config():
+    config = base("googlenet_imagenet")
+    config.num_epochs = 120
+    config.batch_size = 256
+    config.data.update(dict(name="imagenet2012", image_size=224, normalize="caffe"))
+    config.model.update(dict(name="googlenet", num_classes=1000, aux_heads=True, activation="relu"))
+    config.loss.aux_weight = 0.3
+    config.optimizer.update(dict(name="sgd", learning_rate=0.01, momentum=0.9, l2=2e-4))
+    boundaries = tuple(range(8, config.num_epochs, 8))
+    config.schedule.update(dict(name="piecewise", boundaries=boundaries,
+                                values=tuple(0.01 * 0.96**k for k in range(len(boundaries) + 1))))
+    return config

@@ -1,0 +1,98 @@
+"""Run a cnn_flax experiment: python launch.py --config configs/NAME.py[:ARG] [--mode MODE] [--workdir DIR]
+
+Parses flags, sets up logging and (for multi-host runs) JAX's distributed runtime, then calls one
+library function. Mistakes the user can fix are printed as one line (`--verbose` shows the traceback).
+"""
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/NAME.py[:ARG]).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where the run writes everything (default: runs/<config name>).")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "summary", "prepare", "predict", "benchmark"], "What to do.")
+flags.DEFINE_string("checkpoint", "latest", "--mode=evaluate: latest, all, or an epoch number.")
+flags.DEFINE_list("images", [], "--mode=predict: image files to classify.")
+flags.DEFINE_bool("overwrite", False, "--mode=prepare: rebuild dataset files that already exist.")
+flags.DEFINE_bool("verbose", False, "Show tracebacks and debug logs.")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+flags.mark_flags_as_required(["config"])
+
+
+def _hide_gpus_from_tensorflow() -> None:
+    """TensorFlow only feeds data here; left alone it would reserve the accelerator memory JAX needs."""
+    try:
+        import tensorflow as tf
+
+        tf.config.set_visible_devices([], "GPU")
+    except (ImportError, RuntimeError):
+        pass
+
+
+def _start_distributed() -> None:
+    import jax
+
+    if FLAGS.coordinator_address:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only used where devices are CPUs
+        jax.distributed.initialize(FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+                                   process_id=FLAGS.process_id)
+    elif any(key in os.environ for key in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "MEGASCALE_COORDINATOR_ADDRESS")):
+        jax.distributed.initialize()
+
+
+def run() -> int:
+    from cnn_flax import modes
+    from cnn_flax.benchmark import benchmark
+    from cnn_flax.train import train_and_evaluate
+
+    config = FLAGS.config
+    workdir = FLAGS.workdir or os.path.join("runs", config.name)
+    if FLAGS.mode == "summary":
+        print(modes.summary(config))
+    elif FLAGS.mode == "prepare":
+        for path in modes.prepare(config, overwrite=FLAGS.overwrite):
+            print(path)
+    elif FLAGS.mode == "evaluate":
+        modes.evaluate(config, workdir, FLAGS.checkpoint)
+    elif FLAGS.mode == "predict":
+        modes.predict(config, workdir, FLAGS.images)
+    elif FLAGS.mode == "benchmark":
+        print(benchmark(config, workdir))
+    else:
+        result = train_and_evaluate(config, workdir)
+        if result.get("interrupted"):
+            return 0
+        print(f"Done: rank-1 {result['rank1']:.4f}  rank-5 {result['rank5']:.4f}  loss {result['loss']:.4f}  "
+              f"(reports in {workdir})")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.basicConfig(level=logging.DEBUG if FLAGS.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("absl", "jax", "orbax", "tensorflow", "h5py", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if FLAGS.verbose else logging.WARNING)
+    _hide_gpus_from_tensorflow()
+    from cnn_flax.errors import UserError
+
+    try:
+        _start_distributed()
+        return run()
+    except UserError as error:
+        if FLAGS.verbose:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app.run(main)

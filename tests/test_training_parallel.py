@@ -1,0 +1,79 @@
+"""One train step is the same computation on 1 device, on 8 devices under jit, and under pmap."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cnn_flax.errors import UserError
+from cnn_flax.models.layers import ConvModule
+from cnn_flax.training.metrics import EvalMetrics, TrainMetrics
+from cnn_flax.training.parallel import JitParallel, PmapParallel, check_batch_size, make_parallel
+from cnn_flax.training.state import TrainState
+from cnn_flax.training.step import make_eval_step, make_train_step
+
+
+class TinyNet(nn.Module):
+    """Conv-BN-ReLU and a dense head: enough to exercise gradient and BatchNorm reductions."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = ConvModule(4, 3, name="conv")(x, train)
+        return nn.Dense(3, name="head")(x.mean(axis=(1, 2)))
+
+
+def preprocess(images, rng):
+    return images.astype(jnp.float32) / 255.0
+
+
+def _batch(n=16):
+    rng = np.random.default_rng(0)
+    return {"image": rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8),
+            "label": rng.integers(0, 3, n).astype(np.int32)}
+
+
+def _run(parallel, devices=None, steps=2):
+    model, tx = TinyNet(), optax.sgd(0.1, momentum=0.9)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=True)
+    step = make_train_step(model, tx, preprocess, seed=0, axis_name=parallel.axis_name)
+    if devices is not None:  # restrict the jit mesh to fewer devices
+        parallel.mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+        parallel.replicated = jax.sharding.NamedSharding(parallel.mesh, jax.sharding.PartitionSpec())
+        parallel.sharded = jax.sharding.NamedSharding(parallel.mesh, jax.sharding.PartitionSpec("data"))
+    train = parallel.compile_step(step)
+    state = parallel.put_replicated(TrainState.create(variables, tx))
+    metrics = parallel.put_replicated(TrainMetrics.empty())
+    for _ in range(steps):
+        state, metrics = train(state, parallel.put_batch(_batch()), metrics)
+    evaluate = parallel.compile_step(make_eval_step(model, preprocess, axis_name=parallel.axis_name), donate=())
+    batch = dict(_batch(), mask=np.arange(16) < 13)
+    eval_metrics = evaluate(state, parallel.put_batch(batch), parallel.put_replicated(EvalMetrics.empty()))
+    return parallel.fetch(state), parallel.fetch(metrics).compute(), parallel.fetch(eval_metrics).compute()
+
+
+def _assert_close(a, b):
+    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6), a, b)
+
+
+def test_eight_devices_under_jit_and_pmap_equal_one_device():
+    assert jax.device_count() == 8
+    one = _run(JitParallel(), devices=jax.devices()[:1])
+    eight = _run(JitParallel())
+    pmapped = _run(PmapParallel())
+    for other in (eight, pmapped):
+        _assert_close(one[0].params, other[0].params)
+        _assert_close(one[0].batch_stats, other[0].batch_stats)
+        _assert_close(one[1], other[1])
+        _assert_close(one[2], other[2])
+    assert int(one[0].step) == 2
+    assert float(one[1]["first_nonfinite_step"]) == 2**31 - 1
+
+
+def test_batch_size_must_divide_over_devices():
+    check_batch_size(64)
+    with pytest.raises(UserError, match="batch_size=12 is not divisible by the 8 devices"):
+        check_batch_size(12)
+    with pytest.raises(UserError, match="parallel='shard' is not known"):
+        make_parallel("shard")
