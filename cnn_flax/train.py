@@ -222,24 +222,32 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Train (resuming if the workdir holds checkpoints), then evaluate on eval_split and write reports."""
+        reporter = Reporter(self.files.workdir, self.config.num_epochs * self.spe, self.config.get("wandb"),
+                            self.config.to_dict())
+        try:
+            state = self.train(reporter)
+            if state is None:
+                return {"interrupted": True}
+            return self.final_report(state, reporter)
+        finally:
+            reporter.close()
+
+    def train(self, reporter: Reporter) -> TrainState | None:
+        """The epochs alone; None when a signal stopped the run (a checkpoint was saved first)."""
         config, files = self.config, self.files
         if files.is_writer:
             os.makedirs(files.workdir, exist_ok=True)
         files.write_json("config.json", config.to_dict())
         checkpoints = Checkpoints(files.checkpoints, int(config.get("keep_checkpoints", 0)) or None)
-        state, metrics, meta = self.restore_or_init(checkpoints)
-        history = History.load(files.path("history.json")).truncate(meta["epoch"])
-        state = self.parallel.put_replicated(state)
-        metrics = self.parallel.put_replicated(metrics)
-        reporter = Reporter(files.workdir, config.num_epochs * self.spe, config.get("wandb"), config.to_dict())
         try:
+            state, metrics, meta = self.restore_or_init(checkpoints)
+            history = History.load(files.path("history.json")).truncate(meta["epoch"])
+            state = self.parallel.put_replicated(state)
+            metrics = self.parallel.put_replicated(metrics)
             with StopRequest() as stop:
-                finished = self._epochs(state, metrics, meta, history, checkpoints, reporter, stop)
-            if finished is None:
-                return {"interrupted": True}
-            return self.final_report(finished, reporter)
+                return self._epochs(state, metrics, meta, history, checkpoints, reporter, stop)
         finally:
-            reporter.close()
             checkpoints.close()
 
     def _epochs(self, state, metrics, meta, history, checkpoints, reporter, stop) -> TrainState | None:
