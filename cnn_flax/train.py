@@ -174,8 +174,10 @@ class Trainer:
         state = TrainState.create(initial_variables(self.exp), self.tx)
         return state, TrainMetrics.empty(), dict(epoch=0, batch=0, step=0)
 
-    def host_tree(self, state: TrainState, metrics: TrainMetrics) -> dict[str, Any]:
-        return {"state": self.parallel.fetch(state), "metrics": self.parallel.fetch(metrics)}
+    def host_tree(self, state: TrainState, metrics: TrainMetrics | None = None) -> dict[str, Any]:
+        """What a checkpoint holds: the state, and the epoch's running metrics when saved mid-epoch."""
+        host_metrics = TrainMetrics.empty() if metrics is None else self.parallel.fetch(metrics)
+        return {"state": self.parallel.fetch(state), "metrics": jax.tree_util.tree_map(np.asarray, host_metrics)}
 
     # -- evaluation ------------------------------------------------------------------------------------
     def evaluate_metrics(self, state: TrainState, split: str) -> dict[str, float]:
@@ -285,7 +287,7 @@ class Trainer:
             history.append(record)
             self._write_epoch(history, reporter, (epoch + 1) * spe, record)
             if (epoch + 1) % every == 0 or epoch + 1 == config.num_epochs or stop.agreed():
-                checkpoints.save_epoch(epoch + 1, self.host_tree(state, TrainMetrics.empty()),
+                checkpoints.save_epoch(epoch + 1, self.host_tree(state),
                                        _meta(self.exp, epoch + 1, 0, (epoch + 1) * spe, spe))
                 checkpoints.clear_interrupted()
             metrics = self.parallel.put_replicated(TrainMetrics.empty())

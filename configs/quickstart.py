@@ -3,7 +3,8 @@
     python launch.py --config configs/quickstart.py
 
 The 1,797 8x8 digits ship inside scikit-learn; they are upsampled to 32x32x3 and split 75/25, stratified.
-Expected: about 2 minutes on a 2-core CPU (most of it compiling), test accuracy >= 0.97.
+Small random rotations, shifts and zooms (on the device) keep the 99%-train-accuracy network honest.
+Expected: about 3 minutes on a 2-core CPU, test accuracy 0.95–0.98 (0.973 measured here).
 Leaves in runs/quickstart: config.json, history.json, training.png, checkpoints/epoch_N, TensorBoard
 events, metrics.json, report.txt, confusion_matrix.png, predictions.png.
 """
@@ -13,11 +14,12 @@ from configs.common import base
 
 def get_config():
     config = base("quickstart")
-    config.num_epochs = 8
-    config.batch_size = 64
+    config.num_epochs = 10
+    config.batch_size = 32
     config.checkpoint_every_epochs = 1
     config.log_every_steps = 10
     config.data.update(dict(name="digits", image_size=32, normalize="scale"))
+    config.data.augment.update(dict(rotation=10.0, zoom=0.1, width_shift=0.1, height_shift=0.1))
     config.model.update(dict(name="minivgg", num_classes=-1, bn_order="conv_act_bn", activation="relu"))
     config.optimizer.update(dict(name="sgd", learning_rate=0.01, momentum=0.9, nesterov=True))
     config.schedule.update(dict(name="keras_time_decay", decay=0.01 / config.num_epochs))

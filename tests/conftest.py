@@ -10,3 +10,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_disable_most_optimizations", True)
 jax.config.update("jax_platforms", "cpu")
+
+# Tests build the same small networks many times: keep compiled programs across tests and processes.
+jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -1,0 +1,165 @@
+"""The training engine end to end on real data (scikit-learn's digits): resume, interruption, files, errors."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from cnn_flax import modes
+from cnn_flax.errors import UserError
+from cnn_flax.train import StopRequest, Trainer, train_and_evaluate
+from configs import quickstart
+
+HISTORY_KEYS = ("epoch", "learning_rate", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
+
+
+def tiny_config(**overrides):
+    """The quickstart at 16x16 with a few steps per epoch: seconds per epoch on a CPU."""
+    config = quickstart.get_config()
+    config.data.image_size = 16
+    config.batch_size = 32
+    config.steps_per_epoch = 4
+    config.eval_steps = 2
+    config.log_every_steps = 2
+    config.checkpoint_every_epochs = 1
+    for key, value in overrides.items():
+        target = config
+        *path, last = key.split(".")
+        for part in path:
+            target = target[part]
+        target[last] = value
+    return config
+
+
+def _history(workdir):
+    with open(os.path.join(workdir, "history.json")) as handle:
+        return [{k: r[k] for k in HISTORY_KEYS} for r in json.load(handle)]
+
+
+def _params(workdir, epoch):
+    trainer = Trainer(tiny_config(), workdir)
+    from cnn_flax.training.checkpoint import Checkpoints
+
+    tree, meta = Checkpoints(trainer.files.checkpoints).restore_epoch(epoch, trainer.template())
+    return tree["state"], meta
+
+
+def _assert_same_state(a, b):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a.params, b.params)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a.batch_stats, b.batch_stats)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a.opt_state, b.opt_state)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    result = train_and_evaluate(tiny_config(num_epochs=4), workdir)
+    return workdir, result
+
+
+def test_a_run_leaves_every_file_of_the_spec(uninterrupted):
+    workdir, result = uninterrupted
+    for name in ("config.json", "history.json", "training.png", "metrics.json", "report.txt",
+                 "confusion_matrix.png", "predictions.png"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
+        "epoch_1", "epoch_2", "epoch_3", "epoch_4", "interrupted"]
+    metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+    assert metrics["split"] == "test" and metrics["num_examples"] == 64  # eval_steps=2 of 32
+    assert 0.0 <= metrics["rank1"] <= metrics["rank5"] <= 1.0
+    assert result["rank1"] == metrics["rank1"]
+    history = _history(workdir)
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    report = open(os.path.join(workdir, "report.txt")).read()
+    assert "precision" in report and "weighted avg" in report
+
+
+def test_two_epochs_then_four_equal_four_uninterrupted(uninterrupted, tmp_path):
+    reference, _ = uninterrupted
+    workdir = str(tmp_path)
+    train_and_evaluate(tiny_config(num_epochs=2), workdir)
+    assert [r["epoch"] for r in _history(workdir)] == [1, 2]
+    train_and_evaluate(tiny_config(num_epochs=4), workdir)
+    assert _history(workdir) == _history(reference)
+    _assert_same_state(_params(workdir, 4)[0], _params(reference, 4)[0])
+
+
+def test_interrupted_mid_epoch_resumes_bit_exactly(uninterrupted, tmp_path, monkeypatch):
+    reference, _ = uninterrupted
+    workdir = str(tmp_path)
+    calls = {"n": 0}
+
+    def stop_after_six_steps(self):
+        calls["n"] += 1
+        return calls["n"] >= 6  # epoch 2, after its second batch
+
+    monkeypatch.setattr(StopRequest, "agreed", stop_after_six_steps)
+    assert train_and_evaluate(tiny_config(num_epochs=4), workdir) == {"interrupted": True}
+    assert os.listdir(os.path.join(workdir, "checkpoints", "interrupted")) == ["step_6"]
+    assert [r["epoch"] for r in _history(workdir)] == [1]
+    monkeypatch.undo()
+    train_and_evaluate(tiny_config(num_epochs=4), workdir)
+    assert _history(workdir) == _history(reference)
+    _assert_same_state(_params(workdir, 4)[0], _params(reference, 4)[0])
+    assert os.listdir(os.path.join(workdir, "checkpoints", "interrupted")) == []
+
+
+def test_evaluate_every_saved_epoch(uninterrupted, capsys):
+    workdir, _ = uninterrupted
+    result = modes.evaluate(tiny_config(num_epochs=4), workdir, "all")
+    assert [row["epoch"] for row in result["epochs"]] == [1, 2, 3, 4]
+    table = capsys.readouterr().out
+    assert "rank-1" in table and "rank-5" in table
+    assert os.path.exists(os.path.join(workdir, "checkpoints_evaluation.txt"))
+    single = modes.evaluate(tiny_config(num_epochs=4), workdir, "2")
+    assert single["rank1"] == pytest.approx(result["epochs"][1]["rank1"])
+    with pytest.raises(UserError, match="no checkpoint for epoch 9 .* saved epochs: 1, 2, 3, 4"):
+        modes.evaluate(tiny_config(num_epochs=4), workdir, "9")
+
+
+def test_resume_epoch_restarts_earlier_and_sets_later_checkpoints_aside(uninterrupted, tmp_path):
+    import shutil
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(uninterrupted[0], workdir)
+    train_and_evaluate(tiny_config(num_epochs=3, resume_epoch=2, **{"optimizer.learning_rate": 0.001}), workdir)
+    history = _history(workdir)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert history[:2] == _history(uninterrupted[0])[:2]
+    assert history[2]["learning_rate"] < _history(uninterrupted[0])[2]["learning_rate"]
+    aside = [name for name in os.listdir(tmp_path / "run") if name.startswith("checkpoints.set-aside")]
+    assert len(aside) == 1 and sorted(os.listdir(tmp_path / "run" / aside[0])) == ["epoch_3", "epoch_4"]
+
+
+def test_workdir_of_another_model_is_refused(uninterrupted, tmp_path):
+    import shutil
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(uninterrupted[0], workdir)
+    with pytest.raises(UserError, match="holds checkpoints of model .*use another --workdir"):
+        train_and_evaluate(tiny_config(num_epochs=5, **{"model.bn_order": "conv_bn_act"}), workdir)
+
+
+def test_pmap_path_runs_the_whole_loop(tmp_path):
+    # Step-level equality with jit is in test_training_parallel; pmap draws dropout and augmentation per
+    # device, so whole runs differ in their random numbers. Here: the loop, checkpoint and report work.
+    workdir = str(tmp_path)
+    result = train_and_evaluate(tiny_config(num_epochs=2, parallel="pmap"), workdir)
+    history = _history(workdir)
+    assert [r["epoch"] for r in history] == [1, 2] and all(np.isfinite(r["train_loss"]) for r in history)
+    assert 0.0 <= result["rank1"] <= 1.0
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["epoch_1", "epoch_2", "interrupted"]
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path):
+    with pytest.raises(UserError, match=r"the loss became non-finite at step \d+; .*Lower the learning rate"):
+        train_and_evaluate(tiny_config(num_epochs=2, **{"optimizer.learning_rate": 1e12}), str(tmp_path))
+
+
+def test_batch_size_not_divisible_by_devices(tmp_path):
+    with pytest.raises(UserError, match="batch_size=12 is not divisible by the 8 devices"):
+        train_and_evaluate(tiny_config(batch_size=12), str(tmp_path))

@@ -1,0 +1,103 @@
+"""Schedules give the deck's rates at the boundary epochs, and print the deck's plans."""
+
+import importlib
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cnn_flax.errors import UserError
+from cnn_flax.training.optim import build_optimizer, build_schedule, l2_penalty, learning_rate_plan
+
+SPE = 7  # steps per epoch; any value works, the schedules are written in epochs
+
+
+def _config(name, arg=None):
+    module = importlib.import_module(f"configs.{name}")
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def _rate_at_epoch(config, epoch):
+    """The rate during 1-based `epoch` (its first and last step)."""
+    schedule = build_schedule(config.optimizer, config.schedule, config.num_epochs, SPE)
+    first, last = float(schedule((epoch - 1) * SPE)), float(schedule(epoch * SPE - 1))
+    assert first == pytest.approx(last)
+    return first
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("deeper_sgd_baseline", {1: 1e-3, 40: 1e-3}),
+    ("deeper_exp1_sgd", {1: 1e-2, 25: 1e-2, 26: 1e-3, 35: 1e-3, 36: 1e-4, 65: 1e-4}),
+    ("deeper_exp2_adam", {1: 1e-3, 20: 1e-3, 21: 1e-4, 30: 1e-4, 31: 1e-5, 40: 1e-5}),
+    ("deeper_adam", {1: 1e-3, 40: 1e-3, 41: 1e-4, 60: 1e-4, 61: 1e-5, 70: 1e-5}),
+])
+def test_deeper_googlenet_schedules_at_boundary_epochs(name, expected):
+    config = _config(name)
+    for epoch, rate in expected.items():
+        assert _rate_at_epoch(config, epoch) == pytest.approx(rate, rel=1e-6)
+
+
+@pytest.mark.parametrize("name,plan", [
+    ("deeper_sgd_baseline", ["epochs 1-40: lr 0.001"]),
+    ("deeper_exp1_sgd", ["epochs 1-25: lr 0.01", "epochs 26-35: lr 0.001", "epochs 36-65: lr 0.0001"]),
+    ("deeper_exp2_adam", ["epochs 1-20: lr 0.001", "epochs 21-30: lr 0.0001", "epochs 31-40: lr 1e-05"]),
+    ("deeper_adam", ["epochs 1-40: lr 0.001", "epochs 41-60: lr 0.0001", "epochs 61-70: lr 1e-05"]),
+])
+def test_plans_print_the_deck_tables(name, plan):
+    config = _config(name)
+    assert learning_rate_plan(config.optimizer, config.schedule, config.num_epochs, SPE) == plan
+
+
+def test_minigooglenet_linear_decay_starts_at_5e_3_and_reaches_epoch_70():
+    config = _config("minigooglenet_cifar10")
+    plan = learning_rate_plan(config.optimizer, config.schedule, config.num_epochs, SPE)
+    assert len(plan) == 70
+    assert plan[0] == "epoch 1: lr 0.005"
+    assert plan[35] == "epoch 36: lr 0.0025"  # the book's poly_decay sees 0-based epochs: 1 - 35/70
+    assert plan[-1].startswith("epoch 70: lr ")
+    assert float(plan[-1].split("lr ")[1]) == pytest.approx(0.005 / 70, rel=1e-5)
+
+
+def test_keras_time_decay_is_per_iteration():
+    config = _config("minivgg_cifar10")
+    schedule = build_schedule(config.optimizer, config.schedule, config.num_epochs, 782)
+    for step in (0, 1, 781, 782 * 40):
+        assert float(schedule(step)) == pytest.approx(0.01 / (1 + 0.01 / 40 * step), rel=1e-6)
+    plan = learning_rate_plan(config.optimizer, config.schedule, config.num_epochs, 782)
+    assert len(plan) == 40 and plan[1].startswith("epoch 2: lr ")
+    assert float(plan[1].split("lr ")[1]) == pytest.approx(0.01 / (1 + 0.01 / 40 * 782), rel=1e-5)
+
+
+def test_optimizers_by_name_and_errors():
+    config = _config("deeper_adam")
+    schedule = build_schedule(config.optimizer, config.schedule, config.num_epochs, SPE)
+    tx = build_optimizer(config.optimizer, schedule)
+    params = {"w": jnp.ones(3)}
+    updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], -1e-3 * np.ones(3), rtol=1e-3)  # Adam's first step is ~lr
+    with pytest.raises(UserError, match="optimizer.name='rmsprop' is not known; use one of sgd, adam"):
+        build_optimizer(dict(name="rmsprop", learning_rate=0.1), schedule)
+    with pytest.raises(UserError, match="schedule.name='cosine' is not known"):
+        build_schedule(dict(learning_rate=0.1), dict(name="cosine"), 10, SPE)
+    with pytest.raises(UserError, match="one more entry than schedule.boundaries"):
+        build_schedule(dict(learning_rate=0.1), dict(name="piecewise", boundaries=(5,), values=(1.0,)), 10, SPE)
+
+
+def test_nesterov_sgd_matches_optax_reference():
+    schedule = build_schedule(dict(learning_rate=0.1), dict(name="constant"), 1, 1)
+    ours = build_optimizer(dict(name="sgd", learning_rate=0.1, momentum=0.9, nesterov=True), schedule)
+    reference = optax.sgd(0.1, momentum=0.9, nesterov=True)
+    params, grads = {"w": jnp.arange(3.0)}, {"w": jnp.asarray([0.5, -1.0, 2.0])}
+    a, b = ours.init(params), reference.init(params)
+    for _ in range(3):
+        ua, a = ours.update(grads, a, params)
+        ub, b = reference.update(grads, b, params)
+        np.testing.assert_allclose(ua["w"], ub["w"], rtol=1e-6)
+
+
+def test_l2_penalty_is_keras_style_on_kernels_only():
+    params = {"conv": {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.ones(2)},
+              "bn": {"scale": jnp.ones(2), "bias": jnp.ones(2)}, "dense": {"kernel": jnp.ones(3)}}
+    assert float(l2_penalty(params, 0.0002)) == pytest.approx(0.0002 * (4 * 4.0 + 3 * 1.0))
+    assert float(l2_penalty(params, 0.0)) == 0.0
