@@ -73,6 +73,36 @@ def run() -> int:
     return 0
 
 
+def _config_flag_problem(argv: list[str], error: Exception) -> str:
+    """One line for a config flag absl/ml_collections could not take (their messages span many lines)."""
+    text = " ".join(str(error).split())
+    config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if config_arg is None and "--config" in argv[:-1]:
+        config_arg = argv[argv.index("--config") + 1]
+    if config_arg and "No such file" in text:
+        path = config_arg.split(":")[0]
+        here = os.path.dirname(path) or "."
+        choices = sorted(f for f in os.listdir(here) if f.endswith(".py") and not f.startswith("_")) \
+            if os.path.isdir(here) else []
+        return f"config file {path} not found; use one of {', '.join(choices) or 'the files in configs/'}"
+    if isinstance(error, KeyError | AttributeError):
+        key = str(error).strip("\"' ")
+        given = next((a for a in argv if a.startswith("--config.") and f".{key}" in a.split("=")[0]), key)
+        return (f"{given.split('=')[0].lstrip('-')}: unknown config key {key!r}; see the config file or "
+                "--mode=summary for the keys that exist")
+    return text
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except Exception as error:  # noqa: BLE001 - any flag problem becomes one line
+        print(f"error: {_config_flag_problem(argv, error)}", file=sys.stderr)
+        if "--verbose" in argv:
+            raise
+        sys.exit(2)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -80,10 +110,15 @@ def main(argv: list[str]) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("absl", "jax", "orbax", "tensorflow", "h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if FLAGS.verbose else logging.WARNING)
-    _hide_gpus_from_tensorflow()
+    if FLAGS.mode != "summary":  # importing TensorFlow costs seconds; only data-reading modes load it
+        _hide_gpus_from_tensorflow()
     from cnn_flax.errors import UserError
 
     try:
+        try:
+            FLAGS.config.get("name")
+        except OSError as error:  # ml_collections reports a config file it could not load only on first use
+            raise UserError(_config_flag_problem(sys.argv, error)) from error
         _start_distributed()
         return run()
     except UserError as error:
@@ -95,4 +130,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
