@@ -313,3 +313,27 @@ def test_caffe_preprocess_is_keras_preprocess_input():
     jitted = jax.jit(caffe_preprocess)(jnp.asarray(images))
     assert isinstance(jitted, jax.Array) and jitted.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(jitted), expected, atol=1e-5)
+
+
+def test_predict_mode_end_to_end_matches_keras(vgg16_full, images, tmp_path, capsys):
+    """The whole `--mode=predict` path: config, init_from, resize, caffe preprocessing, top-5, the JSON file."""
+    import json
+
+    from cnn_flax import modes
+    from configs import vgg16_imagenet
+
+    path, _, reference = vgg16_full
+    keras_probs = softmax(np.asarray(reference(keras_inputs(images, (224, 224)), training=False)))
+    config = vgg16_imagenet.get_config()
+    config.init_from = path
+    workdir = str(tmp_path / "predict")
+    modes.predict(config, workdir, images)
+    written = json.load(open(f"{workdir}/predictions.json"))
+    assert [entry["image"] for entry in written] == images
+    names = imagenet_class_names()
+    for row, entry in zip(keras_probs, written, strict=True):
+        expected = np.argsort(-row)[:5]
+        assert [p["index"] for p in entry["top5"]] == expected.tolist()
+        assert [p["name"] for p in entry["top5"]] == [names[i] for i in expected]
+        np.testing.assert_allclose([p["prob"] for p in entry["top5"]], row[expected], atol=1e-5)
+    assert names[int(np.argmax(keras_probs[0]))] in capsys.readouterr().out
