@@ -14,9 +14,12 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/NAME.py[:ARG]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where the run writes everything (default: runs/<config name>).")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "summary", "prepare", "predict", "benchmark"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "summary", "prepare", "predict", "benchmark", "ablate"],
+                  "What to do.")
 flags.DEFINE_string("checkpoint", "latest", "--mode=evaluate: latest, all, or an epoch number.")
 flags.DEFINE_list("images", [], "--mode=predict: image files to classify.")
+flags.DEFINE_string("variants", None, "--mode=ablate: 'name:key=value,...;name2:...' (default: the deck's "
+                    "extensions: baseline, conv_act_bn, elu).")
 flags.DEFINE_bool("overwrite", False, "--mode=prepare: rebuild dataset files that already exist.")
 flags.DEFINE_bool("verbose", False, "Show tracebacks and debug logs.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
@@ -64,6 +67,10 @@ def run() -> int:
         modes.predict(config, workdir, FLAGS.images)
     elif FLAGS.mode == "benchmark":
         print(benchmark(config, workdir))
+    elif FLAGS.mode == "ablate":
+        from cnn_flax.ablation import DECK_EXTENSIONS, run_ablation
+
+        print(run_ablation(config, workdir, FLAGS.variants or DECK_EXTENSIONS))
     else:
         result = train_and_evaluate(config, workdir)
         if result.get("interrupted"):
