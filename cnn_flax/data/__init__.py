@@ -71,4 +71,8 @@ def make_source(data_config) -> DataSource:
             prefetch=prefetch,
             window_mb=float(data_config.get("read_window_mb", 64)),
         )
+    if name == "synthetic":  # random images of the configured shape: --mode=benchmark without the data
+        from cnn_flax.data.synthetic import SyntheticSource
+
+        return SyntheticSource.from_config(data_config)
     raise UserError(f"data.name={name!r} is unknown; use one of {', '.join(NAMES)}")
