@@ -51,7 +51,6 @@ def _start_distributed() -> None:
 
 def run() -> int:
     from cnn_flax import modes
-    from cnn_flax.benchmark import benchmark
     from cnn_flax.train import train_and_evaluate
 
     config = FLAGS.config
@@ -66,6 +65,8 @@ def run() -> int:
     elif FLAGS.mode == "predict":
         modes.predict(config, workdir, FLAGS.images)
     elif FLAGS.mode == "benchmark":
+        from cnn_flax.benchmark import benchmark
+
         print(benchmark(config, workdir))
     elif FLAGS.mode == "ablate":
         from cnn_flax.ablation import DECK_EXTENSIONS, run_ablation
