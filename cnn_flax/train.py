@@ -281,7 +281,8 @@ class Trainer:
             train = {k: float(v) for k, v in self.parallel.fetch(metrics).compute().items()}
             self._check_finite(train, checkpoints)
             val = self.evaluate_metrics(state, "val")
-            record = dict(epoch=epoch + 1, learning_rate=float(self.schedule(epoch * spe)),
+            rate = float(f"{float(self.schedule(epoch * spe)):.7g}")  # 0.001, not float32's 0.0010000000474974513
+            record = dict(epoch=epoch + 1, learning_rate=rate,
                           train_loss=train["loss"], train_accuracy=train["accuracy"], val_loss=val["loss"],
                           val_accuracy=val["accuracy"], seconds=round(time.time() - started, 3))
             history.append(record)
