@@ -146,6 +146,23 @@ class Trainer:
                                                                                    flip=flip))
                              for flip in (False, True)}
         self.batches_kwargs = dict(process_index=jax.process_index(), process_count=jax.process_count())
+        self.on_device: dict[str, Any] = {}  # split -> OnDeviceBatches, loaded on first use
+
+    def split_batches(self, split: str, *, shuffle: bool, epoch: int, drop_remainder: bool,
+                      start_batch: int = 0) -> Iterator[dict]:
+        """Host batches from the data source, or (data.on_device) batches cut on the accelerator.
+
+        Both follow the same example order, so a run may switch between them and get the same batches.
+        """
+        options = dict(shuffle=shuffle, seed=self.config.seed, epoch=epoch, drop_remainder=drop_remainder,
+                       start_batch=start_batch)
+        if not self.config.data.get("on_device"):
+            return self.exp.source.batches(split, self.config.batch_size, **options, **self.batches_kwargs)
+        if split not in self.on_device:
+            from cnn_flax.data import OnDeviceBatches
+
+            self.on_device[split] = OnDeviceBatches(*self.exp.source.arrays(split), self.parallel.mesh)
+        return self.on_device[split].batches(self.config.batch_size, **options)
 
     # -- state ---------------------------------------------------------------------------------------
     def template(self) -> dict[str, Any]:
@@ -188,8 +205,7 @@ class Trainer:
 
     def eval_batches(self, split: str) -> Iterator[dict]:
         limit = int(self.config.get("eval_steps", -1))
-        batches = self.exp.source.batches(split, self.config.batch_size, shuffle=False, seed=self.config.seed,
-                                          epoch=0, drop_remainder=False, **self.batches_kwargs)
+        batches = self.split_batches(split, shuffle=False, epoch=0, drop_remainder=False)
         if limit > 0:
             batches = (b for i, b in zip(range(limit), batches, strict=False))
         return device_prefetch(batches, self.parallel.put_batch)
@@ -260,9 +276,8 @@ class Trainer:
         for epoch in range(meta["epoch"], config.num_epochs):
             started = time.time()
             reporter.start_epoch(epoch + 1, config.num_epochs, spe, start_batch)
-            batches = self.exp.source.batches("train", config.batch_size, shuffle=True, seed=config.seed,
-                                              epoch=epoch, drop_remainder=True, start_batch=start_batch,
-                                              **self.batches_kwargs)
+            batches = self.split_batches("train", shuffle=True, epoch=epoch, drop_remainder=True,
+                                         start_batch=start_batch)
             batches = (b for _, b in zip(range(spe - start_batch), batches, strict=False))
             for i, batch in enumerate(device_prefetch(batches, self.parallel.put_batch), start=start_batch + 1):
                 state, metrics = self.train_step(state, batch, metrics)

@@ -163,3 +163,15 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
 def test_batch_size_not_divisible_by_devices(tmp_path):
     with pytest.raises(UserError, match="batch_size=12 is not divisible by the 8 devices"):
         train_and_evaluate(tiny_config(batch_size=12), str(tmp_path))
+
+
+def test_on_device_data_and_half_precision_runs(uninterrupted, tmp_path):
+    """data.on_device gives the very batches of the host path; bfloat16 compute keeps float32 weights."""
+    workdir = str(tmp_path / "on_device")
+    train_and_evaluate(tiny_config(num_epochs=4, **{"data.on_device": True}), workdir)
+    assert _history(workdir) == _history(uninterrupted[0])
+    workdir = str(tmp_path / "bf16")
+    train_and_evaluate(tiny_config(num_epochs=1, half_precision=True), workdir)
+    state, _ = _params(workdir, 1)
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(state.params)} == {np.dtype(np.float32)}
+    assert np.isfinite(_history(workdir)[0]["train_loss"])
