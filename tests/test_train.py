@@ -175,3 +175,20 @@ def test_on_device_data_and_half_precision_runs(uninterrupted, tmp_path):
     state, _ = _params(workdir, 1)
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(state.params)} == {np.dtype(np.float32)}
     assert np.isfinite(_history(workdir)[0]["train_loss"])
+
+
+def test_init_from_another_runs_checkpoint(uninterrupted, tmp_path):
+    from cnn_flax.experiment import build_experiment, initial_variables
+
+    reference, _ = _params(uninterrupted[0], 2)
+    for source in (uninterrupted[0] + "/checkpoints/epoch_2", uninterrupted[0]):
+        exp = build_experiment(tiny_config(init_from=source))
+        variables = initial_variables(exp)
+        expected = reference if source.endswith("epoch_2") else _params(uninterrupted[0], 4)[0]
+        jax.tree_util.tree_map(np.testing.assert_array_equal, variables["params"], expected.params)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, variables["batch_stats"], expected.batch_stats)
+    with pytest.raises(UserError, match="init_from='/nowhere' does not exist"):
+        initial_variables(build_experiment(tiny_config(init_from="/nowhere")))
+    other = build_experiment(tiny_config(init_from=uninterrupted[0], **{"data.image_size": 32}))
+    with pytest.raises(UserError, match="fc1/kernel is missing or has another shape"):
+        initial_variables(other)
