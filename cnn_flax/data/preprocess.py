@@ -15,7 +15,9 @@ from cnn_flax.data.augment import random_affine
 from cnn_flax.data.core import DatasetInfo
 from cnn_flax.errors import UserError
 
-NORMALIZE_METHODS = ("scale", "mean_image", "mean_rgb", "none")
+NORMALIZE_METHODS = ("scale", "mean_image", "mean_rgb", "caffe", "none")
+# Keras's 'caffe' preprocessing for VGG and the ImageNet weights: RGB→BGR, minus these BGR means.
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 AUGMENT_DEFAULTS = {
     "rotation": 0.0,
     "zoom": 0.0,
@@ -27,7 +29,8 @@ AUGMENT_DEFAULTS = {
 
 
 def normalize(images: jax.Array, method: str, info: DatasetInfo) -> jax.Array:
-    """float32 images: /255 ('scale'), minus the train mean image or mean RGB (pixel scale), or as is."""
+    """float32 images: /255 ('scale'), minus the train mean image or mean RGB (pixel scale), Keras's VGG
+    'caffe' (BGR minus ImageNet means), or as is."""
     x = jnp.asarray(images).astype(jnp.float32)
     if method == "scale":
         return x / 255.0
@@ -35,6 +38,8 @@ def normalize(images: jax.Array, method: str, info: DatasetInfo) -> jax.Array:
         return x - jnp.asarray(info.mean_image, jnp.float32)
     if method == "mean_rgb":
         return x - jnp.asarray(info.mean_rgb, jnp.float32)
+    if method == "caffe":
+        return x[..., ::-1] - jnp.asarray(CAFFE_BGR_MEAN, jnp.float32)
     if method == "none":
         return x
     raise UserError(f"data.normalize={method!r} is unknown; use one of {', '.join(NORMALIZE_METHODS)}")

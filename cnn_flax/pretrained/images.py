@@ -15,10 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cnn_flax.data.preprocess import CAFFE_BGR_MEAN
 from cnn_flax.errors import UserError
 
-# Keras's imagenet_utils means for mode 'caffe', in BGR order.
-CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
