@@ -74,7 +74,7 @@ def run() -> int:
         print(run_ablation(config, workdir, FLAGS.variants or DECK_EXTENSIONS))
     else:
         result = train_and_evaluate(config, workdir)
-        if result.get("interrupted"):
+        if result.get("interrupted") or "rank1" not in result:  # stopped by a signal, or not process 0
             return 0
         print(f"Done: rank-1 {result['rank1']:.4f}  rank-5 {result['rank5']:.4f}  loss {result['loss']:.4f}  "
               f"(reports in {workdir})")
@@ -111,6 +111,25 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(2)
 
 
+class _NoTracebacks(logging.Filter):
+    """Without --verbose, log records stay one line each, and errors that are raised again are not logged.
+
+    Orbax logs every exception of its background threads with a traceback, then raises it again in the
+    thread that waits for the checkpoint, where it becomes the run's one-line error (or a traceback).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "_SignalingThread.run() raised an exception" in record.getMessage():
+            return False
+        record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+
+def _quiet_unraisable(unraisable: "sys.UnraisableHookArgs") -> None:
+    """Errors nothing can catch (TensorStore calling back into Orbax's closed event loop after a failed save)."""
+    logging.getLogger("cnn_flax").debug("ignored %s in %r", unraisable.exc_type.__name__, unraisable.object)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -118,6 +137,10 @@ def main(argv: list[str]) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("absl", "jax", "orbax", "tensorflow", "h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if FLAGS.verbose else logging.WARNING)
+    if not FLAGS.verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_NoTracebacks())
+        sys.unraisablehook = _quiet_unraisable
     if FLAGS.mode != "summary":  # importing TensorFlow costs seconds; only data-reading modes load it
         _hide_gpus_from_tensorflow()
     from cnn_flax.errors import UserError

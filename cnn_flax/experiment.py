@@ -72,11 +72,35 @@ def resolve_model_config(config: ml_collections.ConfigDict, info: DatasetInfo | 
     return model
 
 
+def data_info(source: DataSource) -> DatasetInfo:
+    """The data's facts; with several processes, process 0 alone builds missing files while the others wait.
+
+    Every process reading `info` would otherwise start writing the same HDF5 files into the shared folder.
+    """
+    if jax.process_count() == 1:
+        return source.info
+    from jax.experimental import multihost_utils
+
+    error = None
+    if jax.process_index() == 0:
+        try:
+            _ = source.info
+        except Exception as caught:  # noqa: BLE001 - re-raised below, after the others are told
+            error = caught
+    failed = bool(multihost_utils.broadcast_one_to_all(np.asarray(error is not None)))  # also the barrier
+    if error is not None:
+        raise error
+    if failed:
+        raise UserError("process 0 could not read or prepare the data (its error says why); fix that and start "
+                        "every process again")
+    return source.info
+
+
 def build_experiment(config: ml_collections.ConfigDict, need_data: bool = True) -> Experiment:
     source = info = None
     if need_data:
         source = make_source(config.data)
-        info = source.info
+        info = data_info(source)
     shape = input_shape(config)
     if info is not None and tuple(info.image_shape) != shape:
         raise UserError(f"data gives {info.image_shape} images but the model is built for {shape}; "

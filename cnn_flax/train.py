@@ -113,13 +113,18 @@ def device_prefetch(batches: Iterator[dict], put: Any, depth: int = 2) -> Iterat
 
 def _meta(exp: Experiment, epoch: int, batch: int, step: int, spe: int) -> dict[str, Any]:
     return dict(epoch=epoch, batch=batch, step=step, steps_per_epoch=spe, batch_size=exp.config.batch_size,
-                model=exp.model_config)
+                model=exp.model_config, input_shape=list(exp.input_shape))
 
 
 def _check_same_model(meta: dict[str, Any], exp: Experiment, workdir: str, spe: int) -> None:
+    """Refuse another run's checkpoints before reading them: their parameters would not fit this model."""
     if meta["model"] != exp.model_config:
         raise UserError(f"{workdir} holds checkpoints of model {meta['model']}, not {exp.model_config}; "
                         "use another --workdir for this config")
+    shape = tuple(meta.get("input_shape", exp.input_shape))  # the input size fixes the first dense layer's shape
+    if shape != tuple(exp.input_shape):
+        raise UserError(f"{workdir} holds checkpoints of the model for {shape[0]}x{shape[1]} inputs, not "
+                        f"{exp.input_shape[0]}x{exp.input_shape[1]}; use another --workdir for this config")
     if meta["batch"] and (meta["steps_per_epoch"], meta["batch_size"]) != (spe, exp.config.batch_size):
         raise UserError(f"{workdir} was interrupted mid-epoch with batch_size={meta['batch_size']} and "
                         f"{meta['steps_per_epoch']} steps per epoch; resume with the same values")
@@ -174,13 +179,12 @@ class Trainer:
 
     def restore_or_init(self, checkpoints: Checkpoints) -> tuple[TrainState, TrainMetrics, dict[str, Any]]:
         resume_epoch = int(self.config.get("resume_epoch", -1))
-        if resume_epoch >= 0 and self.files.is_writer:
+        if resume_epoch >= 0:  # every process: process 0 moves the later checkpoints while the others wait
             for moved in checkpoints.set_aside_after(resume_epoch):
                 log.warning("resume_epoch=%d: moved the later checkpoint to %s", resume_epoch, moved)
         restored = checkpoints.restore_latest(self.template(), None if resume_epoch < 0 else resume_epoch)
         if restored is not None:
             tree, meta = restored
-            _check_same_model(meta, self.exp, self.files.workdir, self.spe)
             where = f"epoch {meta['epoch']}" + (f", batch {meta['batch']}" if meta["batch"] else "")
             log.info("Resuming from the checkpoint after %s (step %d) in %s", where, meta["step"],
                      checkpoints.directory)
@@ -221,6 +225,7 @@ class Trainer:
         return np.concatenate(logits), np.concatenate(labels)
 
     def final_report(self, state: TrainState, reporter: Reporter | None = None) -> dict[str, Any]:
+        """The evaluation files and metrics of eval_split; {} on processes other than 0, which write nothing."""
         split = self.config.get("eval_split", "test")
         results = {}
         variants = [("", False)] + ([("tta_", True)] if self.config.get("tta") else [])
@@ -228,7 +233,8 @@ class Trainer:
             logits, labels = self.predictions(state, split, flip)
             loss = float(np.mean(np.asarray(cross_entropy(logits, labels))))
             if self.files.is_writer:
-                images = self.exp.source.arrays(split)[0][:25] if not prefix else None
+                # The first examples of the split, as many as were evaluated (eval_steps may stop short of 25).
+                images = self.exp.source.arrays(split)[0][:min(25, len(labels))] if not prefix else None
                 results[prefix or "plain"] = write_evaluation(
                     self.files.workdir, split=split, scores=logits, labels=labels,
                     class_names=self.exp.class_names, images=images, loss=loss, prefix=prefix)
@@ -257,7 +263,8 @@ class Trainer:
         if files.is_writer:
             os.makedirs(files.workdir, exist_ok=True)
         files.write_json("config.json", config.to_dict())
-        checkpoints = Checkpoints(files.checkpoints, int(config.get("keep_checkpoints", 0)) or None)
+        checkpoints = Checkpoints(files.checkpoints, int(config.get("keep_checkpoints", 0)) or None,
+                                  check=lambda meta: _check_same_model(meta, self.exp, files.workdir, self.spe))
         try:
             state, metrics, meta = self.restore_or_init(checkpoints)
             history = History.load(files.path("history.json")).truncate(meta["epoch"])

@@ -12,8 +12,10 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from flax import serialization
 
@@ -22,17 +24,42 @@ from cnn_flax.errors import UserError
 log = logging.getLogger(__name__)
 
 
+def _first_line(error: Exception) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:200]
+
+
 def _manager(directory: str, prefix: str, keep: int | None) -> ocp.CheckpointManager:
+    # cleanup_tmp_directories: a save killed half-way leaves a temporary folder as big as a checkpoint;
+    # it is never taken for one, and the next run removes it instead of letting it fill the disk.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, step_prefix=prefix, create=True,
-                                           enable_async_checkpointing=False)
+                                           enable_async_checkpointing=False, cleanup_tmp_directories=True)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "meta"))
+
+
+def _storage_problem(error: Exception) -> str | None:
+    """What the file system refused, for errors of the disk rather than of the program (else None).
+
+    Python's own writes raise OSError; TensorStore, which writes the arrays, raises ValueError with the
+    operating system's reason in its text ("RESOURCE_EXHAUSTED: ... No space left on device").
+    """
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    text = str(error)
+    for reason in ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied"):
+        if reason in text:
+            return reason
+    return None
 
 
 class Checkpoints:
     """Epoch checkpoints and the interrupted-run checkpoint of one workdir."""
 
-    def __init__(self, directory: str, keep: int | None = None) -> None:
+    def __init__(self, directory: str, keep: int | None = None,
+                 check: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """`check(meta)` runs before a checkpoint is restored and raises if it belongs to another run: another
+        model's parameters would not fit the template and must not be mistaken for a corrupt checkpoint."""
         self.directory = directory
+        self.check = check
         self.epochs = _manager(directory, "epoch", keep or None)
         self.interrupted = _manager(os.path.join(directory, "interrupted"), "step", 1)
 
@@ -49,8 +76,13 @@ class Checkpoints:
         try:
             manager.save(number, args=args, force=True)
             manager.wait_until_finished()
-        except OSError as error:
-            raise UserError(f"could not write a checkpoint into {manager.directory} ({error.strerror or error}); "
+        except Exception as error:
+            reason = _storage_problem(error)
+            if reason is None:
+                raise
+            # Orbax's writer threads may still be finishing the half-written temporary folder; the next run
+            # removes it when it opens the checkpoints (cleanup_tmp_directories).
+            raise UserError(f"could not write a checkpoint into {manager.directory} ({reason}); "
                             "free disk space or choose another --workdir, then run the same command again") from error
 
     def saved_epochs(self) -> list[int]:
@@ -69,34 +101,55 @@ class Checkpoints:
         if epoch not in self.saved_epochs():
             raise UserError(f"no checkpoint for epoch {epoch} in {self.directory}; saved epochs: "
                             f"{', '.join(map(str, self.saved_epochs())) or 'none'}")
-        return self.restore(self.epochs, epoch, template)
+        try:
+            return self.restore(self.epochs, epoch, template)
+        except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many types for a damaged file
+            raise UserError(f"{self._name(self.epochs, epoch)} is corrupt or of another model "
+                            f"({_first_line(error)}); use another epoch") from error
 
     def restore_latest(self, template: Any, max_epoch: int | None = None) -> tuple[Any, dict[str, Any]] | None:
         """The newest readable checkpoint by training step (epoch or interrupted), or None if there is none.
 
         `max_epoch` ignores checkpoints beyond that epoch (resuming from an earlier epoch on purpose).
+        Checkpoints that cannot be read are reported and moved into `checkpoints.corrupt-<time>/`: kept for
+        a look, and out of the way of the run, which saves those epochs again.
         """
         candidates = [(self.epochs, n) for n in self.epochs.all_steps()]
         candidates += [(self.interrupted, n) for n in self.interrupted.all_steps()]
-        ordered = []
+        ordered, corrupt = [], []
         for manager, number in candidates:
             try:
                 meta = self.read_meta(manager, number)
             except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is reported and skipped
-                log.warning("Skipping unreadable checkpoint %s: %s", self._name(manager, number), error)
+                log.warning("Skipping unreadable checkpoint %s (%s)", self._name(manager, number), _first_line(error))
+                corrupt.append(self._name(manager, number))
                 continue
             if max_epoch is not None and (meta["epoch"], meta["batch"]) > (max_epoch, 0):
                 continue
-            ordered.append((meta["step"], manager, number))
-        for _, manager, number in sorted(ordered, key=lambda item: item[0], reverse=True):
+            ordered.append((meta["step"], number, manager, meta))
+        chosen = None
+        for _, number, manager, meta in sorted(ordered, key=lambda item: item[:2], reverse=True):
+            if self.check is not None:
+                self.check(meta)
             try:
-                state, meta = self.restore(manager, number, template)
+                chosen = self.restore(manager, number, template)
+                break
             except Exception as error:  # noqa: BLE001
                 log.warning("Checkpoint %s is corrupt (%s); falling back to the previous one",
-                            self._name(manager, number), str(error).splitlines()[0][:200])
-                continue
-            return state, meta
-        return None
+                            self._name(manager, number), _first_line(error))
+                corrupt.append(self._name(manager, number))
+        self._set_aside(corrupt)
+        return chosen
+
+    def _set_aside(self, corrupt: list[str]) -> None:
+        if corrupt and jax.process_index() == 0:
+            target = f"{self.directory}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.makedirs(target, exist_ok=True)
+            for path in corrupt:
+                log.warning("Moved the corrupt checkpoint %s to %s", path, shutil.move(path, target))
+        self._all_wait("cnn_flax: corrupt checkpoints set aside")  # every process calls this
+        if corrupt or jax.process_count() > 1:
+            self.reload()
 
     def _name(self, manager: ocp.CheckpointManager, number: int) -> str:
         prefix = "epoch" if manager is self.epochs else "interrupted/step"
@@ -105,22 +158,35 @@ class Checkpoints:
     def set_aside_after(self, epoch: int) -> list[str]:
         """Move checkpoints past `epoch` (and any interrupted one) into a dated folder, to restart from `epoch`.
 
-        This is the deck's "stop, lower the rate, resume" workflow; nothing is deleted.
+        This is the deck's "stop, lower the rate, resume" workflow; nothing is deleted. Every process calls
+        it; process 0 moves the folders while the others wait, then all list the checkpoints again.
         """
         later = [n for n in self.epochs.all_steps() if n > epoch]
         interrupted = list(self.interrupted.all_steps())
-        if not later and not interrupted:
-            return []
-        target = f"{self.directory}.set-aside-{time.strftime('%Y%m%d-%H%M%S')}"
-        os.makedirs(target, exist_ok=True)
         moved = []
-        for number in later:
-            moved.append(shutil.move(os.path.join(self.directory, f"epoch_{number}"), target))
-        for number in interrupted:
-            moved.append(shutil.move(os.path.join(self.directory, "interrupted", f"step_{number}"), target))
+        if (later or interrupted) and jax.process_index() == 0:
+            target = f"{self.directory}.set-aside-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.makedirs(target, exist_ok=True)
+            for number in later:
+                moved.append(shutil.move(os.path.join(self.directory, f"epoch_{number}"), target))
+            for number in interrupted:
+                moved.append(shutil.move(os.path.join(self.directory, "interrupted", f"step_{number}"), target))
+        self._all_wait("cnn_flax: checkpoints set aside")
+        if later or interrupted or jax.process_count() > 1:
+            self.reload()
+        return moved
+
+    @staticmethod
+    def _all_wait(name: str) -> None:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(name)
+
+    def reload(self) -> None:
+        """Re-read the folders (another process may have moved checkpoints since the managers listed them)."""
         self.epochs.reload()
         self.interrupted.reload()
-        return moved
 
     def clear_interrupted(self) -> None:
         for number in self.interrupted.all_steps():
