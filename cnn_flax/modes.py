@@ -47,7 +47,13 @@ def prepare(config: ml_collections.ConfigDict, overwrite: bool = False) -> list[
 
     if config.data.name not in NOMINAL_CLASSES or config.data.name == "imagenet2012":
         raise UserError(f"data.name={config.data.name!r} has nothing to prepare here")
-    return make_source(config.data).prepare(overwrite=overwrite)
+    if jax.process_count() == 1:
+        return make_source(config.data).prepare(overwrite=overwrite)
+    from jax.experimental import multihost_utils  # several processes: process 0 writes, the others wait
+
+    written = make_source(config.data).prepare(overwrite=overwrite) if jax.process_index() == 0 else []
+    multihost_utils.sync_global_devices("cnn_flax: data prepared")
+    return written
 
 
 def _evaluate_state(trainer: Trainer, state: Any, split: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
