@@ -141,6 +141,9 @@ def main(argv: list[str]) -> int:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_NoTracebacks())
         sys.unraisablehook = _quiet_unraisable
+    from cnn_flax.runtime import tune_cpu
+
+    logging.getLogger("cnn_flax").debug("CPU runtime settings applied: %s", tune_cpu())  # before JAX starts
     if FLAGS.mode != "summary":  # importing TensorFlow costs seconds; only data-reading modes load it
         _hide_gpus_from_tensorflow()
     from cnn_flax.errors import UserError

@@ -1,11 +1,16 @@
 """Throughput of a config's model on this machine: `--mode=benchmark` prints one line of figures.
 
 step: the bare compiled train step on a batch already on the device (the ceiling); loop: the real
-training loop (`Trainer.train`, with its input pipeline, metrics, progress bar, evaluation and
-checkpoint) on the config's data, or on synthetic data of the right shape when the dataset is absent;
-eval: inference on a device-resident batch; input: the host input pipeline alone, when the data exists.
-Compilation is excluded (each phase runs once before it is timed); each figure is the median of
-several repetitions, because shared machines are noisy.
+training loop (`Trainer.train`: input pipeline, device prefetch, on-device metrics with their periodic
+fetch, progress bar, stop checks) from the start of an epoch until its metrics are on the host, on the
+config's data or on synthetic data of the same shape when the dataset is absent; eval: inference on a
+device-resident batch; input: the host input pipeline alone, when the data exists.
+
+What an epoch costs besides its steps (fresh weights, the validation pass, history, plot, checkpoint)
+does not depend on the number of steps, so it is reported on its own as `epoch_extra_s` instead of
+being spread over a short benchmark epoch. Compilation is excluded (every phase runs once before it is
+timed), each figure is the median of several repetitions (shared machines are noisy), and `compiles`
+counts the train step's compilations over all of it: 1 means nothing retraced.
 """
 
 import contextlib
@@ -14,6 +19,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -21,15 +27,24 @@ import ml_collections
 from cnn_flax.errors import UserError
 
 REPEATS = 3
+STEPS = 10  # per timed repetition, and the length of the timed loop's epoch
 
 
-def _median_rate(run: Callable[[], int], repeats: int = REPEATS) -> float:
+def _median_rate(run: Callable[[], tuple[int, float]], repeats: int) -> float:
+    """Median images/s of `run`, which returns (images, seconds)."""
     rates = []
     for _ in range(repeats):
+        images, seconds = run()
+        rates.append(images / seconds)
+    return statistics.median(rates)
+
+
+def _timed(run: Callable[[], int]) -> Callable[[], tuple[int, float]]:
+    def timed() -> tuple[int, float]:
         start = time.perf_counter()
         images = run()
-        rates.append(images / (time.perf_counter() - start))
-    return statistics.median(rates)
+        return images, time.perf_counter() - start
+    return timed
 
 
 def _data_available(config: ml_collections.ConfigDict) -> bool:
@@ -43,7 +58,7 @@ def _data_available(config: ml_collections.ConfigDict) -> bool:
 
 
 def benchmark_config(config: ml_collections.ConfigDict, steps: int, use_data: bool) -> ml_collections.ConfigDict:
-    """The config cut to one short epoch; on random images of the same shape when `use_data` is False."""
+    """The config cut to one epoch of `steps` steps; on random images of the same shape when `use_data` is False."""
     config = ml_collections.ConfigDict(config.to_dict())
     if not use_data:
         from cnn_flax.experiment import NOMINAL_CLASSES
@@ -55,68 +70,132 @@ def benchmark_config(config: ml_collections.ConfigDict, steps: int, use_data: bo
         config.data.synthetic_sizes = dict(train=steps * config.batch_size, val=config.batch_size,
                                            test=config.batch_size)
     config.update(dict(num_epochs=1, steps_per_epoch=steps, eval_steps=1, checkpoint_every_epochs=1,
-                       log_every_steps=max(steps // 2, 1), init_from=""))
+                       init_from="", resume_epoch=-1))
     config.wandb.enabled = False
     return config
 
 
-def benchmark(config: ml_collections.ConfigDict, workdir: str, steps: int = 20) -> str:
+class _BareSteps:
+    """The compiled train step applied again and again to one device-resident batch."""
+
+    def __init__(self, trainer: Any) -> None:
+        from cnn_flax.experiment import initial_variables
+        from cnn_flax.training.metrics import TrainMetrics
+        from cnn_flax.training.state import TrainState
+
+        self.trainer = trainer
+        parallel = trainer.parallel
+        first = next(iter(trainer.split_batches("train", shuffle=True, epoch=0, drop_remainder=True)))
+        self.batch = parallel.put_batch(first)
+        self.state = parallel.put_replicated(TrainState.create(initial_variables(trainer.exp), trainer.tx))
+        self.metrics = parallel.put_replicated(TrainMetrics.empty())
+
+    def __call__(self, steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.state, self.metrics = self.trainer.train_step(self.state, self.batch, self.metrics)
+        jax.block_until_ready(self.metrics)
+        return time.perf_counter() - start
+
+
+class _LoopEpochs:
+    """Whole `Trainer.train` runs of one epoch, each in a fresh workdir, timed inside and out.
+
+    The epoch's steps end when the loop asks for the validation metrics (the train metrics have been
+    fetched to the host by then), so wrapping `evaluate_metrics` marks that moment without touching
+    the loop.
+    """
+
+    def __init__(self, trainer: Any, scratch: str) -> None:
+        self.trainer, self.scratch = trainer, scratch
+        self.marks: dict[str, float] = {}
+        evaluate = trainer.evaluate_metrics
+
+        def marked_evaluate(*args: Any, **kwargs: Any) -> dict[str, float]:
+            self.marks.setdefault("steps_done", time.perf_counter())
+            return evaluate(*args, **kwargs)
+
+        trainer.evaluate_metrics = marked_evaluate
+
+    def __call__(self) -> tuple[float, float]:
+        """(seconds of the epoch's steps, seconds of everything else in `Trainer.train`)."""
+        from cnn_flax.training.logging import Reporter
+
+        trainer, marks = self.trainer, self.marks
+        trainer.files = type(trainer.files)(tempfile.mkdtemp(dir=self.scratch))
+        reporter = Reporter(trainer.files.workdir, trainer.spe, None, {})
+        start_epoch = reporter.start_epoch
+
+        def marked_start(*args: Any, **kwargs: Any) -> None:
+            marks["epoch_start"] = time.perf_counter()
+            start_epoch(*args, **kwargs)
+
+        reporter.start_epoch = marked_start
+        marks.clear()
+        start = time.perf_counter()
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # keep progress bars out of the figures' output
+                trainer.train(reporter)
+        finally:
+            reporter.close()
+        total = time.perf_counter() - start
+        steps = marks["steps_done"] - marks["epoch_start"]
+        return steps, total - steps
+
+
+def benchmark_figures(config: ml_collections.ConfigDict, steps: int = STEPS, repeats: int = REPEATS,
+                      input_seconds: float = 3.0) -> dict[str, Any]:
+    """The figures of `benchmark` as a dict."""
     from cnn_flax.train import Trainer
-    from cnn_flax.training.logging import Reporter
-    from cnn_flax.training.metrics import TrainMetrics
-    from cnn_flax.training.state import TrainState
 
     has_data = _data_available(config)
     run_config = benchmark_config(config, steps, has_data)
     batch_size = run_config.batch_size
+    figures: dict[str, Any] = dict(model=run_config.model.get("name", "?"), batch=batch_size,
+                                   devices=jax.device_count(), steps=steps)
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(run_config, scratch)
-        parallel = trainer.parallel
-        first = next(iter(trainer.split_batches("train", shuffle=True, epoch=0, drop_remainder=True)))
-        batch = parallel.put_batch(first)
-        from cnn_flax.experiment import initial_variables
-
-        state = parallel.put_replicated(TrainState.create(initial_variables(trainer.exp), trainer.tx))
-        metrics = parallel.put_replicated(TrainMetrics.empty())
-
-        def bare_steps() -> int:
-            nonlocal state, metrics
-            for _ in range(steps):
-                state, metrics = trainer.train_step(state, batch, metrics)
-            jax.block_until_ready(metrics)
-            return steps * batch_size
-
-        bare_steps()
-        step_rate = _median_rate(bare_steps)
+        figures["model"] = trainer.exp.model_config.get("name", figures["model"])
+        bare = _BareSteps(trainer)
+        bare(1)
+        figures["step_img_per_s"] = _median_rate(lambda: (steps * batch_size, bare(steps)), repeats)
 
         def inference() -> int:
             out = None
             for _ in range(steps):
-                out = trainer.predict_step[False](state, batch)
+                out = trainer.predict_step[False](bare.state, bare.batch)
             jax.block_until_ready(out)
             return steps * batch_size
 
         inference()
-        eval_rate = _median_rate(inference)
+        figures["eval_img_per_s"] = _median_rate(_timed(inference), repeats)
 
-        def loop() -> int:
-            """One whole epoch of the real loop in a fresh workdir, with the compiled steps reused."""
-            run_dir = tempfile.mkdtemp(dir=scratch)
-            trainer.files = type(trainer.files)(run_dir)
-            reporter = Reporter(run_dir, steps, None, {})
-            with contextlib.redirect_stderr(io.StringIO()):  # no progress bars in the figures' output
-                trainer.train(reporter)
-            reporter.close()
-            return steps * batch_size
-
+        loop = _LoopEpochs(trainer, scratch)
         loop()
-        loop_rate = _median_rate(loop)
-        line = (f"benchmark model={trainer.exp.model_config['name']} batch={batch_size} "
-                f"devices={jax.device_count()} step_img_per_s={step_rate:.1f} loop_img_per_s={loop_rate:.1f} "
-                f"eval_img_per_s={eval_rate:.1f}")
+        runs = [loop() for _ in range(repeats)]
+        figures["loop_img_per_s"] = statistics.median(steps * batch_size / inside for inside, _ in runs)
+        figures["epoch_extra_s"] = statistics.median(outside for _, outside in runs)
         if has_data:
             from cnn_flax.data.bench import measure_input
 
-            line += f" input_img_per_s={measure_input(trainer.exp.source, 'train', batch_size, 3.0):.1f}"
-    kind = jax.devices()[0].device_kind.replace(" ", "_")
-    return f"{line} data={'real' if has_data else 'synthetic'} device={kind}"
+            figures["input_img_per_s"] = measure_input(trainer.exp.source, "train", batch_size, input_seconds)
+        figures["compiles"] = trainer.train_step._cache_size()
+    figures["data"] = "real" if has_data else "synthetic"
+    figures["device"] = jax.devices()[0].device_kind.replace(" ", "_")
+    return figures
+
+
+def format_line(figures: dict[str, Any]) -> str:
+    """SPEC.md's line, then the extras (epoch_extra_s, data, device, steps, compiles)."""
+    keys = ["step_img_per_s", "loop_img_per_s", "eval_img_per_s"]
+    keys += ["input_img_per_s"] if "input_img_per_s" in figures else []
+    rates = " ".join(f"{key}={figures[key]:.1f}" for key in keys)
+    return (f"benchmark model={figures['model']} batch={figures['batch']} devices={figures['devices']} {rates} "
+            f"epoch_extra_s={figures['epoch_extra_s']:.2f} data={figures['data']} device={figures['device']} "
+            f"steps={figures['steps']} compiles={figures['compiles']}")
+
+
+def benchmark(config: ml_collections.ConfigDict, workdir: str, steps: int = STEPS, repeats: int = REPEATS) -> str:
+    """One line of throughput figures for `config` (nothing is written to `workdir`)."""
+    del workdir  # every run of the loop goes to a scratch folder that is removed afterwards
+    return format_line(benchmark_figures(config, steps, repeats))

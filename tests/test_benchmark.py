@@ -1,22 +1,29 @@
-"""--mode=benchmark runs and prints SPEC.md's line; the train step compiles once across steps and epochs."""
+"""--mode=benchmark prints SPEC.md's line; the train step compiles once across steps and epochs."""
 
 import re
 
+import numpy as np
 from test_train import tiny_config
 
-from cnn_flax.benchmark import benchmark
+from cnn_flax.benchmark import benchmark, benchmark_figures, format_line
+from cnn_flax.data import make_source
 from cnn_flax.train import Trainer
 from cnn_flax.training.logging import Reporter
 
-LINE = re.compile(r"benchmark model=minivgg batch=32 devices=8 step_img_per_s=[\d.]+ loop_img_per_s=[\d.]+ "
-                  r"eval_img_per_s=[\d.]+ input_img_per_s=[\d.]+ data=real device=\S+$")
+SPEC_LINE = re.compile(r"^benchmark model=(\w+) batch=(\d+) devices=(\d+) step_img_per_s=([\d.]+) "
+                       r"loop_img_per_s=([\d.]+) eval_img_per_s=([\d.]+)( input_img_per_s=([\d.]+))? ")
 
 
-def test_benchmark_line_on_real_data(tmp_path):
-    line = benchmark(tiny_config(), str(tmp_path / "bench"), steps=3)
-    assert LINE.match(line), line
-    rates = dict(kv.split("=") for kv in line.split()[1:])
-    assert all(float(rates[k]) > 0 for k in ("step_img_per_s", "loop_img_per_s", "eval_img_per_s"))
+def test_benchmark_line_on_real_data_and_one_compile(tmp_path):
+    figures = benchmark_figures(tiny_config(), steps=3, repeats=2, input_seconds=0.2)
+    line = format_line(figures)
+    match = SPEC_LINE.match(line)
+    assert match, line
+    assert match.groups()[:3] == ("minivgg", "32", "8")
+    assert all(float(v) > 0 for v in match.groups()[3:6]) and float(match.group(8)) > 0
+    assert line.endswith("data=real device=cpu steps=3 compiles=1")
+    # Bare steps, warm-up and timed runs of Trainer.train (three fresh epochs) all used one compilation.
+    assert figures["compiles"] == 1 and figures["epoch_extra_s"] > 0
 
 
 def test_benchmark_falls_back_to_synthetic_data(tmp_path):
@@ -24,12 +31,27 @@ def test_benchmark_falls_back_to_synthetic_data(tmp_path):
     config.data.name = "cifar10"  # not prepared on this machine
     config.data.image_size = 32
     config.data.dir = str(tmp_path / "no_tfds")
-    line = benchmark(config, str(tmp_path / "bench"), steps=2)
+    line = benchmark(config, str(tmp_path / "bench"), steps=2, repeats=1)
+    assert SPEC_LINE.match(line), line
     assert " data=synthetic " in line and "input_img_per_s" not in line
+    assert not (tmp_path / "bench").exists()
+
+
+def test_synthetic_source_is_deterministic_and_shaped(tmp_path):
+    config = tiny_config().data
+    config.update(dict(name="synthetic", image_size=12, num_classes=7, synthetic_sizes=dict(train=40, val=8, test=8)))
+    first, second = make_source(config), make_source(config)
+    assert first.info.image_shape == (12, 12, 3) and first.info.num_classes == 7
+    assert first.info.split_sizes == {"train": 40, "val": 8, "test": 8}
+    images, labels = first.arrays("train")
+    assert images.dtype == np.uint8 and labels.dtype == np.int32 and set(labels) <= set(range(7))
+    np.testing.assert_array_equal(images, second.arrays("train")[0])
+    batch = next(iter(first.batches("train", 16, shuffle=True, seed=0, epoch=0, drop_remainder=True)))
+    assert batch["image"].shape == (16, 12, 12, 3)
 
 
 def test_train_step_compiles_once_over_epochs(tmp_path):
-    trainer = Trainer(tiny_config(num_epochs=2), str(tmp_path))
+    trainer = Trainer(tiny_config(num_epochs=2, steps_per_epoch=3), str(tmp_path))
     reporter = Reporter(str(tmp_path), 2 * trainer.spe, None, {})
     trainer.train(reporter)
     reporter.close()

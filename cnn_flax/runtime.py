@@ -1,0 +1,83 @@
+"""Process-wide settings that make XLA's CPU backend fast for these networks; `launch.py` applies them.
+
+They act on the whole process (an environment variable read when JAX's CPU client starts, and glibc's
+allocator), so importing the library never applies them: the command line does, and research code that
+trains on CPU can call `tune_cpu()` first thing. On a GPU or TPU they change nothing that matters.
+Figures and what else was tried: the README's performance section.
+"""
+
+import ctypes
+import functools
+import mmap
+import os
+import sys
+from pathlib import Path
+
+_YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
+_EIGEN_CONVOLUTIONS = f"--{_YNN_FLAG}=-individual_convolution"
+# What the jaxlib binary must contain for the flag above to parse: an unknown XLA flag aborts the process.
+_FLAG_MARKERS = (_YNN_FLAG.encode(), b"LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
+_MALLOC_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+OPT_OUT = "CNN_FLAX_CPU_TUNING"  # set to 0 to leave both settings alone
+
+
+def tune_cpu() -> list[str]:
+    """Apply both settings unless opted out; returns the names of those applied (for the log)."""
+    if os.environ.get(OPT_OUT, "1") == "0":
+        return []
+    applied = []
+    if prefer_eigen_convolutions():
+        applied.append("eigen_convolutions")
+    if keep_freed_host_memory():
+        applied.append("keep_freed_host_memory")
+    return applied
+
+
+@functools.cache
+def _jaxlib_knows_flag() -> bool:
+    import jaxlib
+
+    libraries = sorted(Path(jaxlib.__file__).parent.glob("*.so"), key=lambda p: p.stat().st_size)
+    if not libraries:
+        return False
+    with open(libraries[-1], "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as image:
+        return all(image.find(marker) >= 0 for marker in _FLAG_MARKERS)
+
+
+def prefer_eigen_convolutions() -> bool:
+    """Keep XLA CPU's convolutions on its Eigen kernels rather than YNNPACK; True if the flag was added.
+
+    jaxlib 0.10 hands each convolution to YNNPACK by default. Measured here (batch 64, 2 cores), YNNPACK
+    ran a 3x3 convolution on one core at about 45 GFLOP/s where Eigen used both at about 90, and took
+    2.6 s for a kernel gradient that Eigen computes in 0.17 s. Flags are read when the CPU backend
+    starts, so this must run before the first JAX computation. A choice already made in XLA_FLAGS is
+    left alone, and so is a jaxlib that does not know the flag (XLA would abort on it).
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if _YNN_FLAG in flags or not _jaxlib_knows_flag():
+        return False
+    os.environ["XLA_FLAGS"] = f"{flags} {_EIGEN_CONVOLUTIONS}".strip()
+    return True
+
+
+def keep_freed_host_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of unmapping it; True if the settings took.
+
+    XLA's CPU runtime allocates each execution's temporaries as one block (214 MB for MiniVGG's train
+    step at batch 64) from a worker thread. glibc serves a block that large with a fresh mmap and unmaps
+    it on free, so every step page-faulted 52,000 zeroed pages back in: a third of the step's CPU time
+    went to the kernel. With one arena (worker threads would otherwise get 64 MB heaps, too small for
+    the block), no mmap and no trimming below 2 GiB, the block is reused and the faults go. The cost is
+    that the process keeps up to that much freed memory. Left alone when a MALLOC_* variable is set
+    (the user chose), and off glibc.
+    """
+    if not sys.platform.startswith("linux") or any(name in os.environ for name in _MALLOC_ENV):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+    keep = (1 << 31) - 1
+    return all([libc.mallopt(m_arena_max, 1) == 1, libc.mallopt(m_mmap_threshold, keep) == 1,
+                libc.mallopt(m_trim_threshold, keep) == 1])
