@@ -42,6 +42,12 @@ class Experiment:
 
     @property
     def class_names(self) -> tuple[str, ...]:
+        if self.info is not None and self.info.name == "imagenet2012":
+            # TFDS names the classes by WordNet id (n01440764); reports read better with Keras's words
+            # (tench), which come in the same sorted-id order.
+            from cnn_flax.pretrained import imagenet_class_names
+
+            return imagenet_class_names()
         if self.info is not None:
             return self.info.class_names
         return tuple(str(i) for i in range(self.model_config.get("num_classes", 0)))

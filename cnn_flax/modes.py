@@ -45,7 +45,7 @@ def summary(config: ml_collections.ConfigDict) -> str:
 def prepare(config: ml_collections.ConfigDict, overwrite: bool = False) -> list[str]:
     from cnn_flax.data import make_source
 
-    if config.data.name not in NOMINAL_CLASSES or config.data.name == "imagenet2012":
+    if config.data.name not in NOMINAL_CLASSES:
         raise UserError(f"data.name={config.data.name!r} has nothing to prepare here")
     if jax.process_count() == 1:
         return make_source(config.data).prepare(overwrite=overwrite)

@@ -216,13 +216,27 @@ class Trainer:
 
     def predictions(self, state: TrainState, split: str, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Logits and labels of a whole split on the host, padding rows removed."""
-        logits, labels = [], []
+        logits, labels, _ = self.predictions_and_images(state, split, flip)
+        return logits, labels
+
+    def predictions_and_images(self, state: TrainState, split: str, flip: bool = False,
+                               num_images: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Logits, labels and the raw uint8 images of the first `num_images` examples, in one pass.
+
+        The images come from the evaluated batches themselves, not from the source's arrays: a streamed
+        dataset (ImageNet) has none, and this keeps each picture paired with its own prediction.
+        """
+        logits, labels, images, kept = [], [], [], 0
         for batch in self.eval_batches(split):
             out = self.parallel.fetch_rows(self.predict_step[flip](state, batch))
             mask = self.parallel.fetch_rows(batch["mask"]).astype(bool)
             logits.append(out[mask])
             labels.append(self.parallel.fetch_rows(batch["label"])[mask])
-        return np.concatenate(logits), np.concatenate(labels)
+            if kept < num_images:  # every process takes part: fetch_rows gathers across processes
+                images.append(self.parallel.fetch_rows(batch["image"])[mask][:num_images - kept])
+                kept += len(images[-1])
+        first = np.concatenate(images) if images else np.zeros((0, *self.exp.input_shape), np.uint8)
+        return np.concatenate(logits), np.concatenate(labels), first
 
     def final_report(self, state: TrainState, reporter: Reporter | None = None) -> dict[str, Any]:
         """The evaluation files and metrics of eval_split; {} on processes other than 0, which write nothing."""
@@ -230,14 +244,14 @@ class Trainer:
         results = {}
         variants = [("", False)] + ([("tta_", True)] if self.config.get("tta") else [])
         for prefix, flip in variants:
-            logits, labels = self.predictions(state, split, flip)
+            # The first 25 examples of the split, or as many as were evaluated (eval_steps may stop short).
+            logits, labels, images = self.predictions_and_images(state, split, flip, 0 if prefix else 25)
             loss = float(np.mean(np.asarray(cross_entropy(logits, labels))))
             if self.files.is_writer:
-                # The first examples of the split, as many as were evaluated (eval_steps may stop short of 25).
-                images = self.exp.source.arrays(split)[0][:min(25, len(labels))] if not prefix else None
                 results[prefix or "plain"] = write_evaluation(
                     self.files.workdir, split=split, scores=logits, labels=labels,
-                    class_names=self.exp.class_names, images=images, loss=loss, prefix=prefix)
+                    class_names=self.exp.class_names, images=None if prefix else images, loss=loss,
+                    prefix=prefix)
         if reporter is not None and self.files.is_writer:
             main = results["plain"]
             reporter.summary({f"test_{k}": v for k, v in main.items() if isinstance(v, float)})

@@ -29,7 +29,11 @@ def base(name: str) -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict(dict(
         name="cifar10", dir="", root="", image_size=32, normalize="scale", on_device=False, prefetch=2,
-        split_seed=42, test_per_class=50))
+        split_seed=42, test_per_class=50,
+        # imagenet2012 only: the folder of the two manual-download tars ("" = <dir>/downloads/manual), the
+        # shorter side crops are cut from (0 = image_size * 256/224), and the images (~110 KB each) of the
+        # shuffle buffer of each process.
+        manual_dir="", resize_size=0, shuffle_buffer=10_000))
     config.data.augment = ml_collections.ConfigDict(dict(
         rotation=0.0, zoom=0.0, width_shift=0.0, height_shift=0.0, shear=0.0, horizontal_flip=False))
     config.model = ml_collections.ConfigDict()

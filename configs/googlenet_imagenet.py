@@ -1,11 +1,16 @@
 """GoogLeNet (the paper's table, LRN, two auxiliary heads weighted 0.3) on ImageNet at 224x224.
 
     python launch.py --config configs/googlenet_imagenet.py --mode=summary
+    python launch.py --config configs/googlenet_imagenet.py --mode=prepare \\
+        --config.data.dir=/data/tfds --config.data.manual_dir=/data/imagenet_tars   # once, hours
+    python launch.py --config configs/googlenet_imagenet.py --config.data.dir=/data/tfds
 
-SGD momentum 0.9, rate 0.01 lowered 4% every 8 epochs (the paper). The ImageNet input pipeline
-(TFDS imagenet2012, manual download) is not part of cnn_flax yet, so this config serves the summary and
-research code; training it needs that pipeline. Expected: the paper's single model reaches ~10.07%
-top-5 error with multi-crop testing.
+Data: TFDS imagenet2012 from the manual download (ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from
+image-net.org, in data.manual_dir; default <data.dir>/downloads/manual), streamed from disk with random
+224 crops of the image rescaled to shorter side 256 plus flips, and the central crop for evaluation (the
+validation set serves as val and test). SGD momentum 0.9, rate 0.01 lowered 4% every 8 epochs (the paper).
+Expected: many GPU-days (120 epochs of 1.28M images; not run here). The paper's single model reaches
+~10.07% top-5 error with multi-crop testing; the single central crop evaluated here gives more.
 """
 
 from configs.common import base

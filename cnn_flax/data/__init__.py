@@ -13,7 +13,7 @@ from cnn_flax.data.on_device import OnDeviceBatches
 from cnn_flax.data.preprocess import make_preprocess, normalize
 from cnn_flax.errors import UserError
 
-NAMES = ("digits", "cifar10", "tiny_imagenet")
+NAMES = ("digits", "cifar10", "tiny_imagenet", "imagenet2012")
 _NATIVE_SIZE = {"cifar10": 32, "tiny_imagenet": 64}
 
 __all__ = [
@@ -70,6 +70,17 @@ def make_source(data_config) -> DataSource:
             build=build,
             prefetch=prefetch,
             window_mb=float(data_config.get("read_window_mb", 64)),
+        )
+    if name == "imagenet2012":
+        from cnn_flax.data.imagenet import ImageNetSource
+
+        return ImageNetSource(
+            data_dir,
+            manual_dir=data_config.get("manual_dir", "") or "",
+            image_size=image_size or 224,
+            resize_size=int(data_config.get("resize_size", 0) or 0),
+            shuffle_buffer=int(data_config.get("shuffle_buffer", 10_000)),
+            prefetch=prefetch,
         )
     if name == "synthetic":  # random images of the configured shape: --mode=benchmark without the data
         from cnn_flax.data.synthetic import SyntheticSource

@@ -7,36 +7,19 @@ network fails fast with the instruction to prepare elsewhere.
 
 from __future__ import annotations
 
-import os
 import socket
 
 import numpy as np
 
 from cnn_flax.data.core import DatasetInfo, one_line
 from cnn_flax.data.memory import ArraySource, Splits, build_info
+from cnn_flax.data.tfds_common import import_tfds, shown_dir
 from cnn_flax.errors import UserError
 
 NAME = "cifar10"
 IMAGE_SIZE = 32
 _READ_BATCH = 10_000
 _DOWNLOAD_HOST = "www.cs.toronto.edu"  # where TFDS fetches CIFAR-10; checked first to fail fast offline
-
-
-def _tfds():
-    """Imports tensorflow_datasets with TensorFlow hidden from every GPU."""
-    import tensorflow as tf
-
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except (RuntimeError, ValueError):  # devices already initialised, or no GPU support in this build
-        pass
-    import tensorflow_datasets as tfds
-
-    return tfds
-
-
-def shown_dir(data_dir: str) -> str:
-    return data_dir or os.environ.get("TFDS_DATA_DIR", "") or "~/tensorflow_datasets"
 
 
 def _absent(data_dir: str) -> UserError:
@@ -62,7 +45,7 @@ def _read_split(tfds, split: str, data_dir: str) -> tuple[np.ndarray, np.ndarray
 
 
 def load_cifar10_splits(data_dir: str) -> tuple[DatasetInfo, Splits]:
-    tfds = _tfds()
+    tfds = import_tfds()
     train_x, train_y, names = _read_split(tfds, "train", data_dir)
     test_x, test_y, _ = _read_split(tfds, "test", data_dir)
     splits = {"train": (train_x, train_y), "val": (test_x, test_y), "test": (test_x, test_y)}
@@ -76,7 +59,7 @@ class Cifar10Source(ArraySource):
 
     def prepare(self, overwrite: bool = False) -> list[str]:
         """Downloads and prepares the TFDS files (network needed once); `overwrite` re-downloads them."""
-        tfds = _tfds()
+        tfds = import_tfds()
         builder = tfds.builder(NAME, data_dir=self.data_dir or None)
         if overwrite or not builder.is_prepared():
             try:

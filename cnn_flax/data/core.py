@@ -65,7 +65,11 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class BatchPlan:
-    """Which example indices each local batch of one epoch holds, for one process."""
+    """Which example indices each local batch of one epoch holds, for one process.
+
+    Sources that cannot index rows (ImageNet streams its files) read `shuffle`, `seed` and `epoch` to
+    order the epoch themselves, and keep `num_batches`, `local_size` and `start_batch`.
+    """
 
     n: int
     global_batch_size: int
@@ -75,6 +79,9 @@ class BatchPlan:
     process_count: int
     start_batch: int
     drop_remainder: bool
+    shuffle: bool = False
+    seed: int = 0
+    epoch: int = 0
 
     @property
     def local_size(self) -> int:
@@ -109,7 +116,8 @@ def make_plan(
     if not 0 <= start_batch <= num:
         raise UserError(f"start_batch={start_batch} is outside [0, {num}]; the checkpoint does not match the data")
     order = epoch_order(seed, epoch, n) if shuffle else np.arange(n)
-    return BatchPlan(n, global_batch_size, order, num, process_index, process_count, start_batch, drop_remainder)
+    return BatchPlan(n, global_batch_size, order, num, process_index, process_count, start_batch, drop_remainder,
+                     shuffle, int(seed), int(epoch))
 
 
 def finish_batch(images: np.ndarray, labels: np.ndarray, size: int, drop_remainder: bool) -> dict[str, np.ndarray]:
