@@ -141,9 +141,11 @@ def main(argv: list[str]) -> int:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_NoTracebacks())
         sys.unraisablehook = _quiet_unraisable
-    from cnn_flax.runtime import tune_cpu
+    from cnn_flax.runtime import tune_cpu, use_compile_cache
 
-    logging.getLogger("cnn_flax").debug("CPU runtime settings applied: %s", tune_cpu())  # before JAX starts
+    log = logging.getLogger("cnn_flax")
+    log.debug("CPU runtime settings applied: %s", tune_cpu())  # before JAX starts
+    log.debug("compiled programs cached in %r", use_compile_cache())
     if FLAGS.mode != "summary":  # importing TensorFlow costs seconds; only data-reading modes load it
         _hide_gpus_from_tensorflow()
     from cnn_flax.errors import UserError

@@ -1,6 +1,5 @@
 """The CPU rewrites of the convolution kernel gradient and of max pooling equal XLA's own ops."""
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +8,6 @@ import pytest
 from jax import lax
 
 from cnn_flax.models import cpu_kernels
-from cnn_flax.runtime import keep_freed_host_memory, prefer_eigen_convolutions, tune_cpu
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -87,16 +85,3 @@ def test_max_pool_and_its_gradient_equal_xla_even_with_ties(window, stride, padd
     grad = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
     # Ties: the whole gradient of a window goes to one maximum, the same one select-and-scatter picks.
     np.testing.assert_allclose(ours_vjp(grad)[0], reference_vjp(grad)[0], rtol=1e-6, atol=1e-6)
-
-
-def test_runtime_tuning_is_explicit_and_respects_the_users_choices(monkeypatch):
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
-    assert prefer_eigen_convolutions() is True  # this jaxlib knows the flag (launch.py would abort otherwise)
-    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=default")
-    assert prefer_eigen_convolutions() is False  # the user chose: left alone
-    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=default"
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    assert keep_freed_host_memory() is False
-    monkeypatch.setenv("CNN_FLAX_CPU_TUNING", "0")
-    assert tune_cpu() == []
