@@ -6,7 +6,6 @@ silently ignored. Nothing here knows about data or training.
 """
 
 import dataclasses
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,7 +35,7 @@ NON_MODULE_KEYS = ("name", "input_shape")
 _MODULE_INTERNALS = ("parent", "name", "dtype")
 
 __all__ = ["MODELS", "VGG", "VGG_TABLE", "Conv1x1Demo", "DeeperGoogLeNet", "GoogLeNet", "MiniGoogLeNet",
-           "MiniVGG", "NiN", "create_model", "init_variables", "model_options"]
+           "MiniVGG", "NiN", "create_model", "init_traced", "init_variables", "model_options"]
 
 
 def model_options(name: str) -> tuple[str, ...]:
@@ -72,12 +71,16 @@ def init_variables(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...
 
     Jitted (op by op, initialising an Inception network costs seconds of dispatch) and compiled once
     per (model, input shape) in a process: compiling it takes seconds to tens of seconds on a CPU.
+    A cached call does not trace the model again; code that watches the trace uses `init_traced`.
     """
     return _jitted_init(model, tuple(int(d) for d in input_shape), rng)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _jitted_init(model: nn.Module, input_shape: tuple[int, ...], rng: jax.Array) -> dict[str, Any]:
+def init_traced(model: nn.Module, input_shape: tuple[int, ...], rng: jax.Array) -> dict[str, Any]:
+    """`init_variables` without the jit: every call runs (or, under `jax.eval_shape`, traces) the model."""
     params_rng, dropout_rng = jax.random.split(rng)
     dummy = jnp.zeros((1, *input_shape), jnp.float32)
     return dict(model.init({"params": params_rng, "dropout": dropout_rng}, dummy, train=True))
+
+
+_jitted_init = jax.jit(init_traced, static_argnums=(0, 1))

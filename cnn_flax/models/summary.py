@@ -12,7 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from cnn_flax.models import init_variables
+from cnn_flax.models import init_traced
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +76,7 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Lay
 
     def init():
         with nn.intercept_methods(record):
-            return init_variables(model, jax.random.key(0), input_shape)
+            return init_traced(model, tuple(input_shape), jax.random.key(0))  # traced on every call
 
     variables = jax.eval_shape(init)
     rows, seen = [], set()
