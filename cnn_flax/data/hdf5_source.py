@@ -6,6 +6,7 @@ files come from the same build), so a bad file fails at start-up with the fix, n
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -35,7 +36,6 @@ class HDF5Source(DataSource):
         self.data_dir, self.image_shape = data_dir, tuple(image_shape)
         self._build, self._missing_hint = build, missing_hint
         self.prefetch, self.window_mb, self.mapped = prefetch, window_mb, mapped
-        self._info: DatasetInfo | None = None
         self._labels: dict[str, np.ndarray] = {}
 
     def path(self, split: str) -> str:
@@ -44,16 +44,12 @@ class HDF5Source(DataSource):
     def prepare(self, overwrite: bool = False) -> list[str]:
         if self._build is None:
             return [self.path(s) for s in SPLITS]
-        self._info, self._labels = None, {}
+        self.__dict__.pop("info", None)  # rebuilt files: read the facts again
+        self._labels = {}
         return self._build(overwrite)
 
-    @property
-    def info(self) -> DatasetInfo:
-        if self._info is None:
-            self._info = self._load_info()
-        return self._info
-
-    def _load_info(self) -> DatasetInfo:
+    @functools.cached_property
+    def info(self) -> DatasetInfo:  # read once: it opens files
         if not self.data_dir:
             raise UserError("data.dir is empty; set data.dir to the folder that holds the prepared HDF5 files")
         if not all(os.path.isfile(self.path(s)) for s in SPLITS):

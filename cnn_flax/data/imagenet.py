@@ -20,6 +20,7 @@ Preparing needs the two tar files of a manual download (image-net.org requires a
 touches the network.
 """
 
+import functools
 import os
 import tarfile
 from collections.abc import Iterator
@@ -85,19 +86,13 @@ class ImageNetSource(DataSource):
             raise UserError(f"data.shuffle_buffer={shuffle_buffer} must be at least 1")
         self.data_dir, self.manual_dir = data_dir, manual_dir or default_manual_dir(data_dir)
         self.image_size, self.shuffle_buffer, self.prefetch = image_size, shuffle_buffer, prefetch
-        self._info: DatasetInfo | None = None
 
     def _builder(self):
         tfds = import_tfds()
         return tfds, tfds.builder(NAME, data_dir=self.data_dir or None)
 
-    @property
-    def info(self) -> DatasetInfo:
-        if self._info is None:
-            self._info = self._load_info()
-        return self._info
-
-    def _load_info(self) -> DatasetInfo:
+    @functools.cached_property
+    def info(self) -> DatasetInfo:  # read once: it opens files
         _, builder = self._builder()
         if not builder.is_prepared():
             raise UserError(
@@ -150,7 +145,7 @@ class ImageNetSource(DataSource):
                     f"data.dir={shown_dir(self.data_dir)} ({one_line(error)}); check the tar files and free disk "
                     "space, then run --mode=prepare --overwrite"
                 ) from error
-            self._info = None
+            self.__dict__.pop("info", None)  # prepared anew: read the facts again
         return [str(builder.data_dir)]
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
