@@ -25,6 +25,7 @@ from cnn_flax.models import create_model, init_variables
 from cnn_flax.training.checkpoint import Checkpoints
 from cnn_flax.training.optim import build_optimizer, build_schedule
 from cnn_flax.training.parallel import check_batch_size, make_parallel
+from cnn_flax.training.state import TrainState
 
 log = logging.getLogger("cnn_flax")
 # Class counts of the datasets, for `--mode=summary` when the data is not on this machine.
@@ -154,13 +155,57 @@ def initial_variables(exp: Experiment) -> dict[str, Any]:
         return variables
     if not os.path.exists(source):
         raise UserError(f"init_from={source!r} does not exist; give a Keras .h5 file or an Orbax checkpoint folder")
-    if source.endswith((".h5", ".hdf5", ".keras")):
+    if is_keras_file(source):
         from cnn_flax.pretrained import load_keras_weights
 
-        skip = tuple(s for s in exp.config.get("init_skip", "").split(",") if s)
         log.info("Initialising from Keras weights %s", source)
-        return load_keras_weights(source, variables, skip=skip)
+        return load_keras_weights(source, exp.model, variables, exp.input_shape, skip=_init_skip(exp.config))
     return _variables_from_checkpoint(source, variables)
+
+
+def is_keras_file(source: str) -> bool:
+    return source.endswith((".h5", ".hdf5", ".keras"))
+
+
+def _init_skip(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    return tuple(s for s in config.init_skip.split(",") if s)
+
+
+def initial_state(exp: Experiment, tx: optax.GradientTransformation, spe: int) -> tuple[TrainState, int]:
+    """The state a new run starts from, and the epochs already done: 0, or a Keras checkpoint's epoch.
+
+    A Keras file continues where its run stopped: after `init_epoch` (default: the N of epoch_N.hdf5), and
+    with optimizer.keras=True with the file's optimizer slots and iteration count in the optax state.
+    """
+    source = exp.config.init_from
+    if not (source and is_keras_file(source)):
+        return TrainState.create(initial_variables(exp), tx), 0
+    from cnn_flax.pretrained.keras_h5 import epoch_from_name, read_keras_checkpoint
+    from cnn_flax.training.keras_optim import restore_keras_slots
+
+    if not os.path.exists(source):
+        raise UserError(f"init_from={source!r} does not exist; give a Keras .h5 file or an Orbax checkpoint folder")
+    template = init_variables(exp.model, jax.random.key(exp.config.seed), exp.input_shape)
+    checkpoint = read_keras_checkpoint(source, exp.model, template, exp.input_shape, skip=_init_skip(exp.config))
+    state = TrainState.create(checkpoint.variables, tx)
+    epoch = int(exp.config.init_epoch)
+    if epoch < 0:
+        epoch = epoch_from_name(source) or 0
+    saved = checkpoint.optimizer
+    if saved is not None and exp.config.optimizer.keras:
+        opt_state = restore_keras_slots(state.opt_state, saved.name, saved.iterations, saved.slots, source)
+        state = state.replace(opt_state=opt_state)
+        if saved.iterations != epoch * spe:
+            log.warning("%s: its optimizer made %d steps but epoch %d of %d steps ends at step %d; the learning "
+                        "rate schedule follows the optimizer's count", source, saved.iterations, epoch, spe,
+                        epoch * spe)
+    elif saved is not None:
+        log.warning("%s holds the Keras %s optimizer's state; optimizer.keras=False starts a fresh optax state "
+                    "(set --config.optimizer.keras=True to continue the Keras run exactly)", source, saved.name)
+    elif checkpoint.optimizer_note:
+        log.warning("%s: %s; the optimizer starts afresh", source, checkpoint.optimizer_note)
+    log.info("Continuing from Keras checkpoint %s after epoch %d", source, epoch)
+    return state.replace(step=jnp.asarray(epoch * spe, state.step.dtype)), epoch
 
 
 def _variables_from_checkpoint(path: str, template: dict[str, Any]) -> dict[str, Any]:

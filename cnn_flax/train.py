@@ -26,7 +26,7 @@ from cnn_flax.evaluation import plot_history, write_evaluation
 from cnn_flax.experiment import (
     Experiment,
     build_experiment,
-    initial_variables,
+    initial_state,
     make_optimizer,
     preprocessors,
     setup_parallel,
@@ -192,8 +192,8 @@ class Trainer:
         if resume_epoch > 0:
             raise UserError(f"resume_epoch={resume_epoch}: no checkpoint at or before that epoch in "
                             f"{checkpoints.directory}")
-        state = TrainState.create(initial_variables(self.exp), self.tx)
-        return state, TrainMetrics.empty(), dict(epoch=0, batch=0, step=0)
+        state, epoch = initial_state(self.exp, self.tx, self.spe)
+        return state, TrainMetrics.empty(), dict(epoch=epoch, batch=0, step=epoch * self.spe)
 
     def host_tree(self, state: TrainState, metrics: TrainMetrics | None = None) -> dict[str, Any]:
         """What a checkpoint holds: the state, and the epoch's running metrics when saved mid-epoch."""

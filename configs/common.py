@@ -17,13 +17,19 @@ def base(name: str) -> ml_collections.ConfigDict:
     config.init_from = ""  # a Keras .h5 file, or a workdir / checkpoints/epoch_N of another run
     config.init_skip = ""  # comma-separated layer names not to take from init_from (e.g. predictions)
     config.resume_epoch = -1  # restart from this saved epoch (later checkpoints are set aside)
+    # Training from a Keras file in init_from continues after this epoch (-1: the N of an epoch_N.hdf5 name,
+    # else 0); with optimizer.keras=True the file's optimizer state (slots, iteration count) is restored too.
+    config.init_epoch = -1
     config.checkpoint_every_epochs = 5
     config.keep_checkpoints = 0  # 0: keep every saved epoch
     config.log_every_steps = 50
     config.tta = False  # also report horizontal-flip test-time augmentation
 
     config.optimizer = ml_collections.ConfigDict(dict(
-        name="sgd", learning_rate=0.01, momentum=0.9, nesterov=False, b1=0.9, b2=0.999, eps=1e-7, l2=0.0))
+        name="sgd", learning_rate=0.01, momentum=0.9, nesterov=False, b1=0.9, b2=0.999, eps=1e-7, l2=0.0,
+        # True: SGD/Adam with Keras's update rules (the rate inside SGD's velocity, Keras's Adam epsilon), as
+        # the deck's Keras runs train; needed to continue a Keras checkpoint's optimizer state exactly.
+        keras=False))
     config.schedule = ml_collections.ConfigDict(dict(name="constant"))
     config.loss = ml_collections.ConfigDict(dict(aux_weight=0.3))
 

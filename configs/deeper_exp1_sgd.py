@@ -14,6 +14,7 @@ def get_config():
     config = tiny_imagenet(base("deeper_exp1_sgd"))
     config.num_epochs = 65
     config.model.stage4 = False
-    config.optimizer.update(dict(name="sgd", learning_rate=1e-2, momentum=0.9))
+    # keras=True: Keras's update rule (the rate inside the momentum), as the deck trained
+    config.optimizer.update(dict(name="sgd", learning_rate=1e-2, momentum=0.9, keras=True))
     config.schedule.update(dict(name="piecewise", boundaries=(25, 35), values=(1e-2, 1e-3, 1e-4)))
     return config

@@ -13,6 +13,7 @@ def get_config():
     config = tiny_imagenet(base("deeper_exp2_adam"))
     config.num_epochs = 40
     config.model.stage4 = False
-    config.optimizer.update(dict(name="adam", learning_rate=1e-3))
+    # keras=True: Keras's Adam (epsilon added to sqrt(v), not to its bias-corrected form), as the deck trained
+    config.optimizer.update(dict(name="adam", learning_rate=1e-3, keras=True))
     config.schedule.update(dict(name="piecewise", boundaries=(20, 30), values=(1e-3, 1e-4, 1e-5)))
     return config

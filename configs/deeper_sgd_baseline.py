@@ -14,6 +14,7 @@ def get_config():
     config = tiny_imagenet(base("deeper_sgd_baseline"))
     config.num_epochs = 40
     config.checkpoint_every_epochs = 5
-    config.optimizer.update(dict(name="sgd", learning_rate=1e-3, momentum=0.9))
+    # keras=True: Keras's update rule (the rate inside the momentum), as the deck trained
+    config.optimizer.update(dict(name="sgd", learning_rate=1e-3, momentum=0.9, keras=True))
     config.schedule.update(dict(name="constant"))
     return config

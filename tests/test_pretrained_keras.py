@@ -102,6 +102,13 @@ def our_model(input_shape: tuple[int, int, int], **options):
     return model, template
 
 
+def load(path, model, template, **options):
+    """load_keras_weights with the input size the template was built for (fc1's fan-in tells; 64 without top)."""
+    params = template["params"]
+    side = 32 * round((params["fc1"]["kernel"].shape[0] / 512) ** 0.5) if "fc1" in params else 64
+    return load_keras_weights(path, model, template, (side, side, 3), **options)
+
+
 def our_outputs(model, variables, paths: list[str], size: tuple[int, int]) -> np.ndarray:
     x = caffe_preprocess(jnp.asarray(load_images(paths, size)))
     return np.asarray(model.apply(variables, x, train=False))
@@ -169,7 +176,7 @@ def test_vgg16_with_top_gives_keras_logits_and_top5(vgg16_full, images):
     path, _, reference = vgg16_full
     keras_logits = np.asarray(reference(keras_inputs(images, (224, 224)), training=False))
     model, template = our_model((224, 224, 3), variant="D")
-    variables = load_keras_weights(path, template)
+    variables = load(path, model, template)
     logits = our_outputs(model, variables, images, (224, 224))
     assert logits.shape == (2, 1000)
     assert_close(logits, keras_logits)
@@ -188,8 +195,8 @@ def test_vgg16_with_top_gives_keras_logits_and_top5(vgg16_full, images):
 
 def test_full_file_loads_into_a_model_without_top(vgg16_full):
     path, weights, _ = vgg16_full
-    _, template = our_model((64, 64, 3), variant="D", include_top=False)
-    params = load_keras_weights(path, template)["params"]
+    model, template = our_model((64, 64, 3), variant="D", include_top=False)
+    params = load(path, model, template)["params"]
     assert "fc1" not in params and len(params) == 13
     for name, (kernel, bias) in weights.items():
         if name.startswith("block"):
@@ -200,23 +207,23 @@ def test_full_file_loads_into_a_model_without_top(vgg16_full):
 
 def test_full_file_into_a_smaller_model_names_fc1_and_both_shapes(vgg16_full):
     path, _, _ = vgg16_full
-    _, template = our_model((64, 64, 3), variant="D")
+    model, template = our_model((64, 64, 3), variant="D")
     with pytest.raises(UserError) as error:
-        load_keras_weights(path, template)
+        load(path, model, template)
     assert str(error.value) == (f"{path}: layer fc1 has kernel (25088, 4096) in the file but (2048, 4096) in "
                                 "the model; build the model at 224x224 or use include_top=False")
 
 
 def test_other_class_count_names_predictions_and_skip_keeps_a_new_head(vgg16_full):
     path, weights, _ = vgg16_full
-    _, template = our_model((224, 224, 3), variant="D", num_classes=10)
+    model, template = our_model((224, 224, 3), variant="D", num_classes=10)
     with pytest.raises(UserError, match=r"layer predictions has kernel \(4096, 1000\) in the file but "
                                         r"\(4096, 10\) in the model; .*model.num_classes=1000"):
-        load_keras_weights(path, template)
+        load(path, model, template)
     head = {"kernel": jnp.ones((4096, 10)), "bias": jnp.zeros((10,))}
     template = {"params": {**template["params"], "predictions": head}}
-    params = load_keras_weights(path, template, skip=("predictions",))["params"]
-    assert params["predictions"] is head
+    params = load(path, model, template, skip=("predictions",))["params"]
+    assert params["predictions"]["kernel"] is head["kernel"] and params["predictions"]["bias"] is head["bias"]
     np.testing.assert_array_equal(params["fc2"]["kernel"], weights["fc2"][0])
 
 
@@ -227,7 +234,7 @@ def test_vgg16_notop_gives_keras_features(vgg16_notop, images, pooling):
                                          pooling=pooling)
     expected = np.asarray(reference(keras_inputs(images, (64, 64)), training=False))
     model, template = our_model((64, 64, 3), variant="D", include_top=False, pooling=pooling)
-    features = our_outputs(model, load_keras_weights(path, template), images, (64, 64))
+    features = our_outputs(model, load(path, model, template), images, (64, 64))
     assert features.shape == ((2, 2, 2, 512) if pooling is None else (2, 512))
     assert_close(features, expected)
 
@@ -239,7 +246,7 @@ def test_tf_keras2_full_model_layout(vgg16_notop, images, tmp_path):
     reference = keras.applications.VGG16(include_top=False, weights=path, input_shape=(64, 64, 3),
                                          pooling="avg")
     model, template = our_model((64, 64, 3), variant="D", include_top=False, pooling="avg")
-    features = our_outputs(model, load_keras_weights(path, template), images, (64, 64))
+    features = our_outputs(model, load(path, model, template), images, (64, 64))
     assert_close(features, np.asarray(reference(keras_inputs(images, (64, 64)), training=False)))
 
 
@@ -247,7 +254,7 @@ def test_tf_keras2_full_model_layout(vgg16_notop, images, tmp_path):
 def test_vgg19_keras3_formats(vgg19_notop, images, filename):
     directory, weights, reference = vgg19_notop
     model, template = our_model((64, 64, 3), variant="E", include_top=False, pooling="avg")
-    variables = load_keras_weights(directory / filename, template)
+    variables = load(directory / filename, model, template)
     for name, (kernel, bias) in weights.items():
         np.testing.assert_array_equal(variables["params"][name]["kernel"], kernel)
         np.testing.assert_array_equal(variables["params"][name]["bias"], bias)
@@ -257,32 +264,32 @@ def test_vgg19_keras3_formats(vgg19_notop, images, filename):
 
 def test_vgg19_files_do_not_load_into_vgg16(vgg19_notop):
     directory, _, _ = vgg19_notop
-    _, template = our_model((64, 64, 3), variant="D", include_top=False)
+    model, template = our_model((64, 64, 3), variant="D", include_top=False)
     with pytest.raises(UserError, match=r"vgg19.weights.h5: the file \(Keras 3 layout\) has layer "
                                         r"block3_conv4 with kernel \(3, 3, 256, 256\) that the model "
                                         r"lacks; .*'E'"):
-        load_keras_weights(directory / "vgg19.weights.h5", template)
+        load(directory / "vgg19.weights.h5", model, template)
     with pytest.raises(UserError, match=r"unnamed.weights.h5: layer block4_conv1 \(as conv2d_7\) has "
                                         r"kernel \(3, 3, 256, 256\) in the file but \(3, 3, 256, 512\) in "
                                         r"the model"):
-        load_keras_weights(directory / "unnamed.weights.h5", template)
+        load(directory / "unnamed.weights.h5", model, template)
 
 
 def test_notop_file_into_a_model_with_top_names_fc1(vgg16_notop):
     path, _, _ = vgg16_notop
-    _, template = our_model((64, 64, 3), variant="D")
+    model, template = our_model((64, 64, 3), variant="D")
     with pytest.raises(UserError) as error:
-        load_keras_weights(path, template)
+        load(path, model, template)
     assert str(error.value) == (f"{path}: layer fc1 of the model is not in the file; the file has no "
                                 "classifier (a _notop file): build the model with include_top=False")
 
 
 def test_vgg16_file_into_vgg19_names_the_missing_layer(vgg16_notop):
     path, _, _ = vgg16_notop
-    _, template = our_model((64, 64, 3), variant="E", include_top=False)
+    model, template = our_model((64, 64, 3), variant="E", include_top=False)
     with pytest.raises(UserError, match=r"layer block3_conv4 of the model is not in the file; the file holds "
                                         r"block1_conv1, .*block5_conv3$"):
-        load_keras_weights(path, template)
+        load(path, model, template)
 
 
 def test_load_images_resizes_like_keras_load_img(tmp_path):

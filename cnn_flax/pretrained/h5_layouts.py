@@ -11,6 +11,9 @@ Keras changed its weight files twice, and VGG16/VGG19 weights exist in all three
              as the `name` attribute of `vars`. tf.keras 2.13 wrote `_layer_checkpoint_dependencies`
              instead of `layers`.
 
+Full-model files also hold the layer graph (`model_config`, or `config.json` in a `.keras` archive) and,
+when saved with their optimizer, its variables (`optimizer_weights`, or `optimizer/vars`) and class.
+
 Matching against a model is keras_h5's job; this module only says what the file holds. Datasets are
 returned unread so that a full file loaded into a model without its classifier never reads the 400 MB
 of fc weights.
@@ -19,7 +22,9 @@ of fc weights.
 import contextlib
 import dataclasses
 import io
+import json
 import os
+import re
 import zipfile
 from collections.abc import Iterator
 
@@ -28,6 +33,7 @@ import ml_dtypes
 import numpy as np
 
 from cnn_flax.errors import UserError
+from cnn_flax.pretrained.keras_graph import KerasGraph, parse_model_config
 
 LEGACY, FULL_MODEL, KERAS3 = "legacy", "full model", "Keras 3"
 _KERAS3_CONTAINERS = ("layers", "_layer_checkpoint_dependencies")
@@ -44,9 +50,11 @@ class FileLayer:
 
     @property
     def kind(self) -> str:
-        """'conv' or 'dense' by the rank of the first weight (the kernel), as Keras orders them."""
-        rank = len(self.weights[0].shape)
-        return {4: "conv", 2: "dense"}.get(rank, f"rank-{rank}")
+        """'conv', 'dense' or 'bn' by its weights: a kernel's rank, or BatchNormalization's four vectors."""
+        ranks = [len(weight.shape) for weight in self.weights]
+        if ranks == [1, 1, 1, 1]:
+            return "bn"
+        return {4: "conv", 2: "dense"}.get(ranks[0], f"rank-{ranks[0]}")
 
     @property
     def label(self) -> str:
@@ -61,26 +69,129 @@ def read_array(dataset: h5py.Dataset) -> np.ndarray:
     return values
 
 
+@dataclasses.dataclass(frozen=True)
+class FileOptimizer:
+    """The optimizer variables a file holds, unread, with their names where the format records them."""
+
+    class_name: str  # as saved: 'SGD', 'Adam', … ('' when the file does not say)
+    names: tuple[str, ...]  # one per variable, or () where the format numbers them only (Keras 3 vars/0, 1, …)
+    arrays: tuple[h5py.Dataset, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasFile:
+    layout: str
+    layers: list[FileLayer]  # the layers with weights, in the file's order
+    graph: KerasGraph | None  # None: a weights-only file
+    optimizer: FileOptimizer | None
+    weight_names: dict[int, tuple[str, ...]]  # id(FileLayer) -> its weights' names, where recorded (tf.keras 2)
+
+
 @contextlib.contextmanager
 def open_keras_weights(path: str | os.PathLike) -> Iterator[tuple[str, list[FileLayer]]]:
     """Yield (layout, layers with weights) for a Keras weight file; UserError when it is not one."""
+    with open_keras_file(path) as keras_file:
+        yield keras_file.layout, keras_file.layers
+
+
+@contextlib.contextmanager
+def open_keras_file(path: str | os.PathLike) -> Iterator[KerasFile]:
+    """Yield everything a Keras weight or model file holds; UserError when it is not one or is damaged."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file; give the path of a Keras .h5 / .weights.h5 weight file")
+        raise UserError(f"{path}: no such file; give the path of a Keras .h5 / .hdf5 / .keras / .weights.h5 file")
     source: str | io.BytesIO = path
+    config_text = None
     if zipfile.is_zipfile(path):
-        source = _archive_weights(path)
+        source, config_text = _archive(path)
+    elif path.endswith(".keras"):
+        raise UserError(f"{path}: not a complete zip archive; the .keras file is truncated or damaged")
     elif not h5py.is_hdf5(path):
-        raise UserError(f"{path}: not an HDF5 file; Keras weights come as .h5, .weights.h5 or .keras files")
-    with h5py.File(source, "r") as handle:
-        yield _layout(path, handle)
+        raise UserError(f"{path}: not an HDF5 file; Keras weights come as .h5, .hdf5, .weights.h5 or .keras files")
+    try:
+        handle = h5py.File(source, "r")
+    except OSError as error:
+        raise UserError(f"{path}: cannot be read as HDF5 ({_one_line(error)}); the file is truncated or "
+                        "damaged") from error
+    try:
+        with handle:
+            yield _keras_file(path, handle, config_text)
+    except (OSError, KeyError, RuntimeError) as error:
+        raise UserError(f"{path}: reading it failed ({type(error).__name__}: {_one_line(error)}); the file is "
+                        "truncated or damaged") from error
 
 
-def _archive_weights(path: str) -> io.BytesIO:
-    with zipfile.ZipFile(path) as archive:
-        if _ARCHIVE_WEIGHTS not in archive.namelist():
-            raise UserError(f"{path}: a zip archive without {_ARCHIVE_WEIGHTS}, so not a Keras .keras file")
-        return io.BytesIO(archive.read(_ARCHIVE_WEIGHTS))
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def _archive(path: str) -> tuple[io.BytesIO, bytes | None]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if _ARCHIVE_WEIGHTS not in archive.namelist():
+                raise UserError(f"{path}: a zip archive without {_ARCHIVE_WEIGHTS}, so not a Keras .keras file")
+            config = archive.read("config.json") if "config.json" in archive.namelist() else None
+            return io.BytesIO(archive.read(_ARCHIVE_WEIGHTS)), config
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise UserError(f"{path}: the .keras archive is truncated or damaged ({error})") from error
+
+
+def _keras_file(path: str, handle: h5py.File, config_text: bytes | None) -> KerasFile:
+    layout, layers = _layout(path, handle)
+    graph, optimizer, names = None, None, {}
+    if layout == FULL_MODEL:
+        if "model_config" in handle.attrs:
+            graph = parse_model_config(_text(handle.attrs["model_config"]), path)
+        optimizer = _legacy_optimizer(path, handle)
+        group = handle["model_weights"]
+        names = {id(layer): tuple(_strings(group[layer.key], "weight_names")) for layer in layers}
+    elif layout == KERAS3:
+        if config_text is not None:
+            graph = parse_model_config(config_text, path)
+        optimizer = _keras3_optimizer(handle, config_text)
+    if graph is None:
+        side = side_config_path(path)
+        if side is not None:
+            with open(side, "rb") as config_file:
+                graph = parse_model_config(config_file.read(), side)
+    return KerasFile(layout, layers, graph, optimizer, names)
+
+
+def side_config_path(path: str) -> str | None:
+    """`x.json` beside a weights-only `x.weights.h5` / `x.h5`: the model's `model.to_json()`, if the user saved it."""
+    candidate = re.sub(r"(\.weights)?\.(h5|hdf5)$", ".json", path)
+    return candidate if candidate != path and os.path.isfile(candidate) else None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf8") if isinstance(value, bytes) else str(value)
+
+
+def _legacy_optimizer(path: str, handle: h5py.File) -> FileOptimizer | None:
+    group = handle.get("optimizer_weights")
+    if not isinstance(group, h5py.Group) or not _has_strings(group, "weight_names"):
+        return None
+    names = _strings(group, "weight_names")
+    missing = [name for name in names if name not in group]
+    if missing:
+        raise UserError(f"{path}: optimizer variable {missing[0]} is listed but missing; the file is damaged")
+    class_name = ""
+    if "training_config" in handle.attrs:
+        training = json.loads(_text(handle.attrs["training_config"]))
+        class_name = (training.get("optimizer_config") or {}).get("class_name", "")
+    return FileOptimizer(class_name, tuple(names), tuple(group[name] for name in names))
+
+
+def _keras3_optimizer(handle: h5py.File, config_text: bytes | None) -> FileOptimizer | None:
+    variables = handle.get("optimizer/vars")
+    if not isinstance(variables, h5py.Group) or not len(variables):
+        return None
+    class_name = _text(variables.attrs.get("name", ""))
+    if config_text is not None:
+        compiled = json.loads(config_text).get("compile_config") or {}
+        optimizer = compiled.get("optimizer")
+        class_name = optimizer.get("class_name", class_name) if isinstance(optimizer, dict) else optimizer or class_name
+    return FileOptimizer(class_name, (), tuple(variables[index] for index in sorted(variables, key=int)))
 
 
 def _layout(path: str, handle: h5py.File) -> tuple[str, list[FileLayer]]:

@@ -1,131 +1,360 @@
-"""Fill a VGG's Flax parameters from a Keras weight file (the published ImageNet VGG16/VGG19 .h5 files).
+"""Fill any of our models from a Keras file of the same network: weights, BatchNorm statistics, optimizer.
 
-Our VGG names its layers as keras.applications does and lays out Conv2D kernels (H, W, in, out) and
-Dense kernels (in, out) the same way, with a row-major channels-last Flatten before fc1; so a file's
-arrays go into the parameter of the same name unchanged. Layers are matched by name, and within a layer
-by order (kernel, then bias), as Keras does. Keras 3 files that did not record layer names are matched
-by position among the layers of the same kind (the i-th Conv2D of the file to the i-th 4-D kernel of
-the model), which is how Keras itself reloads them.
+Layers are matched by the network's structure, never by Keras's names: the file's layer graph is walked
+in build order (keras_graph) and paired one to one with our Conv/Dense/BatchNorm layers in call order
+(model_layers), each pair checked for kind and every weight's shape. Keras lays out Conv2D kernels
+(H, W, in, out), Dense kernels (in, out) and Flatten (row-major, channels last) as we do, so arrays go
+in unchanged. A weights-only file (no graph: the published ImageNet VGG files, `save_weights`) is
+paired kind by kind in the file's order, which is the network's order only for a chain of layers; a
+branched network then needs its graph (`model.to_json()` saved beside it as x.json, or a full-model
+file).
 
-What may differ: a file with the classifier (fc1, fc2, predictions) loads into an include_top=False
-model, its dense layers left unread; every other layer the file holds must be in the model, so a VGG19
-file never half-loads into a VGG16. Anything else that differs is a UserError naming the file, the
-first layer in the model's order, and both shapes.
+What may differ: a file with a classifier loads into a model built without one (VGG include_top=False),
+its dense layers left unread; layers named in `skip` are paired but keep the model's values. Anything
+else is a UserError naming the file, the first of our layers that does not fit, and both shapes — and
+nothing is loaded. The activation and BatchNorm order the graph records must be the model's too, since
+weights of the same shapes would load silently into a network computing something else.
 """
 
+import dataclasses
 import os
+import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
-import jax.numpy as jnp
+import flax.linen as nn
+import jax
+import numpy as np
 
 from cnn_flax.errors import UserError
-from cnn_flax.pretrained.h5_layouts import FileLayer, open_keras_weights, read_array
+from cnn_flax.pretrained.h5_layouts import FileLayer, KerasFile, open_keras_file, read_array
+from cnn_flax.pretrained.model_layers import TRAINABLE, ModelLayer, is_chain, model_layers
 
-# Keras stores a layer's weights kernel first, then bias; ours are named.
-_WEIGHT_ORDER = ("kernel", "bias")
-_RANK_KIND = {4: "conv", 2: "dense"}
+SUPPORTED_OPTIMIZERS = ("sgd", "adam")
+_SLOT_NAMES = {"sgd": ("momentum",), "adam": ("momentum", "velocity")}
+_TF_KERAS_SLOTS = {"m": "momentum", "momentum": "momentum", "v": "velocity"}
 
 
-def load_keras_weights(path: str | os.PathLike, variables: Mapping[str, Any], *,
-                       skip: Collection[str] = ()) -> dict[str, Any]:
-    """New variables with `variables`' structure, shapes and dtypes, the parameters read from `path`.
+@dataclasses.dataclass(frozen=True)
+class KerasOptimizerState:
+    """A Keras optimizer's variables in our parameters' structure: slots by Keras's names, iteration count."""
 
-    `variables` is the template from `init_variables` (its arrays, or jax.ShapeDtypeStructs from
-    jax.eval_shape: only shapes and dtypes are read). Layers named in `skip` (say ('predictions',) to
-    train a new classifier) and collections other than 'params' are returned as the template has them.
+    name: str  # 'sgd' or 'adam'
+    iterations: int
+    slots: dict[str, Any]  # 'momentum' / 'velocity' -> a tree like variables['params'] (empty: SGD without momentum)
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasCheckpoint:
+    variables: dict[str, Any]
+    optimizer: KerasOptimizerState | None  # None: the file holds no optimizer
+    optimizer_note: str = ""  # why a held optimizer could not be read, if so
+
+
+def load_keras_weights(path: str | os.PathLike, model: nn.Module, variables: Mapping[str, Any],
+                       input_shape: tuple[int, ...], *, skip: Collection[str] = ()) -> dict[str, Any]:
+    """New variables with `variables`' structure, shapes and dtypes, the weights and statistics read from `path`.
+
+    `variables` is the template from `init_variables(model, …, input_shape)` (arrays or ShapeDtypeStructs:
+    only shapes and dtypes are read). Top-level layers named in `skip` (say ('predictions',) to train a new
+    classifier) keep the template's values.
     """
+    return read_keras_checkpoint(path, model, variables, input_shape, skip=skip, optimizer=False).variables
+
+
+def read_keras_checkpoint(path: str | os.PathLike, model: nn.Module, variables: Mapping[str, Any],
+                          input_shape: tuple[int, ...], *, skip: Collection[str] = (),
+                          optimizer: bool = True) -> KerasCheckpoint:
+    """`load_keras_weights` plus, with `optimizer`, the file's optimizer variables mapped onto our parameters."""
     path = os.fspath(path)
-    params = variables["params"]
-    targets = _model_layers(path, params)
-    unknown = sorted(set(skip) - set(params))
+    unknown = sorted(set(skip) - set(variables["params"]))
     if unknown:
         raise UserError(f"{path}: cannot skip {', '.join(unknown)}: the model has no such layer; its "
-                        f"layers are {', '.join(params)}")
-    with open_keras_weights(path) as (layout, file_layers):
-        by_name = _name_layers(file_layers, targets)
-        wanted = [(name, leaves) for name, leaves in targets if name not in skip]
-        for name, leaves in wanted:
-            _check_layer(path, name, leaves, by_name, file_layers)
-        _check_unused(path, layout, file_layers, by_name, targets)
-        loaded = {name: {leaf: jnp.asarray(read_array(dataset), dtype=template.dtype)
-                         for (leaf, template), dataset in zip(leaves, by_name[name].weights, strict=True)}
-                  for name, leaves in wanted}
-    new_params = {name: loaded.get(name, value) for name, value in params.items()}
-    return {**variables, "params": new_params}
+                        f"layers are {', '.join(variables['params'])}")
+    ours = model_layers(model, input_shape, variables)
+    with open_keras_file(path) as keras_file:
+        pairs = _pair(path, keras_file, ours, variables, model, skip)
+        loaded = _new_variables(variables, [(o, f) for o, f in pairs if o.path[0] not in skip])
+        state, note = None, ""
+        if optimizer and keras_file.optimizer is not None:
+            state, note = _optimizer_state(path, keras_file, pairs, variables)
+    return KerasCheckpoint(loaded, state, note)
 
 
-def _model_layers(path: str, params: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, Any]]]]:
-    """(layer name, [(weight name, template leaf)] in Keras's order) for each layer of the model."""
-    layers = []
-    for name, weights in params.items():
-        if not isinstance(weights, Mapping) or "kernel" not in weights or set(weights) - set(_WEIGHT_ORDER) \
-                or len(getattr(weights["kernel"], "shape", ())) not in _RANK_KIND:
-            raise UserError(f"{path}: the model's layer {name} is not a plain Conv2D or Dense layer; Keras "
-                            "weight files load into models of Keras-named conv/dense layers (model.name=vgg)")
-        layers.append((name, [(leaf, weights[leaf]) for leaf in _WEIGHT_ORDER if leaf in weights]))
-    return layers
+def epoch_from_name(path: str) -> int | None:
+    """The N of the book's EpochCheckpoint names (epoch_40.hdf5), else None."""
+    match = re.search(r"epoch_(\d+)", os.path.basename(path))
+    return int(match.group(1)) if match else None
 
 
-def _kind(leaves: list[tuple[str, Any]]) -> str:
-    return _RANK_KIND[len(leaves[0][1].shape)]
+# ------------------------------------------------------------------------------------------------- pairing
+def _pair(path: str, keras_file: KerasFile, ours: list[ModelLayer], variables: Mapping[str, Any],
+          model: nn.Module, skip: Collection[str]) -> list[tuple[ModelLayer, FileLayer]]:
+    if keras_file.graph is not None:
+        theirs = _graph_layers(path, keras_file)
+        _check_computation(path, keras_file, model)
+    elif is_chain(ours, variables):
+        theirs = _kind_by_kind(keras_file.layers, ours)
+    else:
+        raise UserError(f"{path}: the file holds weights but no layer graph, and this {type(model).__name__}'s "
+                        "branches cannot be told apart without one; save the Keras model with model.save('x.keras') "
+                        "or model.save('x.h5'), or its model.to_json() beside the file as "
+                        f"{re.sub(r'((.weights)?.(h5|hdf5))?$', '', path, count=1)}.json")
+    if not any(layer.kind == "dense" for layer in ours):  # a classifier the model was built without
+        theirs = [layer for layer in theirs if layer.kind != "dense"]
+    pairs = []
+    for index, layer in enumerate(ours):  # in order, so the error names the first layer that does not fit
+        if index >= len(theirs):
+            raise UserError(f"{path}: layer {layer.label} of the model is not in the file; "
+                            f"{_missing_hint(layer, keras_file.layers)}")
+        file_layer = theirs[index]
+        if file_layer.kind != layer.kind:
+            raise UserError(f"{path}: layer {layer.label} is a {_KIND_WORDS[layer.kind]} with "
+                            f"{layer.leaves[0][1]} {tuple(layer.template(variables, layer.leaves[0]).shape)} but the "
+                            f"file has a {_KIND_WORDS.get(file_layer.kind, file_layer.kind)} ({file_layer.label}) "
+                            f"with {_first_weight(file_layer)} at its place; the file is for another network or "
+                            "configuration")
+        if layer.path[0] not in skip:
+            _check_shapes(path, layer, file_layer, variables, keras_file.layers)
+        pairs.append((layer, file_layer))
+    if len(theirs) > len(ours):
+        extra = theirs[len(ours)]
+        raise UserError(f"{path}: the file ({keras_file.layout} layout) has layer {extra.label} with "
+                        f"{_first_weight(extra)} that the model lacks; the file is for another network or "
+                        f"configuration{_variant_hint(ours)}")
+    return pairs
 
 
-def _name_layers(file_layers: list[FileLayer], targets: list) -> dict[str, FileLayer]:
-    """File layers by name; unnamed (old Keras 3) ones take the model's names in order within each kind."""
-    named = {layer.name: layer for layer in file_layers if layer.name is not None}
-    for kind in set(_RANK_KIND.values()):
-        unnamed = [layer for layer in file_layers if layer.name is None and layer.kind == kind]
-        model_names = [name for name, leaves in targets if _kind(leaves) == kind and name not in named]
-        named.update(zip(model_names, unnamed, strict=False))
-    return named
+_KIND_WORDS = {"conv": "Conv2D", "dense": "Dense", "bn": "BatchNormalization"}
 
 
-def _check_layer(path: str, name: str, leaves: list, by_name: dict[str, FileLayer],
-                 file_layers: list[FileLayer]) -> None:
-    layer = by_name.get(name)
-    if layer is None:
-        if _kind(leaves) == "dense" and not any(f.kind == "dense" for f in file_layers):
-            hint = "the file has no classifier (a _notop file): build the model with include_top=False"
-        else:
-            hint = f"the file holds {', '.join(f.label for f in file_layers)}"
-        raise UserError(f"{path}: layer {name} of the model is not in the file; {hint}")
-    if len(layer.weights) != len(leaves):
-        raise UserError(f"{path}: layer {name} has {len(layer.weights)} weights in the file but "
-                        f"{len(leaves)} ({', '.join(leaf for leaf, _ in leaves)}) in the model")
-    for (leaf, template), dataset in zip(leaves, layer.weights, strict=True):
-        file_shape, model_shape = tuple(dataset.shape), tuple(template.shape)
+def _graph_layers(path: str, keras_file: KerasFile) -> list[FileLayer]:
+    """The file's weighted layers in the graph's build order."""
+    graph = keras_file.graph
+    by_name = {layer.name: layer for layer in keras_file.layers if layer.name is not None}
+    by_key = {layer.key: layer for layer in keras_file.layers}
+    counters: dict[str, int] = {}
+    located: dict[str, FileLayer] = {}
+    for graph_layer in graph.layers:  # Keras 3 keys count each class in model.layers order
+        base = _snake(graph_layer.class_name.split(">")[-1])
+        number = counters.get(base, 0)
+        counters[base] = number + 1
+        found = by_name.get(graph_layer.name) or (by_key.get(base if number == 0 else f"{base}_{number}")
+                                                  if not by_name else None)
+        if found is not None:
+            located[graph_layer.name] = found
+    ordered = []
+    for graph_layer in graph.build_order():
+        file_layer = located.get(graph_layer.name)
+        if file_layer is None:
+            if graph_layer.kind is not None and graph_layer.config.get("trainable", True) is not None \
+                    and keras_file.layers:
+                raise UserError(f"{path}: layer {graph_layer.name} ({graph_layer.class_name}) of the model config "
+                                "has no weights in the file; the file is damaged")
+            continue
+        if graph_layer.kind is None:
+            raise UserError(f"{path}: layer {graph_layer.name} is a {graph_layer.class_name} with weights, which "
+                            "none of our models has; the file is for another network")
+        ordered.append(dataclasses.replace(file_layer, name=graph_layer.name))
+    return ordered
+
+
+def _snake(class_name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z][a-z])|(?<=[a-z0-9])(?=[A-Z])", "_", class_name).lower()
+
+
+def _kind_by_kind(file_layers: list[FileLayer], ours: list[ModelLayer]) -> list[FileLayer]:
+    """A weights-only file of a chain: our i-th layer of each kind takes the file's i-th of that kind."""
+    queues = {kind: [layer for layer in file_layers if layer.kind == kind] for kind in ("conv", "dense", "bn")}
+    ordered = []
+    for layer in ours:
+        if not queues[layer.kind]:
+            break
+        ordered.append(queues[layer.kind].pop(0))
+    leftovers = [layer for layer in file_layers if all(layer is not taken for taken in ordered)]
+    return ordered + leftovers
+
+
+def _check_computation(path: str, keras_file: KerasFile, model: nn.Module) -> None:
+    """Same shapes, other computation: the graph's activation and BatchNorm order against the model's."""
+    graph = keras_file.graph
+    ours = getattr(model, "activation", None)
+    others = sorted(graph.activations() - {ours}) if ours else []
+    if others:
+        raise UserError(f"{path}: the file's network uses {', '.join(others)} where the model uses {ours}; set "
+                        f"--config.model.activation={others[0]}")
+    order = getattr(model, "bn_order", None)
+    orders = graph.bn_orders()
+    if order and orders and orders != {order}:
+        theirs = sorted(orders - {order})[0]
+        raise UserError(f"{path}: the file's network puts BatchNormalization in the order {theirs} where the "
+                        f"model has {order}; set --config.model.bn_order={theirs}")
+
+
+def _check_shapes(path: str, layer: ModelLayer, file_layer: FileLayer, variables: Mapping[str, Any],
+                  file_layers: list[FileLayer]) -> None:
+    if len(file_layer.weights) != len(layer.leaves):
+        raise UserError(f"{path}: layer {layer.label} has {len(file_layer.weights)} weights in the file but "
+                        f"{len(layer.leaves)} ({', '.join(leaf for _, leaf in layer.leaves)}) in the model")
+    for leaf, dataset in zip(layer.leaves, file_layer.weights, strict=True):
+        file_shape, model_shape = tuple(dataset.shape), tuple(layer.template(variables, leaf).shape)
         if file_shape != model_shape:
-            source = "" if layer.name == name else f" (as {layer.key})"
-            hint = _shape_hint(layer, leaf, file_shape, file_layers)
-            raise UserError(f"{path}: layer {name}{source} has {leaf} {file_shape} in the file but "
+            source = "" if file_layer.label == layer.label else f" (the file's {file_layer.label})"
+            hint = _shape_hint(layer, leaf[1], file_layer, file_shape, file_layers)
+            raise UserError(f"{path}: layer {layer.label}{source} has {leaf[1]} {file_shape} in the file but "
                             f"{model_shape} in the model; {hint}")
 
 
-def _shape_hint(layer: FileLayer, leaf: str, file_shape: tuple[int, ...],
+def _shape_hint(layer: ModelLayer, leaf: str, file_layer: FileLayer, file_shape: tuple[int, ...],
                 file_layers: list[FileLayer]) -> str:
     dense = [other for other in file_layers if other.kind == "dense"]
     convs = [other for other in file_layers if other.kind == "conv"]
-    if dense and layer is dense[0] and leaf == "kernel" and convs:
+    is_first, is_last = (dense and file_layer.key == dense[i].key for i in (0, -1))
+    if is_first and leaf == "kernel" and convs and layer.path[0] in ("fc1",):
         channels = convs[-1].weights[0].shape[-1]
         side = round((file_shape[0] / channels) ** 0.5)
         if side * side * channels == file_shape[0]:
             return f"build the model at {32 * side}x{32 * side} or use include_top=False"
         return "build the model at the file's input size or use include_top=False"
-    if dense and layer is dense[-1]:
+    if is_last and layer.kind == "dense":
         classes = file_shape[-1]
-        return f"the file classifies {classes} classes: set model.num_classes={classes} or skip this layer"
-    return "the file is for another network (VGG16 is model.variant='D', VGG19 'E')"
+        return (f"the file classifies {classes} classes: set model.num_classes={classes} or skip this layer "
+                f"(init_skip={layer.path[0]})")
+    return "the file is for another network or configuration" + _variant_hint([layer])
 
 
-def _check_unused(path: str, layout: str, file_layers: list[FileLayer], by_name: dict[str, FileLayer],
-                  targets: list) -> None:
-    """File layers the model lacks: only a classifier the model was built without may be left unread."""
-    matched = {id(by_name[name]) for name, _ in targets if name in by_name}
-    model_has_dense = any(_kind(leaves) == "dense" for _, leaves in targets)
-    for layer in file_layers:
-        if id(layer) in matched or layer.kind == "dense" and not model_has_dense:
+def _variant_hint(ours: list[ModelLayer]) -> str:
+    if any(layer.path[0].startswith("block") and "conv" in layer.path[0] for layer in ours):
+        return " (VGG16 is model.variant='D', VGG19 'E')"
+    return ""
+
+
+def _missing_hint(layer: ModelLayer, file_layers: list[FileLayer]) -> str:
+    if layer.kind == "dense" and not any(f.kind == "dense" for f in file_layers):
+        return "the file has no classifier (a _notop file): build the model with include_top=False"
+    return f"the file holds {len(file_layers)} layers with weights, fewer than the model's"
+
+
+def _first_weight(layer: FileLayer) -> str:
+    return f"{'kernel' if layer.kind != 'bn' else 'gamma'} {tuple(layer.weights[0].shape)}"
+
+
+def _new_variables(variables: Mapping[str, Any], pairs: list[tuple[ModelLayer, FileLayer]]) -> dict[str, Any]:
+    """A copy of the template's nested dicts with the paired layers' arrays put in (read only now: all fit)."""
+    result = jax.tree_util.tree_map(lambda leaf: leaf, _plain(variables))
+    for layer, file_layer in pairs:
+        for leaf, dataset in zip(layer.leaves, file_layer.weights, strict=True):
+            template = layer.template(variables, leaf)
+            node = result[leaf[0]]
+            for key in layer.path:
+                node = node[key]
+            node[leaf[1]] = np.asarray(read_array(dataset), dtype=template.dtype)
+    return result
+
+
+def _plain(tree: Any) -> Any:
+    """Nested plain dicts (mutable), whatever mapping type the template used."""
+    if isinstance(tree, Mapping):
+        return {key: _plain(value) for key, value in tree.items()}
+    return tree
+
+
+# ----------------------------------------------------------------------------------------------- optimizer
+def _optimizer_state(path: str, keras_file: KerasFile, pairs: list[tuple[ModelLayer, FileLayer]],
+                     variables: Mapping[str, Any]) -> tuple[KerasOptimizerState | None, str]:
+    saved = keras_file.optimizer
+    name = re.sub(r"_\d+$", "", saved.class_name.split(">")[-1]).lower()  # 'sgd_1': a second SGD in that process
+    if name not in SUPPORTED_OPTIMIZERS:
+        return None, (f"its optimizer {saved.class_name or '(unnamed)'} is not continued (only SGD and Adam "
+                      "states are)")
+    trainable = _trainable_in_keras_order(keras_file, pairs)
+    if saved.names and any(n.endswith(":0") for n in saved.names):
+        iterations, slots = _tf_keras_slots(path, keras_file, pairs, trainable, name, variables)
+    else:
+        iterations, slots = _keras3_slots(path, saved, trainable, name, variables)
+    trees = {}
+    for slot in _SLOT_NAMES[name]:
+        if slot not in slots:
             continue
-        raise UserError(f"{path}: the file ({layout} layout) has layer {layer.label} with kernel "
-                        f"{tuple(layer.weights[0].shape)} that the model lacks; the file is for another "
-                        "network (VGG16 is model.variant='D', VGG19 'E')")
+        tree = jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), _plain(variables["params"]))
+        for (layer, leaf), array in zip(trainable, slots[slot], strict=True):
+            node = tree
+            for key in layer.path:
+                node = node[key]
+            node[leaf[1]] = array
+        trees[slot] = tree
+    return KerasOptimizerState(name, iterations, trees), ""
+
+
+def _trainable_in_keras_order(keras_file: KerasFile, pairs: list[tuple[ModelLayer, FileLayer]]) -> list:
+    """(our layer, leaf) of each variable Keras trains, in model.trainable_variables order (model.layers order)."""
+    if keras_file.graph is not None:
+        names = [g.name for g in keras_file.graph.layers if g.config.get("trainable", True)]
+        by_name = {file_layer.name: layer for layer, file_layer in pairs}
+        order = [by_name[name] for name in names if name in by_name]
+    else:  # a chain: model.layers is the chain's order, ours
+        order = [layer for layer, _ in pairs]
+    return [(layer, leaf) for layer in order for leaf in layer.leaves[:TRAINABLE[layer.kind]]]
+
+
+def _keras3_slots(path: str, saved, trainable: list, name: str,
+                  variables: Mapping[str, Any]) -> tuple[int, dict[str, list[np.ndarray]]]:
+    """Keras 3: iteration, learning_rate, then each trainable variable's slots in turn (Adam: m, v interleaved)."""
+    header, arrays, slot_names = 2, saved.arrays, _SLOT_NAMES[name]
+    if len(arrays) == header and name == "sgd":  # SGD without momentum keeps no slots
+        slot_names = ()
+    if len(arrays) != header + len(slot_names) * len(trainable):
+        raise UserError(f"{path}: the file's {name} optimizer holds {len(arrays)} variables, not "
+                        f"{header} + {len(slot_names)} per each of the model's {len(trainable)} trainable "
+                        "weights; it was saved from another network")
+    slots: dict[str, list[np.ndarray]] = {slot: [] for slot in slot_names}
+    for index, (layer, leaf) in enumerate(trainable):
+        for offset, slot in enumerate(slot_names):
+            array = read_array(arrays[header + index * len(slot_names) + offset])
+            slots[slot].append(_checked_slot(path, layer, leaf, slot, array, variables))
+    return int(read_array(arrays[0])), slots
+
+
+def _tf_keras_slots(path: str, keras_file: KerasFile, pairs: list[tuple[ModelLayer, FileLayer]], trainable: list,
+                    name: str, variables: Mapping[str, Any]) -> tuple[int, dict[str, list[np.ndarray]]]:
+    """tf.keras 2 names each variable: 'SGD/iter:0' or 'iteration:0', then 'SGD/m/conv2d/kernel:0' (TF >= 2.11)
+    or 'SGD/conv2d/kernel/momentum:0' (the legacy optimizers); a slot is found by its variable's name."""
+    variable_names = {}
+    for layer, file_layer in pairs:
+        for leaf, weight_name in zip(layer.leaves, keras_file.weight_names.get(id(file_layer), ()), strict=False):
+            variable_names[(layer.path, leaf)] = weight_name.removesuffix(":0")
+    saved, iterations, found = keras_file.optimizer, 0, {}
+    for saved_name, dataset in zip(saved.names, saved.arrays, strict=True):
+        stripped = saved_name.removesuffix(":0")
+        if stripped.split("/")[-1] in ("iter", "iteration"):
+            iterations = int(read_array(dataset))
+            continue
+        matches = [key for key, var in variable_names.items() if f"/{var}/" in f"/{stripped}/"]
+        if not matches:
+            continue
+        key = max(matches, key=lambda k: len(variable_names[k]))
+        rest = [t for t in f"/{stripped}/".replace(f"/{variable_names[key]}/", "/").split("/") if t][1:]
+        slot = _TF_KERAS_SLOTS.get(rest[-1] if rest else "")
+        if slot is not None:
+            found[(key, slot)] = dataset
+    slots: dict[str, list[np.ndarray]] = {}
+    for slot in _SLOT_NAMES[name]:
+        if not any(s == slot for _, s in found):
+            continue
+        slots[slot] = []
+        for layer, leaf in trainable:
+            dataset = found.get(((layer.path, leaf), slot))
+            if dataset is None:
+                raise UserError(f"{path}: the file's optimizer has no {slot} for {layer.label}/{leaf[1]}; it was "
+                                "saved from another network")
+            slots[slot].append(_checked_slot(path, layer, leaf, slot, read_array(dataset), variables))
+    return iterations, slots
+
+
+def _checked_slot(path: str, layer: ModelLayer, leaf: tuple[str, str], slot: str, array: np.ndarray,
+                  variables: Mapping[str, Any]) -> np.ndarray:
+    shape = tuple(layer.template(variables, leaf).shape)
+    if tuple(array.shape) != shape:
+        raise UserError(f"{path}: the optimizer's {slot} for {layer.label}/{leaf[1]} has shape {tuple(array.shape)} "
+                        f"but the weight has {shape}; the optimizer was saved from another network")
+    return array

@@ -51,6 +51,10 @@ def build_schedule(optimizer: Mapping[str, Any], schedule: Mapping[str, Any], nu
 
 def build_optimizer(optimizer: Mapping[str, Any], learning_rate: Schedule) -> optax.GradientTransformation:
     name = optimizer.get("name", "sgd")
+    if optimizer.get("keras"):  # Keras's own update rules (training/keras_optim.py says how they differ)
+        from cnn_flax.training.keras_optim import build_keras_optimizer
+
+        return build_keras_optimizer(optimizer, learning_rate)
     if name == "sgd":
         return optax.sgd(learning_rate, momentum=optimizer.get("momentum", 0.0) or None,
                          nesterov=bool(optimizer.get("nesterov", False)))
