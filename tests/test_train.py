@@ -9,7 +9,8 @@ import pytest
 
 from cnn_flax import modes
 from cnn_flax.errors import UserError
-from cnn_flax.train import StopRequest, Trainer, train_and_evaluate
+from cnn_flax.hooks import StopRequest
+from cnn_flax.train import Trainer, train_and_evaluate
 from configs import quickstart
 
 HISTORY_KEYS = ("epoch", "learning_rate", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
@@ -39,10 +40,10 @@ def _history(workdir):
 
 
 def _params(workdir, epoch):
-    trainer = Trainer(tiny_config(), workdir)
+    trainer = Trainer(tiny_config())
     from cnn_flax.training.checkpoint import Checkpoints
 
-    tree, meta = Checkpoints(trainer.files.checkpoints).restore_epoch(epoch, trainer.template())
+    tree, meta = Checkpoints(os.path.join(workdir, "checkpoints")).restore_epoch(epoch, trainer.template())
     return tree["state"], meta
 
 
@@ -70,7 +71,7 @@ def test_a_run_leaves_every_file_of_the_spec(uninterrupted):
     metrics = json.load(open(os.path.join(workdir, "metrics.json")))
     assert metrics["split"] == "test" and metrics["num_examples"] == 64  # eval_steps=2 of 32
     assert 0.0 <= metrics["rank1"] <= metrics["rank5"] <= 1.0
-    assert result["rank1"] == metrics["rank1"]
+    assert result.metrics["rank1"] == metrics["rank1"] and not result.interrupted and result.is_writer
     history = _history(workdir)
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -98,7 +99,8 @@ def test_interrupted_mid_epoch_resumes_bit_exactly(uninterrupted, tmp_path, monk
         return calls["n"] >= 6  # epoch 2, after its second batch
 
     monkeypatch.setattr(StopRequest, "agreed", stop_after_six_steps)
-    assert train_and_evaluate(tiny_config(num_epochs=4), workdir) == {"interrupted": True}
+    result = train_and_evaluate(tiny_config(num_epochs=4), workdir)
+    assert result.interrupted and result.metrics is None
     assert os.listdir(os.path.join(workdir, "checkpoints", "interrupted")) == ["step_6"]
     assert [r["epoch"] for r in _history(workdir)] == [1]
     monkeypatch.undo()
@@ -151,7 +153,7 @@ def test_pmap_path_runs_the_whole_loop(tmp_path):
     result = train_and_evaluate(tiny_config(num_epochs=2, parallel="pmap"), workdir)
     history = _history(workdir)
     assert [r["epoch"] for r in history] == [1, 2] and all(np.isfinite(r["train_loss"]) for r in history)
-    assert 0.0 <= result["rank1"] <= 1.0
+    assert 0.0 <= result.metrics["rank1"] <= 1.0
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["epoch_1", "epoch_2", "interrupted"]
 
 

@@ -9,15 +9,9 @@ import math
 import os
 from typing import Any
 
+from cnn_flax.atomic import write_json
+
 FIELDS = ("epoch", "learning_rate", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
-
-
-def write_json_atomically(path: str, payload: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=2, allow_nan=False)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 def _finite(value: Any) -> Any:
@@ -47,4 +41,4 @@ class History:
         self.records.append({key: _finite(record.get(key)) for key in FIELDS})
 
     def save(self) -> None:
-        write_json_atomically(self.path, self.records)
+        write_json(self.path, self.records)
