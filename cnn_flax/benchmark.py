@@ -181,7 +181,7 @@ def benchmark_figures(config: ml_collections.ConfigDict, steps: int = STEPS, rep
 
 
 def format_line(figures: dict[str, Any]) -> str:
-    """SPEC.md's line, then the extras (epoch_extra_s, data, device, steps, compiles)."""
+    """The figures every machine reports (model, batch, devices, rates), then the extras (epoch_extra_s, data, …)."""
     keys = ["step_img_per_s", "loop_img_per_s", "eval_img_per_s"]
     keys += ["input_img_per_s"] if "input_img_per_s" in figures else []
     rates = " ".join(f"{key}={figures[key]:.1f}" for key in keys)

@@ -194,6 +194,6 @@ def test_a_trainer_runs_on_imagenet(data_dir, tmp_path):
     assert [r["epoch"] for r in history] == [1] and np.isfinite(history[0]["train_loss"])
     metrics = json.load(open(os.path.join(workdir, "metrics.json")))
     assert metrics["split"] == "test" and metrics["num_examples"] == 8  # eval_steps=1 of batch 8
-    assert result["rank1"] == metrics["rank1"]
+    assert result.metrics["rank1"] == metrics["rank1"]
     assert os.path.getsize(os.path.join(workdir, "predictions.png")) > 0
     assert "tench" in open(os.path.join(workdir, "report.txt")).read()  # Keras's words, not WordNet ids
