@@ -17,6 +17,7 @@ import optax
 from cnn_flax.models.layers import batch_norm_axis
 from cnn_flax.training.metrics import EvalMetrics, TrainMetrics
 from cnn_flax.training.optim import l2_penalty
+from cnn_flax.training.param_groups import keep_frozen_stats
 from cnn_flax.training.state import TrainState
 
 Preprocess = Callable[[jax.Array, jax.Array | None], jax.Array]
@@ -43,7 +44,7 @@ def _step_keys(seed: int, step: jax.Array, axis_name: str | None) -> tuple[jax.A
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preprocess: Preprocess, *, seed: int,
-                    aux_weight: float = 0.3, l2: float = 0.0, axis_name: str | None = None):
+                    aux_weight: float = 0.3, l2: float = 0.0, axis_name: str | None = None, freeze: str = ""):
     def train_step(state: TrainState, batch: Batch, metrics: TrainMetrics) -> tuple[TrainState, TrainMetrics]:
         augment_key, dropout_key = _step_keys(seed, state.step, axis_name)
         images = preprocess(batch["image"], augment_key)
@@ -65,7 +66,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preproce
             loss = jax.lax.pmean(loss, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                                  batch_stats=batch_stats, opt_state=opt_state)
+                                  batch_stats=keep_frozen_stats(freeze, state.params, state.batch_stats, batch_stats),
+                                  opt_state=opt_state)
         outputs = dict(loss=loss, logits=logits.astype(jnp.float32), labels=labels, step=state.step)
         if axis_name is None:
             update = TrainMetrics.single_from_model_output(**outputs)
