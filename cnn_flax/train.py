@@ -23,6 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from cnn_flax.data.augment_modern import make_mixing
 from cnn_flax.engine import Engine, RunFiles
 from cnn_flax.errors import UserError
 from cnn_flax.evaluator import Evaluator
@@ -59,7 +60,8 @@ class Trainer(Engine):
         self.schedule, self.tx = make_optimizer(config, self.spe)
         self.train_step = self.compile("train", make_train_step(
             self.exp.model, self.tx, self.preprocess, seed=config.seed, aux_weight=config.loss.aux_weight,
-            l2=config.optimizer.l2, axis_name=self.parallel.axis_name))
+            l2=config.optimizer.l2, axis_name=self.parallel.axis_name, mixing=make_mixing(config.data),
+            freeze=config.optimizer.freeze))
         self.evaluator = Evaluator(self)
 
     def template(self) -> dict[str, Any]:
