@@ -196,7 +196,8 @@ def test_init_from_another_runs_checkpoint(uninterrupted, tmp_path):
 
 MODERN = {"ema_decay": 0.9, "optimizer.accum_steps": 2, "loss.label_smoothing": 0.1, "optimizer.name": "adamw",
           "optimizer.weight_decay": 0.01, "optimizer.learning_rate": 0.003, "schedule.name": "warmup_cosine",
-          "schedule.warmup_epochs": 0.5, "optimizer.clip_global_norm": 5.0}
+          "schedule.warmup_epochs": 0.5, "optimizer.clip_global_norm": 5.0, "data.augment.mixup_alpha": 0.2,
+          "data.augment.cutmix_alpha": 1.0}
 
 
 def test_modern_switches_resume_bit_exactly_and_report_the_moving_average(tmp_path, monkeypatch, capsys):

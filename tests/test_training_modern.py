@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from cnn_flax.ablation import apply_overrides, parse_variants
+from cnn_flax.data.mixing import Mixing
 from cnn_flax.errors import UserError
 from cnn_flax.models.layers import ConvModule
 from cnn_flax.training.metrics import TrainMetrics
@@ -240,9 +241,10 @@ def _train(model, tx, steps=1, **options):
 
 
 def test_accumulation_equals_the_full_batch_without_batchnorm():
-    tx = optax.adamw(0.01, weight_decay=0.01)
-    (_, full), full_metrics = _train(PlainNet(), tx, label_smoothing=0.1, l2=1e-3)
-    (_, micro), micro_metrics = _train(PlainNet(), tx, label_smoothing=0.1, l2=1e-3, accum_steps=4)
+    """With label smoothing and mixup/CutMix too: the batch is mixed whole, then split."""
+    tx, mixing = optax.adamw(0.01, weight_decay=0.01), Mixing(mixup_alpha=0.4, cutmix_alpha=1.0)
+    (_, full), full_metrics = _train(PlainNet(), tx, label_smoothing=0.1, l2=1e-3, mixing=mixing)
+    (_, micro), micro_metrics = _train(PlainNet(), tx, label_smoothing=0.1, l2=1e-3, mixing=mixing, accum_steps=4)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), full.params, micro.params)
     for key in ("loss", "accuracy"):
         assert float(micro_metrics[key]) == pytest.approx(float(full_metrics[key]), abs=1e-6)

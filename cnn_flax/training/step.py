@@ -31,6 +31,9 @@ def _split_outputs(outputs: Any) -> tuple[jax.Array, tuple[jax.Array, ...]]:
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example loss against integer labels [B] or soft targets [B, C] (mixup/CutMix)."""
+    if labels.ndim == logits.ndim:
+        return optax.softmax_cross_entropy(logits.astype(jnp.float32), labels)
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
@@ -47,15 +50,25 @@ def soft_targets(targets: jax.Array, num_classes: int, label_smoothing: float = 
 
 
 def training_loss(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example cross-entropy against integer labels or [B, C] target distributions.
+    """Per-example cross-entropy against integer labels or [B, C] target distributions, label-smoothed.
 
-    Integer labels without smoothing take the integer-label form: the same value, and the same rounding
+    Integer labels without smoothing keep the integer-label form: the same value, and the same rounding
     as runs made before soft targets existed.
     """
-    if targets.ndim == 1 and not label_smoothing:
-        return cross_entropy(logits, targets)
-    distribution = soft_targets(targets, logits.shape[-1], label_smoothing)
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), distribution)
+    if label_smoothing:
+        targets = soft_targets(targets, logits.shape[-1], label_smoothing)
+    return cross_entropy(logits, targets)
+
+
+def _targets(rows: Any, lam: jax.Array | None, num_classes: int) -> jax.Array:
+    """Integer labels as they are, or (mixup/CutMix) the pairs (own label, partner's label) as the [B, C]
+    distributions lam·onehot(own) + (1 − lam)·onehot(partner). Pairs rather than distributions travel
+    through the micro-batch split, which then needs no class count."""
+    if lam is None:
+        return rows
+    own, partner = rows
+    one_hot = lambda x: jax.nn.one_hot(x, num_classes, dtype=jnp.float32)  # noqa: E731
+    return lam * one_hot(own) + (1.0 - lam) * one_hot(partner)
 
 
 def _step_keys(seed: int, step: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
@@ -82,22 +95,26 @@ def join_micro_batches(x: jax.Array) -> jax.Array:
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preprocess: Preprocess, *, seed: int,
                     aux_weight: float = 0.3, l2: float = 0.0, label_smoothing: float = 0.0, accum_steps: int = 1,
-                    ema_decay: float = 0.0, axis_name: str | None = None):
+                    ema_decay: float = 0.0, axis_name: str | None = None, mixing: Any = None):
     """One optimizer update per call.
 
+    `mixing` (data.mixing.Mixing or None) mixes each batch with itself and trains on the mixed targets;
+    the accuracy metric stays on the true labels. Under pmap each device mixes within its own shard.
     With `accum_steps` = k > 1 the batch is cut into k micro-batches (`split_micro_batches`) that run one
     after the other in a `lax.scan`; their gradients are averaged into one update, so a model without
-    BatchNorm gets the full batch's gradient. BatchNorm normalises each micro-batch with that micro-batch's
-    own statistics, and each micro-batch moves the running statistics in turn: k updates of the running
-    averages per optimizer step, as k separate forward passes in train mode would. With `ema_decay` > 0
-    the state's moving average of the weights and BatchNorm statistics follows every update.
+    BatchNorm gets the full batch's gradient. The whole batch is augmented and mixed first, so the
+    micro-batches see what the full batch would. BatchNorm normalises each micro-batch with that
+    micro-batch's own statistics, and each micro-batch moves the running statistics in turn: k updates of
+    the running averages per optimizer step, as k separate forward passes in train mode would. With
+    `ema_decay` > 0 the state's moving average of the weights and BatchNorm statistics follows every update.
     """
 
-    def loss_fn(params, batch_stats, images, targets, dropout_key):
+    def loss_fn(params, batch_stats, images, rows, lam, dropout_key):
         with batch_norm_axis(axis_name):
             outputs, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
                                            train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
         logits, aux_logits = _split_outputs(outputs)
+        targets = _targets(rows, lam, logits.shape[-1])
         loss = training_loss(logits, targets, label_smoothing).mean()
         for aux in aux_logits:
             loss = loss + aux_weight * training_loss(aux, targets, label_smoothing).mean()
@@ -105,17 +122,17 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preproce
 
     gradient = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def accumulated(state, images, targets, dropout_key):
+    def accumulated(state, images, rows, lam, dropout_key):
         def micro_step(carry, micro):
             grad_sum, batch_stats = carry
-            index, micro_images, micro_targets = micro
-            (loss, (logits, batch_stats)), grads = gradient(state.params, batch_stats, micro_images, micro_targets,
+            index, micro_images, micro_rows = micro
+            (loss, (logits, batch_stats)), grads = gradient(state.params, batch_stats, micro_images, micro_rows, lam,
                                                             jax.random.fold_in(dropout_key, index))
             return (jax.tree_util.tree_map(jnp.add, grad_sum, grads), batch_stats), (loss, logits)
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-        micro = (jnp.arange(accum_steps), split_micro_batches(images, accum_steps),
-                 split_micro_batches(targets, accum_steps))
+        split = lambda x: split_micro_batches(x, accum_steps)  # noqa: E731
+        micro = (jnp.arange(accum_steps), split(images), jax.tree_util.tree_map(split, rows))
         (grad_sum, batch_stats), (losses, logits) = jax.lax.scan(micro_step, (zeros, state.batch_stats), micro)
         grads = jax.tree_util.tree_map(lambda g: g / accum_steps, grad_sum)
         return (losses.mean(), (join_micro_batches(logits), batch_stats)), grads
@@ -124,11 +141,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preproce
         augment_key, dropout_key = _step_keys(seed, state.step, axis_name)
         images = preprocess(batch["image"], augment_key)
         labels = batch["label"]
-        targets = labels  # integer labels, or [B, C] distributions where a batch augmentation mixes images
+        rows, lam = labels, None
+        if mixing is not None:
+            draw = mixing.draw(augment_key, *images.shape[:3])
+            images = mixing.images(images, draw)
+            rows, lam = (labels, jnp.take(labels, draw.perm, axis=0)), draw.lam
         if accum_steps > 1:
-            (loss, (logits, batch_stats)), grads = accumulated(state, images, targets, dropout_key)
+            (loss, (logits, batch_stats)), grads = accumulated(state, images, rows, lam, dropout_key)
         else:
-            (loss, (logits, batch_stats)), grads = gradient(state.params, state.batch_stats, images, targets,
+            (loss, (logits, batch_stats)), grads = gradient(state.params, state.batch_stats, images, rows, lam,
                                                             dropout_key)
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
