@@ -150,7 +150,7 @@ class Trainer:
             self.exp.model, self.tx, preprocess, seed=config.seed, aux_weight=config.loss.aux_weight,
             l2=config.optimizer.get("l2", 0.0), label_smoothing=config.loss.label_smoothing,
             accum_steps=config.optimizer.accum_steps, ema_decay=config.ema_decay, axis_name=axis,
-            mixing=make_mixing(config.data)))
+            mixing=make_mixing(config.data), freeze=config.optimizer.freeze))
         self.eval_step = self.parallel.compile_step(
             make_eval_step(self.exp.model, preprocess, axis_name=axis), donate=(2,))
         self.predict_step = {flip: self.parallel.compile_predict(make_predict_step(self.exp.model, preprocess,

@@ -17,6 +17,7 @@ import optax
 from cnn_flax.models.layers import batch_norm_axis
 from cnn_flax.training.metrics import EvalMetrics, TrainMetrics
 from cnn_flax.training.optim import l2_penalty
+from cnn_flax.training.param_groups import keep_frozen_stats
 from cnn_flax.training.state import TrainState, ema_update
 
 Preprocess = Callable[[jax.Array, jax.Array | None], jax.Array]
@@ -95,11 +96,13 @@ def join_micro_batches(x: jax.Array) -> jax.Array:
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preprocess: Preprocess, *, seed: int,
                     aux_weight: float = 0.3, l2: float = 0.0, label_smoothing: float = 0.0, accum_steps: int = 1,
-                    ema_decay: float = 0.0, axis_name: str | None = None, mixing: Any = None):
+                    ema_decay: float = 0.0, axis_name: str | None = None, mixing: Any = None,
+                    freeze: str = ""):
     """One optimizer update per call.
 
     `mixing` (data.mixing.Mixing or None) mixes each batch with itself and trains on the mixed targets;
     the accuracy metric stays on the true labels. Under pmap each device mixes within its own shard.
+    `freeze` (a regular expression over parameter paths) keeps the BatchNorm statistics of frozen layers.
     With `accum_steps` = k > 1 the batch is cut into k micro-batches (`split_micro_batches`) that run one
     after the other in a `lax.scan`; their gradients are averaged into one update, so a model without
     BatchNorm gets the full batch's gradient. The whole batch is augmented and mixed first, so the
@@ -156,6 +159,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preproce
             loss = jax.lax.pmean(loss, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        batch_stats = keep_frozen_stats(freeze, state.params, state.batch_stats, batch_stats)
         ema = state.ema
         if ema_decay:
             ema = ema_update(ema, {"params": params, "batch_stats": batch_stats}, ema_decay)
