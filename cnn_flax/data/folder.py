@@ -81,9 +81,11 @@ def _write_split(path: str, split: str, found: FolderScan, attrs: dict, pool) ->
             mean_image = (total / max(writer.rows_written, 1)).astype(np.float32)
             writer.file.create_dataset("mean_image", data=mean_image)
             writer.file.attrs["mean_rgb"] = mean_image.astype(np.float64).mean(axis=(0, 1)).astype(np.float32)
-        strings = h5py.string_dtype()
-        writer.file.create_dataset("paths", data=np.array(kept, dtype=object), dtype=strings)
-        writer.file.create_dataset("skipped", data=np.array(skipped, dtype=object).reshape(-1, 2), dtype=strings)
+        strings = h5py.string_dtype()  # file names as the OS gives them: not every name is valid UTF-8
+        writer.file.create_dataset("paths", data=np.array([os.fsencode(p) for p in kept], dtype=object),
+                                   dtype=strings)
+        rows = [(os.fsencode(rel), reason.encode()) for rel, reason in skipped]
+        writer.file.create_dataset("skipped", data=np.array(rows, dtype=object).reshape(-1, 2), dtype=strings)
     return skipped
 
 
@@ -125,10 +127,10 @@ def _write_skipped_list(data_dir: str, found: FolderScan, paths: dict[str, str])
     for split in SPLITS:
         with h5py.File(paths[split], "r") as f:
             if "skipped" in f:
-                entries += [(row[0].decode(), row[1].decode()) for row in f["skipped"][()]]
+                entries += [(os.fsdecode(row[0]), row[1].decode()) for row in f["skipped"][()]]
     target = os.path.join(data_dir, SKIPPED_FILE)
     tmp = f"{target}.partial-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as handle:
         handle.writelines(f"{rel}\t{reason}\n" for rel, reason in sorted(entries))
     os.replace(tmp, target)
     return len(entries)
@@ -193,4 +195,4 @@ class FolderSource(HDF5Source):
     def image_paths(self, split: str) -> list[str]:
         """Each row's file, relative to data.root."""
         with h5py.File(self.path(split), "r") as f:
-            return [p.decode() for p in f["paths"][()]]
+            return [os.fsdecode(p) for p in f["paths"][()]]
