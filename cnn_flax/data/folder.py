@@ -15,6 +15,7 @@ import functools
 import logging
 import multiprocessing
 import os
+import time
 
 import h5py
 import numpy as np
@@ -158,14 +159,15 @@ def build_folder(root: str, data_dir: str, *, image_size: int, resize: str = "as
     attrs = {"name": NAME, "num_classes": len(found.class_names), "class_names": list(found.class_names),
              "test_per_class": "", "carved": ",".join(found.carved), **wanted}
     os.makedirs(data_dir, exist_ok=True)
-    skipped = 0
+    skipped, started = 0, time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(_workers()) as pool:  # spawn: safe beside JAX's threads
         for split in todo:
             skipped += len(_write_split(paths[split], split, found, attrs, pool))
     listed = _write_skipped_list(data_dir, found, paths)
     counts = ", ".join(f"{s} {len(found.splits[s])}" for s in SPLITS)
-    log.info("%s: %d classes (%s files found); %d decoded now", found.root, len(found.class_names), counts,
-             sum(len(found.splits[s]) for s in todo) - skipped)
+    decoded, seconds = sum(len(found.splits[s]) for s in todo) - skipped, time.perf_counter() - started
+    log.info("%s: %d classes (%s files found); %d images decoded in %.1f s (%.0f img/s)", found.root,
+             len(found.class_names), counts, decoded, seconds, decoded / max(seconds, 1e-9))
     if listed:
         log.warning("%d files skipped (not images, unreadable or outside class folders); the list with reasons is "
                     "in %s", listed, os.path.join(data_dir, SKIPPED_FILE))
