@@ -145,7 +145,8 @@ class Trainer:
         axis = self.parallel.axis_name
         self.train_step = self.parallel.compile_step(make_train_step(
             self.exp.model, self.tx, preprocess, seed=config.seed, aux_weight=config.loss.aux_weight,
-            l2=config.optimizer.get("l2", 0.0), axis_name=axis, mixing=make_mixing(config.data)))
+            l2=config.optimizer.get("l2", 0.0), axis_name=axis, mixing=make_mixing(config.data),
+            freeze=config.optimizer.freeze))
         self.eval_step = self.parallel.compile_step(
             make_eval_step(self.exp.model, preprocess, axis_name=axis), donate=(2,))
         self.predict_step = {flip: self.parallel.compile_predict(make_predict_step(self.exp.model, preprocess,
