@@ -17,7 +17,7 @@ flags.DEFINE_string("workdir", None, "Where the run writes everything (default: 
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "summary", "prepare", "predict", "benchmark", "ablate"],
                   "What to do.")
 flags.DEFINE_string("checkpoint", "latest", "--mode=evaluate: latest, all, or an epoch number.")
-flags.DEFINE_list("images", [], "--mode=predict: image files to classify.")
+flags.DEFINE_list("images", [], "--mode=predict: image files, or folders of them (searched recursively), to classify.")
 flags.DEFINE_string("variants", None, "--mode=ablate: 'name:key=value,...;name2:...' (default: the deck's "
                     "extensions: baseline, conv_act_bn, elu).")
 flags.DEFINE_bool("ema", False, "--mode=evaluate/predict: use the moving average of the weights kept with "
