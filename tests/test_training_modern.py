@@ -262,7 +262,7 @@ def test_accumulation_with_batchnorm_normalises_and_updates_per_micro_batch():
             logits, updates = model.apply({"params": params, "batch_stats": stats}, x, train=True,
                                           mutable=["batch_stats"])
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates["batch_stats"]
-        (_, batch_stats), g = jax.value_and_grad(loss, has_aux=True)(start.params, batch_stats)
+        (_, batch_stats), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(start.params, batch_stats)
         grads.append(g)
     expected = jax.tree_util.tree_map(lambda p, *g: p - lr * sum(g) / k, start.params, *grads)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), after.params, expected)
@@ -294,3 +294,19 @@ def test_ablation_variants_set_the_modern_keys():
     assert modern.schedule.warmup_epochs == 5.0 and isinstance(modern.schedule.warmup_epochs, float)
     assert (modern.loss.label_smoothing, modern.ema_decay, modern.optimizer.accum_steps) == (0.1, 0.999, 2)
     assert modern.optimizer.clip_global_norm == 1.0 and apply_overrides(config, variants["deck"]) == config
+
+
+def test_checkpoints_without_a_moving_average_keep_their_old_layout():
+    from flax import serialization
+
+    tx = optax.sgd(0.1)
+    variables = {"params": {"w": jnp.ones(2)}, "batch_stats": {"mean": jnp.zeros(2)}}
+    plain, averaged = TrainState.create(variables, tx), TrainState.create(variables, tx, ema=True)
+    assert set(serialization.to_state_dict(plain)) == {"step", "params", "batch_stats", "opt_state"}
+    saved = serialization.to_state_dict(averaged)
+    assert set(saved) == {"step", "params", "batch_stats", "opt_state", "ema"}
+    saved["ema"]["params"]["w"] = np.full(2, 3.0)
+    restored = serialization.from_state_dict(averaged, saved)
+    np.testing.assert_array_equal(restored.averaged().params["w"], [3.0, 3.0])
+    with pytest.raises(ValueError, match="lacks ema"):
+        serialization.from_state_dict(averaged, serialization.to_state_dict(plain))
