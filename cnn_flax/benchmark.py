@@ -86,13 +86,12 @@ class _BareSteps:
     def __init__(self, trainer: "Trainer") -> None:
         from cnn_flax.experiment import initial_variables
         from cnn_flax.training.metrics import TrainMetrics
-        from cnn_flax.training.state import TrainState
 
         self.trainer = trainer
         parallel = trainer.parallel
         first = next(iter(trainer.batches("train", shuffle=True, epoch=0, drop_remainder=True)))
         self.batch = parallel.put_batch(first)
-        self.state = parallel.put_replicated(TrainState.create(initial_variables(trainer.exp), trainer.tx))
+        self.state = parallel.put_replicated(trainer.new_state(initial_variables(trainer.exp)))
         self.metrics = parallel.put_replicated(TrainMetrics.empty())
 
     def __call__(self, steps: int) -> float:

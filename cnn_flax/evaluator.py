@@ -74,22 +74,28 @@ class Evaluator:
         logits, labels, _ = self.predictions(variables, split)
         return dict(loss=_mean_loss(logits, labels), **rank_accuracies(logits, labels))
 
-    def report(self, variables: Variables, files: RunFiles) -> dict[str, Any]:
-        """The evaluation files of eval_split (and tta_* ones with config.tta) and their metrics.
+    def report(self, variables: Variables, files: RunFiles, averaged: Variables | None = None) -> dict[str, Any]:
+        """The evaluation files of eval_split and their metrics: of `variables`, with config.tta also of their
+        flip test-time augmentation (tta_*), and of a moving average of them when given (ema_*, whose
+        rank-1/rank-5/loss join metrics.json as ema_rank1, …).
 
         {} on processes other than 0, which take part in the evaluation but write nothing.
         """
         config, exp = self.engine.config, self.engine.exp
         split = config.eval_split
         results = {}
-        variants = [("", False)] + ([("tta_", True)] if config.tta else [])
-        for prefix, flip in variants:
+        variants = [("", False, variables)] + ([("tta_", True, variables)] if config.tta else [])
+        variants += [("ema_", False, averaged)] if averaged is not None else []
+        for prefix, flip, weights in variants:
             # The first examples of the split, or as many as were evaluated (eval_steps may stop short).
-            logits, labels, images = self.predictions(variables, split, flip, 0 if prefix else SHOWN_IMAGES)
+            logits, labels, images = self.predictions(weights, split, flip, 0 if prefix else SHOWN_IMAGES)
             if files.is_writer:
                 results[prefix or "plain"] = write_evaluation(
                     files.workdir, split=split, scores=logits, labels=labels, class_names=exp.class_names,
                     images=None if prefix else images, loss=_mean_loss(logits, labels), prefix=prefix)
+        if "ema_" in results:
+            results["plain"].update({f"ema_{k}": results["ema_"][k] for k in ("rank1", "rank5", "loss")})
+            files.write_json("metrics.json", results["plain"])
         return results.get("plain", {})
 
 

@@ -22,7 +22,7 @@ from cnn_flax.data import DatasetInfo, DataSource, make_preprocess, make_source
 from cnn_flax.errors import UserError
 from cnn_flax.models import create_model, init_variables
 from cnn_flax.training.checkpoint import load_variables
-from cnn_flax.training.optim import build_optimizer, build_schedule
+from cnn_flax.training.optim import build_optimizer, build_schedule, check_accum_steps
 from cnn_flax.training.parallel import check_batch_size, make_parallel
 from cnn_flax.training.param_groups import with_param_groups
 
@@ -136,6 +136,7 @@ def preprocessors(exp: Experiment) -> Callable:
 
 def setup_parallel(config: ml_collections.ConfigDict):
     check_batch_size(config.batch_size)
+    check_accum_steps(config.optimizer.accum_steps, config.batch_size, jax.device_count())
     if config.data.on_device and config.parallel != "jit":
         raise UserError("data.on_device=True needs parallel='jit'; set --config.parallel=jit")
     return make_parallel(config.parallel)

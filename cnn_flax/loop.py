@@ -93,10 +93,14 @@ def run_epochs(trainer: "Trainer", loop: LoopState, hooks: Sequence[Hook]) -> Lo
         loop.train = _host(parallel, loop.metrics)
         _call(hooks, "on_steps_done", loop)
         val = trainer.evaluator.metrics(loop.state.variables, "val")
+        if loop.state.ema:  # the moving average of the weights, scored beside them
+            averaged = trainer.evaluator.metrics(loop.state.averaged().variables, "val")
+            val.update({f"ema_{k}": v for k, v in averaged.items()})
         rate = float(trainer.schedule((loop.epoch - 1) * spe))
         loop.record = dict(epoch=loop.epoch, learning_rate=float(f"{rate:.7g}"),  # 0.001, not 0.0010000000474974513
                            train_loss=loop.train["loss"], train_accuracy=loop.train["accuracy"],
-                           val_loss=val["loss"], val_accuracy=val["accuracy"], seconds=round(time.time() - started, 3))
+                           val_loss=val["loss"], val_accuracy=val["accuracy"], seconds=round(time.time() - started, 3),
+                           **{f"ema_val_{k}": val[f"ema_{k}"] for k in ("loss", "accuracy") if f"ema_{k}" in val})
         _call(hooks, "on_epoch_end", loop)
         if loop.stop:
             _call(hooks, "on_stop", loop)

@@ -62,8 +62,12 @@ def prepare(config: ml_collections.ConfigDict, overwrite: bool = False) -> list[
 def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "latest") -> dict[str, Any]:
     """Evaluate the latest checkpoint, a given epoch, or every saved epoch ('all') on `eval_split`.
 
-    Only the weights are read from the checkpoints, so no optimizer is built and any optimizer's run works.
+    Only the weights are read from the checkpoints, so no optimizer is built and any optimizer's run works;
+    with `ema_eval`, the moving average of the weights that the run kept.
     """
+    if config.ema_eval and not config.ema_decay:
+        raise UserError("ema_eval (--ema) needs the run's ema_decay: set --config.ema_decay to the value it was "
+                        "trained with")
     evaluator, files = Evaluator.from_config(config), RunFiles(workdir)
     exp = evaluator.engine.exp
     template = jax.eval_shape(lambda: init_variables(exp.model, jax.random.key(0), exp.input_shape))
@@ -74,14 +78,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = 
             return _evaluate_every_epoch(evaluator, checkpoints, template, files)
         if checkpoint == "latest":
             if epochs:
-                variables = checkpoints.restore_variables(epochs[-1], template)
+                variables = checkpoints.restore_variables(epochs[-1], template, config.ema_eval)
             elif config.init_from:
+                if config.ema_eval:
+                    raise UserError("ema_eval (--ema): init_from weights carry no moving average; evaluate a "
+                                    "checkpoint of this workdir or drop --ema")
                 variables = initial_variables(exp)
             else:
                 raise UserError(f"no checkpoint in {checkpoints.directory} and no init_from; train first or set "
                                 "--config.init_from")
         elif checkpoint.isdigit():
-            variables = checkpoints.restore_variables(int(checkpoint), template)
+            variables = checkpoints.restore_variables(int(checkpoint), template, config.ema_eval)
         else:
             raise UserError(f"--checkpoint={checkpoint!r}: use latest, all or an epoch number")
     finally:
@@ -101,7 +108,8 @@ def _evaluate_every_epoch(evaluator: Evaluator, checkpoints: Checkpoints, templa
         raise UserError(f"no epoch checkpoints in {checkpoints.directory}; train first")
     rows = []
     for epoch in epochs:
-        variables = evaluator.on_devices(checkpoints.restore_variables(epoch, template))
+        variables = evaluator.on_devices(checkpoints.restore_variables(epoch, template,
+                                                                       evaluator.engine.config.ema_eval))
         values = evaluator.scores(variables, evaluator.engine.config.eval_split)
         rows.append(dict(epoch=epoch, **values))
         log.info("epoch %d: rank-1 %.4f rank-5 %.4f loss %.4f", epoch, values["rank1"], values["rank5"],
@@ -118,8 +126,10 @@ def _inference_variables(config: ml_collections.ConfigDict, workdir: str, exp) -
     directory = RunFiles(workdir).checkpoints
     if os.path.isdir(directory) and Checkpoints(directory).saved_epochs():
         template = jax.eval_shape(lambda: init_variables(exp.model, jax.random.key(0), exp.input_shape))
-        return load_variables(workdir, template)
+        return load_variables(workdir, template, ema=config.ema_eval)
     if config.init_from:
+        if config.ema_eval:
+            raise UserError("ema_eval (--ema): init_from weights carry no moving average; drop --ema")
         return initial_variables(exp)
     raise UserError(f"no checkpoint in {directory} and no init_from; train first or set --config.init_from")
 

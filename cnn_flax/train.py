@@ -60,17 +60,22 @@ class Trainer(Engine):
         self.schedule, self.tx = make_optimizer(config, self.spe)
         self.train_step = self.compile("train", make_train_step(
             self.exp.model, self.tx, self.preprocess, seed=config.seed, aux_weight=config.loss.aux_weight,
-            l2=config.optimizer.l2, axis_name=self.parallel.axis_name, mixing=make_mixing(config.data),
-            freeze=config.optimizer.freeze))
+            l2=config.optimizer.l2, label_smoothing=config.loss.label_smoothing,
+            accum_steps=config.optimizer.accum_steps, ema_decay=config.ema_decay, axis_name=self.parallel.axis_name,
+            mixing=make_mixing(config.data), freeze=config.optimizer.freeze))
         self.evaluator = Evaluator(self)
 
     def template(self) -> dict[str, Any]:
         """Zeros shaped like a checkpoint's tree, to restore into."""
         variables = jax.eval_shape(lambda: init_variables(self.exp.model, jax.random.key(0), self.exp.input_shape))
-        state = jax.eval_shape(lambda v: TrainState.create(v, self.tx), variables)
+        state = jax.eval_shape(lambda v: self.new_state(v), variables)
         as_numpy = lambda s: np.zeros(s.shape, s.dtype)  # noqa: E731
         return {"state": jax.tree_util.tree_map(as_numpy, state),
                 "metrics": jax.tree_util.tree_map(as_numpy, jax.eval_shape(TrainMetrics.empty))}
+
+    def new_state(self, variables: dict[str, Any]) -> TrainState:
+        """A fresh train state; it keeps a moving average of the weights when ema_decay > 0."""
+        return TrainState.create(variables, self.tx, ema=bool(self.config.ema_decay))
 
     def host_tree(self, state: TrainState, metrics: TrainMetrics | None = None) -> dict[str, Any]:
         """What a checkpoint holds: the state, and the epoch's running metrics when saved mid-epoch."""
@@ -81,7 +86,7 @@ class Trainer(Engine):
         """A checkpoint's description: its position in the data order and the model it belongs to."""
         return dict(epoch=epochs_done, batch=batch, step=epochs_done * self.spe + batch, steps_per_epoch=self.spe,
                     batch_size=self.config.batch_size, model=self.exp.model_config,
-                    input_shape=list(self.exp.input_shape))
+                    input_shape=list(self.exp.input_shape), ema=bool(self.config.ema_decay))
 
     def check_same_run(self, meta: dict[str, Any], workdir: str) -> None:
         """Refuse another run's checkpoints before reading them: their parameters would not fit this model."""
@@ -93,6 +98,9 @@ class Trainer(Engine):
         if shape != tuple(exp.input_shape):  # the input size fixes the first dense layer's shape
             raise UserError(f"{workdir} holds checkpoints of the model for {shape[0]}x{shape[1]} inputs, not "
                             f"{exp.input_shape[0]}x{exp.input_shape[1]}; use another --workdir for this config")
+        if meta.get("ema", False) != bool(config.ema_decay):  # the train state has another shape
+            raise UserError(f"{workdir} holds checkpoints {'with' if meta.get('ema') else 'without'} a moving average "
+                            "of the weights; keep ema_decay as it was (0 or not) or use another --workdir")
         if meta["batch"] and (meta["steps_per_epoch"], meta["batch_size"]) != (self.spe, config.batch_size):
             raise UserError(f"{workdir} was interrupted mid-epoch with batch_size={meta['batch_size']} and "
                             f"{meta['steps_per_epoch']} steps per epoch; resume with the same values")
@@ -113,7 +121,7 @@ class Trainer(Engine):
         if resume_epoch > 0:
             raise UserError(f"resume_epoch={resume_epoch}: no checkpoint at or before that epoch in "
                             f"{checkpoints.directory}")
-        state = TrainState.create(initial_variables(self.exp), self.tx)
+        state = self.new_state(initial_variables(self.exp))
         return state, TrainMetrics.empty(), self.meta(0, 0)
 
 
@@ -151,7 +159,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         loop = fit(trainer, files, reporter)
         if loop.stop:
             return TrainResult(workdir, interrupted=True, is_writer=files.is_writer)
-        metrics = trainer.evaluator.report(loop.state.variables, files)
+        averaged = loop.state.averaged().variables if loop.state.ema else None
+        metrics = trainer.evaluator.report(loop.state.variables, files, averaged)
         if files.is_writer:
             reporter.summary({f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)})
             reporter.images({name: files.path(f"{name}.png") for name in ("confusion_matrix", "predictions")})

@@ -155,11 +155,12 @@ class Checkpoints:
             raise UserError(f"{self._name(self.epochs, epoch)} is corrupt or of another model "
                             f"({_first_line(error)}); use another epoch") from error
 
-    def restore_variables(self, epoch: int, template: dict[str, Any]) -> dict[str, Any]:
+    def restore_variables(self, epoch: int, template: dict[str, Any], ema: bool = False) -> dict[str, Any]:
         """Parameters and BatchNorm statistics of a saved epoch, in the dtypes of `template`; no optimizer.
 
         Needs no optimizer state to restore into, so evaluation and fine-tuning read checkpoints of any
         optimizer. Every array is checked against `template` (another model's checkpoint is an error).
+        With `ema`, the moving average of the weights that the run kept instead of the weights themselves.
         """
         if epoch not in self.saved_epochs():
             raise UserError(f"no checkpoint for epoch {epoch} in {self.directory}; saved epochs: "
@@ -170,7 +171,11 @@ class Checkpoints:
         except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many types for a damaged file
             raise UserError(f"{name} is corrupt ({_first_line(error)}); use another epoch") from error
         raw_state = raw.get("state", raw)  # the train state, under the checkpoint's "state" entry
-        loaded = {"params": raw_state["params"], "batch_stats": raw_state.get("batch_stats") or {}}
+        if ema and "ema" not in raw_state:
+            raise UserError(f"{name} was trained without a moving average of the weights (ema_decay=0); "
+                            "drop --ema / ema_eval")
+        weights = raw_state["ema"] if ema else raw_state
+        loaded = {"params": weights["params"], "batch_stats": weights.get("batch_stats") or {}}
         result = {}
         for collection, tree in template.items():
             found = dict(_flatten(loaded.get(collection, {})))
@@ -278,8 +283,9 @@ def _flatten(tree: Any) -> list[tuple[tuple[str, ...], Any]]:
             for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
 
 
-def load_variables(path: str, template: dict[str, Any]) -> dict[str, Any]:
-    """The variables of another run: `path` is its workdir (latest epoch) or one `checkpoints/epoch_N`."""
+def load_variables(path: str, template: dict[str, Any], ema: bool = False) -> dict[str, Any]:
+    """The variables of another run (their moving average with `ema`): `path` is its workdir (latest epoch)
+    or one `checkpoints/epoch_N`."""
     path = os.path.abspath(path)
     match = re.fullmatch(r"epoch_(\d+)", os.path.basename(path))
     directory = os.path.dirname(path) if match else os.path.join(path, "checkpoints")
@@ -289,7 +295,7 @@ def load_variables(path: str, template: dict[str, Any]) -> dict[str, Any]:
         if not epochs:
             raise UserError(f"{path} holds no epoch checkpoints; give a workdir or a checkpoints/epoch_N folder")
         epoch = int(match.group(1)) if match else epochs[-1]
-        variables = checkpoints.restore_variables(epoch, template)
+        variables = checkpoints.restore_variables(epoch, template, ema)
     finally:
         checkpoints.close()
     log.info("Read the weights of epoch %d in %s", epoch, directory)
