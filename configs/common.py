@@ -38,6 +38,9 @@ def base(name: str) -> ml_collections.ConfigDict:
         rotation=0.0, zoom=0.0, width_shift=0.0, height_shift=0.0, shear=0.0, horizontal_flip=False))
     config.model = ml_collections.ConfigDict()
     config.wandb = ml_collections.ConfigDict(dict(enabled=False, project="cnn_flax", name="", mode=""))
+    # --mode=export: model.onnx "auto" (when jax2onnx and onnxruntime are installed), "yes" or "no";
+    # tflite: also convert the SavedModel to model.tflite.
+    config.export = ml_collections.ConfigDict(dict(onnx="auto", tflite=False))
     return config
 
 
