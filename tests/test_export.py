@@ -189,6 +189,7 @@ def test_export_json_describes_the_folder(trained):
     assert manifest["input_shape"] == [16, 16, 3]
     assert manifest["class_names"] == [str(i) for i in range(10)]
     assert manifest["normalization"] == {"method": "scale"}
+    assert manifest["image_decoding"] == {"kind": "keras_load_img", "interpolation": "nearest"}
     assert manifest["source"] == {"checkpoint": os.path.join(os.path.abspath(workdir), "checkpoints", "epoch_1"),
                                   "epoch": 1}
     assert manifest["model"]["name"] == "minivgg" and manifest["compute_dtype"] == "float32"
@@ -211,7 +212,8 @@ def test_predict_from_the_export_folder_matches_predict_on_the_run(trained, caps
             assert [e["index"] for e in a["top5"]] == [e["index"] for e in b["top5"]]
             np.testing.assert_allclose([e["prob"] for e in a["top5"]], [e["prob"] for e in b["top5"]], atol=1e-5)
     with open(os.path.join(workdir, "predictions.json")) as handle:
-        assert [r["image"] for r in json.load(handle)] == paths
+        assert [r["image"] for r in json.load(handle)] == [r["image"] for r in from_run]
+    assert os.path.isfile(os.path.join(workdir, "predictions.csv"))
     direct = load_jax(os.path.join(workdir, "export", "model.jax"))(images)
     assert direct["probabilities"].shape == (3, 10) and direct["top5"].dtype == np.int32
 

@@ -17,6 +17,7 @@ import ml_collections
 from cnn_flax.errors import UserError
 from cnn_flax.experiment import _variables_from_checkpoint, build_experiment, initial_variables
 from cnn_flax.export.function import build_inference_function
+from cnn_flax.export.predict import image_decoding
 from cnn_flax.export.write import check_destination, write_export
 from cnn_flax.models import create_model, init_traced
 from cnn_flax.training.checkpoint import Checkpoints
@@ -34,11 +35,11 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str 
                         "nothing to export")
     method = config.data.normalize
     caffe = method == "caffe"
-    exp = build_experiment(config, need_data=not caffe)
+    exp = build_experiment(config, need_data=not caffe or config.data.name == "folder")
     model = create_model(exp.model_config, dtype=jnp.float32)  # see function.py: exports compute in float32
     variables, source = _weights(config, workdir, exp, model, checkpoint)
     function = build_inference_function(model, variables, exp.input_shape, method, exp.info)
-    if caffe and exp.model_config["num_classes"] == 1000:
+    if caffe and exp.info is None and exp.model_config["num_classes"] == 1000:
         from cnn_flax.pretrained import imagenet_class_names
 
         class_names = imagenet_class_names()
@@ -49,8 +50,9 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str 
         normalization["mean_rgb"] = [float(v) for v in exp.info.mean_rgb]
     elif method == "mean_image":
         normalization["mean_image_shape"] = list(exp.info.mean_image.shape)
-    facts = {"config": config.get("name"), "model": exp.model_config, "normalization": normalization,
-             "source": source, "trained_dtype": "bfloat16" if config.get("half_precision") else "float32"}
+    facts = {"config": config.name, "model": exp.model_config, "normalization": normalization,
+             "image_decoding": image_decoding(config.data), "source": source,
+             "trained_dtype": "bfloat16" if config.half_precision else "float32"}
     return write_export(function, directory, class_names, facts, onnx=config.export.onnx,
                         tflite=bool(config.export.tflite), overwrite=overwrite)
 
@@ -62,7 +64,7 @@ def _weights(config: ml_collections.ConfigDict, workdir: str, exp, model,
     epochs = Checkpoints(directory).saved_epochs() if os.path.isdir(directory) else []
     if checkpoint == "latest":
         if not epochs:
-            if config.get("init_from"):
+            if config.init_from:
                 return initial_variables(exp), {"init_from": os.path.abspath(config.init_from)}
             raise UserError(f"no checkpoint in {directory} and no init_from; train first or set "
                             "--config.init_from=FILE.h5")

@@ -30,6 +30,7 @@ class ExportedModel:
     input_shape: tuple[int, int, int]
     class_names: tuple[str, ...]
     probabilities: Callable[[np.ndarray], np.ndarray]  # uint8 [N, H, W, 3] -> float32 [N, C]
+    manifest: dict[str, Any]  # the content of export.json
 
 
 def open_export(directory: str, runtime: str = "jax") -> ExportedModel:
@@ -52,7 +53,7 @@ def open_export(directory: str, runtime: str = "jax") -> ExportedModel:
         raise UserError(f"{path}: {RUNTIME_NAMES[runtime]} cannot load it ({first}); export the model again") \
             from None
     return ExportedModel(directory, runtime, tuple(facts["input_shape"]), tuple(facts["class_names"]),
-                         _checked(probabilities, path, tuple(facts["input_shape"])))
+                         _checked(probabilities, path, tuple(facts["input_shape"])), facts)
 
 
 def _checked(probabilities: Callable[[np.ndarray], np.ndarray], path: str,
