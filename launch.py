@@ -18,9 +18,11 @@ flags.DEFINE_enum("mode", "train", ["train", "evaluate", "summary", "prepare", "
                                     "export"], "What to do.")
 flags.DEFINE_string("checkpoint", "latest", "--mode=evaluate: latest, all, or an epoch number; --mode=export: "
                     "latest or an epoch number.")
-flags.DEFINE_list("images", [], "--mode=predict: image files to classify.")
+flags.DEFINE_list("images", [], "--mode=predict: image files, or folders of them (searched recursively), to classify.")
 flags.DEFINE_string("variants", None, "--mode=ablate: 'name:key=value,...;name2:...' (default: the deck's "
                     "extensions: baseline, conv_act_bn, elu).")
+flags.DEFINE_bool("ema", False, "--mode=evaluate/predict/export: use the moving average of the weights kept with "
+                  "ema_decay (same as --config.ema_eval=True).")
 flags.DEFINE_bool("overwrite", False, "--mode=prepare: rebuild dataset files that already exist; --mode=export: "
                   "replace WORKDIR/export.")
 flags.DEFINE_string("export_dir", None, "--mode=predict / benchmark: answer from this export folder alone "
@@ -81,6 +83,8 @@ def run() -> int:
     config = FLAGS.config
     if config is None:
         raise UserError("--config=configs/NAME.py is required (except for --mode=predict/benchmark --export_dir)")
+    if FLAGS.ema:
+        config.ema_eval = True
     workdir = FLAGS.workdir or os.path.join("runs", config.name)
     if FLAGS.mode == "summary":
         print(modes.summary(config))

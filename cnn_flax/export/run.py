@@ -64,6 +64,8 @@ def _weights(config: ml_collections.ConfigDict, workdir: str, exp, model,
     epochs = Checkpoints(directory).saved_epochs() if os.path.isdir(directory) else []
     if checkpoint == "latest":
         if not epochs:
+            if config.init_from and config.ema_eval:
+                raise UserError("ema_eval (--ema): init_from weights carry no moving average; drop --ema")
             if config.init_from:
                 return initial_variables(exp), {"init_from": os.path.abspath(config.init_from)}
             raise UserError(f"no checkpoint in {directory} and no init_from; train first or set "
@@ -79,4 +81,7 @@ def _weights(config: ml_collections.ConfigDict, workdir: str, exp, model,
                             f"{', '.join(map(str, epochs)) or 'none'})")
     path = os.path.join(directory, f"epoch_{epoch}")
     template = jax.eval_shape(lambda: init_traced(model, exp.input_shape, jax.random.key(0)))
-    return _variables_from_checkpoint(path, template), {"checkpoint": os.path.abspath(path), "epoch": epoch}
+    source = {"checkpoint": os.path.abspath(path), "epoch": epoch}
+    if config.ema_eval:  # --ema: the moving average of the weights the run kept
+        source["weights"] = "moving average"
+    return _variables_from_checkpoint(path, template, ema=config.ema_eval), source
