@@ -339,3 +339,9 @@ def test_benchmark_prints_one_line_per_runtime(tmp_path):
         fields = dict(field.split("=") for field in line.split()[2:])
         assert list(fields) == ["batch1_img_per_s", "batch4_img_per_s"]
         assert all(float(value) > 0 for value in fields.values())
+
+
+def test_exporting_a_moving_average_the_run_did_not_keep_is_one_line(trained):
+    _, workdir, _, _, _ = trained
+    with pytest.raises(UserError, match="without a moving average of the weights"):
+        export_run(tiny_quickstart(ema_eval=True), workdir, overwrite=True)
