@@ -17,9 +17,11 @@ flags.DEFINE_string("workdir", None, "Where the run writes everything (default: 
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "summary", "prepare", "predict", "benchmark", "ablate"],
                   "What to do.")
 flags.DEFINE_string("checkpoint", "latest", "--mode=evaluate: latest, all, or an epoch number.")
-flags.DEFINE_list("images", [], "--mode=predict: image files to classify.")
+flags.DEFINE_list("images", [], "--mode=predict: image files, or folders of them (searched recursively), to classify.")
 flags.DEFINE_string("variants", None, "--mode=ablate: 'name:key=value,...;name2:...' (default: the deck's "
                     "extensions: baseline, conv_act_bn, elu).")
+flags.DEFINE_bool("ema", False, "--mode=evaluate/predict: use the moving average of the weights kept with "
+                  "ema_decay (same as --config.ema_eval=True).")
 flags.DEFINE_bool("overwrite", False, "--mode=prepare: rebuild dataset files that already exist.")
 flags.DEFINE_bool("verbose", False, "Show tracebacks and debug logs.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
@@ -54,6 +56,8 @@ def run() -> int:
     from cnn_flax.train import train_and_evaluate
 
     config = FLAGS.config
+    if FLAGS.ema:
+        config.ema_eval = True
     workdir = FLAGS.workdir or os.path.join("runs", config.name)
     if FLAGS.mode == "summary":
         print(modes.summary(config))

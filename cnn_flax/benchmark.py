@@ -93,7 +93,8 @@ class _BareSteps:
         parallel = trainer.parallel
         first = next(iter(trainer.split_batches("train", shuffle=True, epoch=0, drop_remainder=True)))
         self.batch = parallel.put_batch(first)
-        self.state = parallel.put_replicated(TrainState.create(initial_variables(trainer.exp), trainer.tx))
+        self.state = parallel.put_replicated(TrainState.create(initial_variables(trainer.exp), trainer.tx,
+                                                               ema=bool(trainer.config.ema_decay)))
         self.metrics = parallel.put_replicated(TrainMetrics.empty())
 
     def __call__(self, steps: int) -> float:
