@@ -65,6 +65,9 @@ def base(name: str) -> ml_collections.ConfigDict:
         mixup_alpha=0.0, cutmix_alpha=0.0, mix_switch_prob=0.5, mix_prob=1.0))
     config.model = ml_collections.ConfigDict()
     config.wandb = ml_collections.ConfigDict(dict(enabled=False, project="cnn_flax", name="", mode=""))
+    # --mode=export: model.onnx "auto" (when jax2onnx and onnxruntime are installed), "yes" or "no";
+    # tflite: also convert the SavedModel to model.tflite.
+    config.export = ml_collections.ConfigDict(dict(onnx="auto", tflite=False))
     return config
 
 

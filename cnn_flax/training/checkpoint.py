@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
@@ -184,7 +185,7 @@ class Checkpoints:
                 if key not in found or np.shape(found[key]) != np.shape(leaf):
                     raise UserError(f"{name}: {collection}/{'/'.join(key)} is missing or has another shape; "
                                     "the checkpoint is of a different model")
-                leaves.append(np.asarray(found[key], dtype=leaf.dtype))
+                leaves.append(jnp.asarray(found[key], dtype=leaf.dtype))
             result[collection] = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tree), leaves)
         return result
 
