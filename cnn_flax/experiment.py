@@ -24,7 +24,7 @@ from cnn_flax.errors import UserError
 from cnn_flax.models import create_model, init_variables
 from cnn_flax.training.checkpoint import Checkpoints
 from cnn_flax.training.optim import build_optimizer, build_schedule
-from cnn_flax.training.parallel import check_batch_size, make_parallel
+from cnn_flax.training.parallel import batch_norm_axis, check_batch_size, make_parallel
 
 log = logging.getLogger("cnn_flax")
 # Class counts of the datasets, for `--mode=summary` when the data is not on this machine.
@@ -113,7 +113,8 @@ def build_experiment(config: ml_collections.ConfigDict, need_data: bool = True) 
                         "set data.image_size to match")
     model_config = resolve_model_config(config, info)
     dtype = jnp.bfloat16 if config.get("half_precision") else jnp.float32
-    model = create_model(model_config, dtype=dtype)
+    model = create_model(model_config, dtype=dtype, bn_axis_name=batch_norm_axis(config.parallel),
+                         cpu_kernels=jax.default_backend() == "cpu")
     return Experiment(config, model, model_config, shape, source, info)
 
 

@@ -6,6 +6,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("WANDB_MODE", "offline")
 
+from cnn_flax.runtime import prefer_eigen_convolutions  # noqa: E402
+
+prefer_eigen_convolutions()  # as launch.py does: fast kernel gradients on XLA's CPU backend
+
 import jax  # noqa: E402
 
 jax.config.update("jax_disable_most_optimizations", True)

@@ -18,9 +18,11 @@ from cnn_flax.training.step import make_eval_step, make_train_step
 class TinyNet(nn.Module):
     """Conv-BN-ReLU and a dense head: enough to exercise gradient and BatchNorm reductions."""
 
+    bn_axis_name: str | None = None
+
     @nn.compact
     def __call__(self, x, train=False):
-        x = ConvModule(4, 3, name="conv")(x, train)
+        x = ConvModule(4, 3, bn_axis_name=self.bn_axis_name, name="conv")(x, train)
         return nn.Dense(3, name="head")(x.mean(axis=(1, 2)))
 
 
@@ -35,7 +37,7 @@ def _batch(n=16):
 
 
 def _run(parallel, devices=None, steps=2):
-    model, tx = TinyNet(), optax.sgd(0.1, momentum=0.9)
+    model, tx = TinyNet(bn_axis_name=parallel.axis_name), optax.sgd(0.1, momentum=0.9)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=True)
     step = make_train_step(model, tx, preprocess, seed=0, axis_name=parallel.axis_name)
     if devices is not None:  # restrict the jit mesh to fewer devices
@@ -77,3 +79,8 @@ def test_batch_size_must_divide_over_devices():
         check_batch_size(12)
     with pytest.raises(UserError, match="parallel='shard' is not known"):
         make_parallel("shard")
+
+
+def test_a_pmap_step_refuses_a_model_whose_batch_norm_does_not_know_the_device_axis():
+    with pytest.raises(ValueError, match="create the model with bn_axis_name='batch'"):
+        make_train_step(TinyNet(), optax.sgd(0.1), preprocess, seed=0, axis_name="batch")
