@@ -27,13 +27,22 @@ def base(name: str) -> ml_collections.ConfigDict:
     config.schedule = ml_collections.ConfigDict(dict(name="constant"))
     config.loss = ml_collections.ConfigDict(dict(aux_weight=0.3))
 
+    # Each dataset reads the shared keys (name, image_size, normalize, augment, on_device, prefetch) and its
+    # own (cnn_flax/data/sources.py); setting a key the chosen dataset does not read is an error.
     config.data = ml_collections.ConfigDict(dict(
-        name="cifar10", dir="", root="", image_size=32, normalize="scale", on_device=False, prefetch=2,
-        split_seed=42, test_per_class=50,
-        # imagenet2012 only: the folder of the two manual-download tars ("" = <dir>/downloads/manual), the
+        name="cifar10", image_size=32, normalize="scale", on_device=False, prefetch=2,
+        dir="",  # cifar10, imagenet2012: the TFDS folder; tiny_imagenet: the HDF5 folder
+        root="",  # tiny_imagenet: the unpacked tiny-imagenet-200 folder the HDF5 files are built from
+        split_seed=42,  # digits, tiny_imagenet: the seed of the held-out split
+        test_per_class=50,  # tiny_imagenet: images per class moved from train to the test split
+        read_window_mb=64.0,  # tiny_imagenet: megabytes of rows copied per shuffled read of the HDF5 file
+        digits_test_fraction=0.25,  # digits: the stratified share held out for testing
+        # imagenet2012: the folder of the two manual-download tars ("" = <dir>/downloads/manual), the
         # shorter side crops are cut from (0 = image_size * 256/224), and the images (~110 KB each) of the
         # shuffle buffer of each process.
-        manual_dir="", resize_size=0, shuffle_buffer=10_000))
+        manual_dir="", resize_size=0, shuffle_buffer=10_000,
+        # synthetic (what --mode=benchmark trains on when the dataset is absent): classes and split sizes.
+        num_classes=10, synthetic_sizes=dict(train=2048, val=512, test=512)))
     config.data.augment = ml_collections.ConfigDict(dict(
         rotation=0.0, zoom=0.0, width_shift=0.0, height_shift=0.0, shear=0.0, horizontal_flip=False))
     config.model = ml_collections.ConfigDict()

@@ -57,7 +57,8 @@ def digest(image: np.ndarray) -> str:
 
 
 def config(root: str, data_dir: str, **kw) -> ConfigDict:
-    return ConfigDict({"name": "tiny_imagenet", "root": root, "dir": data_dir, "test_per_class": TEST_PER_CLASS} | kw)
+    return ConfigDict({"name": "tiny_imagenet", "image_size": 64, "root": root, "dir": data_dir,
+                       "test_per_class": TEST_PER_CLASS} | kw)
 
 
 @pytest.fixture(scope="module")
