@@ -54,7 +54,7 @@ class Experiment:
 
 
 def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-    shape = config.model.get("input_shape")
+    shape = config.model.input_shape
     if shape:
         return tuple(int(v) for v in shape)
     size = int(config.data.image_size)

@@ -45,7 +45,9 @@ def base(name: str) -> ml_collections.ConfigDict:
         num_classes=10, synthetic_sizes=dict(train=2048, val=512, test=512)))
     config.data.augment = ml_collections.ConfigDict(dict(
         rotation=0.0, zoom=0.0, width_shift=0.0, height_shift=0.0, shear=0.0, horizontal_flip=False))
-    config.model = ml_collections.ConfigDict()
+    # name and the module's options (cnn_flax/models: each model's fields); input_shape: () builds the model
+    # for data.image_size x data.image_size RGB images, (H, W, C) for another input (the 1x1 demo's 28x28x192).
+    config.model = ml_collections.ConfigDict(dict(input_shape=()))
     config.wandb = ml_collections.ConfigDict(dict(enabled=False, project="cnn_flax", name="", mode=""))
     return config
 
@@ -56,7 +58,7 @@ def tiny_imagenet(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
                             image_size=64, normalize="mean_rgb"))
     config.data.augment.update(dict(rotation=18.0, zoom=0.15, width_shift=0.2, height_shift=0.2, shear=0.15,
                                     horizontal_flip=True))
-    config.model = ml_collections.ConfigDict(dict(
+    config.model.update(dict(
         name="deepergooglenet", num_classes=-1, stage4=True, bn_order="conv_bn_act", activation="relu"))
     config.optimizer.l2 = 0.0002
     config.batch_size = 64

@@ -91,7 +91,7 @@ def _check_window(x: jax.Array, window: int, layer: str) -> None:
     if height < window or width < window:
         raise UserError(
             f"{layer}: a {height}x{width} feature map is smaller than its {window}x{window} window; "
-            "the input image is too small for this model (use a larger model.input_shape)")
+            "the input image is too small for this model (use a larger data.image_size or model.input_shape)")
 
 
 def _pooled(layer: "MaxPool | AvgPool", x: jax.Array, pool: Callable[..., jax.Array]) -> jax.Array:
