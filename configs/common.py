@@ -23,7 +23,10 @@ def base(name: str) -> ml_collections.ConfigDict:
     config.tta = False  # also report horizontal-flip test-time augmentation
 
     config.optimizer = ml_collections.ConfigDict(dict(
-        name="sgd", learning_rate=0.01, momentum=0.9, nesterov=False, b1=0.9, b2=0.999, eps=1e-7, l2=0.0))
+        name="sgd", learning_rate=0.01, momentum=0.9, nesterov=False, b1=0.9, b2=0.999, eps=1e-7, l2=0.0,
+        # Regular expression over parameter paths ("block5_conv1/kernel") that never change (BatchNorm
+        # statistics under a match stay put too); {path pattern: factor} scaling the learning rate.
+        freeze="", lr_multipliers={}))
     config.schedule = ml_collections.ConfigDict(dict(name="constant"))
     config.loss = ml_collections.ConfigDict(dict(aux_weight=0.3))
 
@@ -41,10 +44,23 @@ def base(name: str) -> ml_collections.ConfigDict:
         # shorter side crops are cut from (0 = image_size * 256/224), and the images (~110 KB each) of the
         # shuffle buffer of each process.
         manual_dir="", resize_size=0, shuffle_buffer=10_000,
+        # folder only (data.root: one subfolder per class, or train/ val/ test/ of them): how photos become
+        # squares ("aspect": shorter side, centre crop; "stretch"), and the shares of train carved off as
+        # val and test when the folder has no val/ or test/.
+        resize="aspect", val_fraction=0.1, test_fraction=0.1,
         # synthetic (what --mode=benchmark trains on when the dataset is absent): classes and split sizes.
         num_classes=10, synthetic_sizes=dict(train=2048, val=512, test=512)))
     config.data.augment = ml_collections.ConfigDict(dict(
-        rotation=0.0, zoom=0.0, width_shift=0.0, height_shift=0.0, shear=0.0, horizontal_flip=False))
+        rotation=0.0, zoom=0.0, width_shift=0.0, height_shift=0.0, shear=0.0, horizontal_flip=False,
+        # Current recipes' augmentation, in the train step too (all off here; README "Modern augmentation").
+        # Inception random-resized-crop: area fraction and aspect-ratio ranges of the box, resized back.
+        random_resized_crop=False, rrc_scale=(0.08, 1.0), rrc_ratio=(3 / 4, 4 / 3),
+        randaugment_n=0, randaugment_m=9.0,  # RandAugment layers (0: off) and magnitude on 0..10
+        trivial_augment=False,  # TrivialAugmentWide (instead of RandAugment)
+        random_erasing=0.0, erasing_mode="pixel",  # probability per image; fill "pixel" (noise) or "zero"
+        # mixup / CutMix Beta(alpha, alpha) (0: off); with both, CutMix with mix_switch_prob per batch;
+        # mix_prob: the share of batches mixed at all.
+        mixup_alpha=0.0, cutmix_alpha=0.0, mix_switch_prob=0.5, mix_prob=1.0))
     # name and the module's options (cnn_flax/models: each model's fields); input_shape: () builds the model
     # for data.image_size x data.image_size RGB images, (H, W, C) for another input (the 1x1 demo's 28x28x192).
     config.model = ml_collections.ConfigDict(dict(input_shape=()))

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn_flax.data.augment import random_affine
+from cnn_flax.data.augment_modern import MODERN_KEYS, modern_options
 from cnn_flax.data.core import DatasetInfo
 from cnn_flax.data.sources import base_data_config, with_defaults
 from cnn_flax.errors import UserError
@@ -53,7 +54,7 @@ def augment_options(data_config) -> dict:
     unknown = sorted(set(given) - set(known))
     if unknown:
         raise UserError(f"data.augment.{unknown[0]} is unknown; use {', '.join(known)}")
-    options = given.to_dict()
+    options = {key: value for key, value in given.items() if key not in MODERN_KEYS}
     for key, value in options.items():
         if key != "horizontal_flip" and (not isinstance(value, int | float) or value < 0):
             raise UserError(f"data.augment.{key}={value!r} must be a number >= 0 (0 turns it off)")
@@ -61,17 +62,26 @@ def augment_options(data_config) -> dict:
 
 
 def make_preprocess(data_config, info: DatasetInfo) -> Callable[[jax.Array, jax.Array | None], jax.Array]:
-    """`preprocess(images, rng=None)`: normalise, then augment when an rng is given and augmentation is on."""
+    """`preprocess(images, rng=None)`: normalise, then augment when an rng is given and augmentation is on.
+
+    With an rng the order is: crop and RandAugment/TrivialAugment on the pixels, normalisation, the deck's
+    affine warp, random erasing (mixup/CutMix come after, in the step).
+    """
     method = with_defaults(data_config).normalize
     if method not in NORMALIZE_METHODS:
         raise UserError(f"data.normalize={method!r} is unknown; use one of {', '.join(NORMALIZE_METHODS)}")
     options = augment_options(data_config)
     augmenting = any(options.values())
+    modern = modern_options(with_defaults(data_config).augment.to_dict())
 
     def preprocess(images: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        if rng is not None and modern.on_pixels:
+            images = modern.augment_pixels(rng, images)
         x = normalize(images, method, info)
         if rng is not None and augmenting:
             x = random_affine(rng, x, **options)
+        if rng is not None:
+            x = modern.augment_normalized(rng, x)
         return x
 
     return preprocess

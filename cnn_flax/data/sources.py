@@ -121,6 +121,16 @@ def _tiny_imagenet(data: ml_collections.ConfigDict) -> DataSource:
     return HDF5Source(data.dir, IMAGE_SHAPE, build=build, prefetch=data.prefetch, window_mb=data.read_window_mb)
 
 
+@register_source("folder", keys=("root", "dir", "resize", "val_fraction", "test_fraction", "split_seed",
+                                 "read_window_mb"))
+def _folder(data: ml_collections.ConfigDict) -> DataSource:  # your own images: one subfolder per class
+    from cnn_flax.data.folder import FolderSource
+
+    return FolderSource(data.root, data.dir, image_size=data.image_size, resize=data.resize,
+                        val_fraction=float(data.val_fraction), test_fraction=float(data.test_fraction),
+                        split_seed=data.split_seed, prefetch=data.prefetch, window_mb=float(data.read_window_mb))
+
+
 @register_source("imagenet2012", keys=("dir", "manual_dir", "resize_size", "shuffle_buffer"))
 def _imagenet2012(data: ml_collections.ConfigDict) -> DataSource:
     from cnn_flax.data.imagenet import ImageNetSource

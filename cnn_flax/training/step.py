@@ -17,6 +17,7 @@ import optax
 
 from cnn_flax.training.metrics import EvalMetrics, TrainMetrics
 from cnn_flax.training.optim import l2_penalty
+from cnn_flax.training.param_groups import keep_frozen_stats
 from cnn_flax.training.state import TrainState
 
 Preprocess = Callable[[jax.Array, jax.Array | None], jax.Array]
@@ -31,6 +32,9 @@ def _split_outputs(outputs: Any) -> tuple[jax.Array, tuple[jax.Array, ...]]:
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example loss against integer labels [B] or soft targets [B, C] (mixup/CutMix)."""
+    if labels.ndim == logits.ndim:
+        return optax.softmax_cross_entropy(logits.astype(jnp.float32), labels)
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
@@ -50,7 +54,10 @@ def _metrics_update(metrics_class: type, axis_name: str | None, **outputs: jax.A
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preprocess: Preprocess, *, seed: int,
-                    aux_weight: float = 0.3, l2: float = 0.0, axis_name: str | None = None):
+                    aux_weight: float = 0.3, l2: float = 0.0, axis_name: str | None = None, mixing: Any = None,
+                    freeze: str = ""):
+    """`mixing` (data.mixing.Mixing or None) mixes each batch with itself and trains on the mixed targets;
+    the accuracy metric stays on the true labels. Under pmap each device mixes within its own shard."""
     if getattr(model, "bn_axis_name", axis_name) != axis_name:  # each device would normalise its own slice
         raise ValueError(f"the model's bn_axis_name={model.bn_axis_name!r} differs from the step's "
                          f"axis_name={axis_name!r}; create the model with bn_axis_name={axis_name!r}")
@@ -59,14 +66,18 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preproce
         augment_key, dropout_key = _step_keys(seed, state.step, axis_name)
         images = preprocess(batch["image"], augment_key)
         labels = batch["label"]
+        if mixing is not None:
+            draw = mixing.draw(augment_key, *images.shape[:3])
+            images = mixing.images(images, draw)
 
         def loss_fn(params):
             outputs, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
                                            train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
             logits, aux_logits = _split_outputs(outputs)
-            loss = cross_entropy(logits, labels).mean()
+            goal = labels if mixing is None else mixing.targets(labels, draw, logits.shape[-1])
+            loss = cross_entropy(logits, goal).mean()
             for aux in aux_logits:
-                loss = loss + aux_weight * cross_entropy(aux, labels).mean()
+                loss = loss + aux_weight * cross_entropy(aux, goal).mean()
             return loss + l2_penalty(params, l2), (logits, updates.get("batch_stats", {}))
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -75,7 +86,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preproce
             loss = jax.lax.pmean(loss, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                                  batch_stats=batch_stats, opt_state=opt_state)
+                                  batch_stats=keep_frozen_stats(freeze, state.params, state.batch_stats, batch_stats),
+                                  opt_state=opt_state)
         update = _metrics_update(TrainMetrics, axis_name, loss=loss, logits=logits.astype(jnp.float32),
                                  labels=labels, step=state.step)
         return new_state, metrics.merge(update)
