@@ -140,7 +140,9 @@ def plot_predictions(
     count = min(len(images), max_images)
     cols = math.ceil(math.sqrt(count))
     rows = math.ceil(count / cols)
-    figure = new_figure(figsize=(2.6 * cols, 2.6 * rows + 0.6), layout="constrained")
+    height = 2.6 * rows + 0.6
+    figure = new_figure(figsize=(2.6 * cols, height))  # a fixed grid: a layout engine would cost a second
+    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.6 / height, wspace=0.1, hspace=0.25)
     for i, ax in enumerate(figure.subplots(rows, cols, squeeze=False).flat):
         ax.axis("off")
         if i >= count:
