@@ -22,13 +22,24 @@ def base(name: str) -> ml_collections.ConfigDict:
     config.log_every_steps = 50
     config.tta = False  # also report horizontal-flip test-time augmentation
 
+    config.ema_decay = 0.0  # > 0: also keep (and report) an exponential moving average of the weights
+    config.ema_eval = False  # evaluate, predict and export with the moving average (needs ema_decay > 0)
+
     config.optimizer = ml_collections.ConfigDict(dict(
         name="sgd", learning_rate=0.01, momentum=0.9, nesterov=False, b1=0.9, b2=0.999, eps=1e-7, l2=0.0,
         # Regular expression over parameter paths ("block5_conv1/kernel") that never change (BatchNorm
         # statistics under a match stay put too); {path pattern: factor} scaling the learning rate.
-        freeze="", lr_multipliers={}))
-    config.schedule = ml_collections.ConfigDict(dict(name="constant"))
-    config.loss = ml_collections.ConfigDict(dict(aux_weight=0.3))
+        freeze="", lr_multipliers={},
+        weight_decay=0.0,  # decoupled, on kernels only: adamw and lars
+        trust_coefficient=0.001,  # lars
+        clip_global_norm=0.0,  # 0: no clipping
+        accum_steps=1))  # micro-batches per update (batch_size / accum_steps examples each)
+    # Durations in epochs (fractions allowed); warmup_epochs goes in front of any schedule.
+    config.schedule = ml_collections.ConfigDict(dict(
+        name="constant", warmup_epochs=0.0,
+        final_rate=0.0,  # warmup_cosine: the rate the cosine ends at
+        decay_rate=1.0, decay_epochs=1.0, staircase=False))  # exponential: ×decay_rate every decay_epochs
+    config.loss = ml_collections.ConfigDict(dict(aux_weight=0.3, label_smoothing=0.0))
 
     # Each dataset reads the shared keys (name, image_size, normalize, augment, on_device, prefetch) and its
     # own (cnn_flax/data/sources.py); setting a key the chosen dataset does not read is an error.
@@ -65,6 +76,9 @@ def base(name: str) -> ml_collections.ConfigDict:
     # for data.image_size x data.image_size RGB images, (H, W, C) for another input (the 1x1 demo's 28x28x192).
     config.model = ml_collections.ConfigDict(dict(input_shape=()))
     config.wandb = ml_collections.ConfigDict(dict(enabled=False, project="cnn_flax", name="", mode=""))
+    # --mode=export: model.onnx "auto" (when jax2onnx and onnxruntime are installed), "yes" or "no";
+    # tflite: also convert the SavedModel to model.tflite.
+    config.export = ml_collections.ConfigDict(dict(onnx="auto", tflite=False))
     return config
 
 

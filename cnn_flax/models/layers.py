@@ -107,7 +107,9 @@ def _xla_max_pool(x: jax.Array, window: int, strides: int, padding: str) -> jax.
 
 def _keras_avg_pool(x: jax.Array, window: int, strides: int, padding: str) -> jax.Array:
     """Like Keras, padded positions are left out of the mean."""
-    return nn.avg_pool(x, (window, window), (strides, strides), padding, count_include_pad=False)
+    # Keywords: ONNX conversion (jax2onnx) swaps in an avg_pool that takes only these by name.
+    return nn.avg_pool(x, window_shape=(window, window), strides=(strides, strides), padding=padding,
+                       count_include_pad=False)
 
 
 class MaxPool(nn.Module):
