@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from test_train import tiny_config
+from conftest import tiny_config
 
 from cnn_flax import modes
 from cnn_flax.benchmark import benchmark_figures

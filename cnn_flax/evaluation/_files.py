@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from cnn_flax.atomic import atomic_file, write_json, write_text
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["new_figure", "save_figure", "write_json", "write_text"]
 
@@ -27,6 +27,9 @@ def save_figure(figure: Figure, path: str | os.PathLike, **savefig_kwargs: Any) 
 
 def new_figure(**figure_kwargs: Any) -> Figure:
     """A figure bound to the Agg canvas and not registered with pyplot, so nothing leaks between calls."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported when drawn: a second at start-up
+    from matplotlib.figure import Figure
+
     figure = Figure(**figure_kwargs)
     FigureCanvasAgg(figure)
     return figure

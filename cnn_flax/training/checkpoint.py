@@ -99,6 +99,12 @@ def _raised_not_logged() -> Iterator[None]:
                 logger.handle(record)
 
 
+def write_checkpoint(manager: ocp.CheckpointManager, number: int, args: ocp.args.Composite) -> None:
+    """Writes one checkpoint completely: the one place where checkpoint bytes go to disk (tests fail it here)."""
+    manager.save(number, args=args, force=True)
+    manager.wait_until_finished()
+
+
 class Checkpoints:
     """Epoch checkpoints and the interrupted-run checkpoint of one workdir."""
 
@@ -123,8 +129,7 @@ class Checkpoints:
                                   meta=ocp.args.JsonSave(meta))
         try:
             with _raised_not_logged():
-                manager.save(number, args=args, force=True)
-                manager.wait_until_finished()
+                write_checkpoint(manager, number, args)
         except Exception as error:
             reason = _storage_problem(error)
             if reason is None:
