@@ -14,18 +14,25 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/NAME.py[:ARG]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where the run writes everything (default: runs/<config name>).")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "summary", "prepare", "predict", "benchmark", "ablate"],
-                  "What to do.")
-flags.DEFINE_string("checkpoint", "latest", "--mode=evaluate: latest, all, or an epoch number.")
-flags.DEFINE_list("images", [], "--mode=predict: image files to classify.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "summary", "prepare", "predict", "benchmark", "ablate",
+                                    "export"], "What to do.")
+flags.DEFINE_string("checkpoint", "latest", "--mode=evaluate: latest, all, or an epoch number; --mode=export: "
+                    "latest or an epoch number.")
+flags.DEFINE_list("images", [], "--mode=predict: image files, or folders of them (searched recursively), to classify.")
 flags.DEFINE_string("variants", None, "--mode=ablate: 'name:key=value,...;name2:...' (default: the deck's "
                     "extensions: baseline, conv_act_bn, elu).")
-flags.DEFINE_bool("overwrite", False, "--mode=prepare: rebuild dataset files that already exist.")
+flags.DEFINE_bool("ema", False, "--mode=evaluate/predict/export: use the moving average of the weights kept with "
+                  "ema_decay (same as --config.ema_eval=True).")
+flags.DEFINE_bool("overwrite", False, "--mode=prepare: rebuild dataset files that already exist; --mode=export: "
+                  "replace WORKDIR/export.")
+flags.DEFINE_string("export_dir", None, "--mode=predict / benchmark: answer from this export folder alone "
+                    "(--config not needed).")
+flags.DEFINE_enum("export_runtime", "jax", ["jax", "saved_model", "onnx", "tflite"],
+                  "--mode=predict --export_dir: which of the folder's artifacts to run.")
 flags.DEFINE_bool("verbose", False, "Show tracebacks and debug logs.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
-flags.mark_flags_as_required(["config"])
 
 
 def _hide_gpus_from_tensorflow() -> None:
@@ -49,11 +56,35 @@ def _start_distributed() -> None:
         jax.distributed.initialize()
 
 
+def run_export_folder() -> int:
+    """predict and benchmark from an export folder: no config, checkpoint or dataset involved."""
+    from cnn_flax.errors import UserError
+
+    if FLAGS.mode == "predict":
+        from cnn_flax.export.predict import predict_from_export
+
+        predict_from_export(FLAGS.export_dir, FLAGS.images, FLAGS.workdir, FLAGS.export_runtime)
+    elif FLAGS.mode == "benchmark":
+        from cnn_flax.export.benchmark import benchmark_export
+
+        print(benchmark_export(FLAGS.export_dir))
+    else:
+        raise UserError(f"--export_dir is for --mode=predict or --mode=benchmark, not --mode={FLAGS.mode}")
+    return 0
+
+
 def run() -> int:
+    if FLAGS.export_dir:
+        return run_export_folder()
     from cnn_flax import modes
+    from cnn_flax.errors import UserError
     from cnn_flax.train import train_and_evaluate
 
     config = FLAGS.config
+    if config is None:
+        raise UserError("--config=configs/NAME.py is required (except for --mode=predict/benchmark --export_dir)")
+    if FLAGS.ema:
+        config.ema_eval = True
     workdir = FLAGS.workdir or os.path.join("runs", config.name)
     if FLAGS.mode == "summary":
         print(modes.summary(config))
@@ -68,59 +99,43 @@ def run() -> int:
         from cnn_flax.benchmark import benchmark
 
         print(benchmark(config, workdir))
+    elif FLAGS.mode == "export":
+        from cnn_flax.export.run import export_run
+
+        written = export_run(config, workdir, FLAGS.checkpoint, overwrite=FLAGS.overwrite)
+        print(f"Exported {', '.join(written['formats'].values())} to {os.path.join(workdir, 'export')}")
     elif FLAGS.mode == "ablate":
         from cnn_flax.ablation import DECK_EXTENSIONS, run_ablation
 
         print(run_ablation(config, workdir, FLAGS.variants or DECK_EXTENSIONS))
     else:
         result = train_and_evaluate(config, workdir)
-        if result.get("interrupted") or "rank1" not in result:  # stopped by a signal, or not process 0
-            return 0
-        print(f"Done: rank-1 {result['rank1']:.4f}  rank-5 {result['rank5']:.4f}  loss {result['loss']:.4f}  "
-              f"(reports in {workdir})")
+        if result.metrics is not None:  # None when a signal stopped the run, and on processes other than 0
+            metrics = result.metrics
+            print(f"Done: rank-1 {metrics['rank1']:.4f}  rank-5 {metrics['rank5']:.4f}  loss {metrics['loss']:.4f}  "
+                  f"(reports in {workdir})")
     return 0
 
 
-def _config_flag_problem(argv: list[str], error: Exception) -> str:
-    """One line for a config flag absl/ml_collections could not take (their messages span many lines)."""
-    text = " ".join(str(error).split())
-    config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    if config_arg is None and "--config" in argv[:-1]:
-        config_arg = argv[argv.index("--config") + 1]
-    if config_arg and "No such file" in text:
-        path = config_arg.split(":")[0]
-        here = os.path.dirname(path) or "."
-        choices = sorted(f for f in os.listdir(here) if f.endswith(".py") and not f.startswith("_")) \
-            if os.path.isdir(here) else []
-        return f"config file {path} not found; use one of {', '.join(choices) or 'the files in configs/'}"
-    if isinstance(error, KeyError | AttributeError):
-        key = str(error).strip("\"' ")
-        given = next((a for a in argv if a.startswith("--config.") and f".{key}" in a.split("=")[0]), key)
-        return (f"{given.split('=')[0].lstrip('-')}: unknown config key {key!r}; see the config file or "
-                "--mode=summary for the keys that exist")
-    return text
-
-
 def parse_flags(argv: list[str]) -> list[str]:
+    from cnn_flax.config_args import check_config_flags
+    from cnn_flax.errors import UserError
+
     try:
+        check_config_flags(argv)
         return FLAGS(argv)
-    except Exception as error:  # noqa: BLE001 - any flag problem becomes one line
-        print(f"error: {_config_flag_problem(argv, error)}", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001 - a flag mistake is one line (--verbose shows the traceback)
+        text = str(error) if isinstance(error, UserError) else " ".join(str(error).split())
+        print(f"error: {text}", file=sys.stderr)
         if "--verbose" in argv:
             raise
         sys.exit(2)
 
 
-class _NoTracebacks(logging.Filter):
-    """Without --verbose, log records stay one line each, and errors that are raised again are not logged.
-
-    Orbax logs every exception of its background threads with a traceback, then raises it again in the
-    thread that waits for the checkpoint, where it becomes the run's one-line error (or a traceback).
-    """
+class _OneLineRecords(logging.Filter):
+    """Without --verbose, log records stay one line each: the error that ends a run is printed on its own."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "_SignalingThread.run() raised an exception" in record.getMessage():
-            return False
         record.exc_info = record.exc_text = record.stack_info = None
         return True
 
@@ -139,7 +154,7 @@ def main(argv: list[str]) -> int:
         logging.getLogger(noisy).setLevel(logging.DEBUG if FLAGS.verbose else logging.WARNING)
     if not FLAGS.verbose:
         for handler in logging.getLogger().handlers:
-            handler.addFilter(_NoTracebacks())
+            handler.addFilter(_OneLineRecords())
         sys.unraisablehook = _quiet_unraisable
     from cnn_flax.runtime import tune_cpu, use_compile_cache
 
@@ -151,10 +166,6 @@ def main(argv: list[str]) -> int:
     from cnn_flax.errors import UserError
 
     try:
-        try:
-            FLAGS.config.get("name")
-        except OSError as error:  # ml_collections reports a config file it could not load only on first use
-            raise UserError(_config_flag_problem(sys.argv, error)) from error
         _start_distributed()
         return run()
     except UserError as error:

@@ -10,13 +10,16 @@ deterministic function; the weights are the same either way.
 That step is taken at a lowered rate, as the book lowers it when it resumes a run. This also keeps
 TensorFlow's own float32 error out of the comparison: its kernel gradient of a first conv followed by
 BatchNorm is a small difference of large sums, 1e-3 off the exact (float64) one where ours is 1e-6 off;
-at the resumed rate that error moves the weights by less than 1e-5 of their size, while the restored
-momentum (0.9 of the old velocity) still dominates the step.
+at the resumed rate that error mostly stays below 1e-5 of the weights' size, while the restored
+momentum (0.9 of the old velocity) dominates the step. Conv kernels, whose gradients sum over every pixel
+of the batch (TensorFlow's float32 sums lose about 1e-3 there), are allowed 2e-3 of their step on top of
+1e-5 of their size: a momentum slot restored into the wrong place would be off by the whole step.
 """
 
 import dataclasses
 import os
 import re
+import shutil
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -33,6 +36,7 @@ from cnn_flax.training.metrics import TrainMetrics
 from cnn_flax.training.optim import build_optimizer
 from cnn_flax.training.state import TrainState
 from cnn_flax.training.step import make_train_step
+from configs.common import base
 
 keras = pytest.importorskip("keras")
 import keras_models  # noqa: E402  (tests/ is on the path; after the Keras skip)
@@ -174,7 +178,7 @@ def test_one_more_step_from_the_restored_optimizer_is_keras_next_step(saved):
     model, template, shape = ours(case)
     checkpoint = read_keras_checkpoint(saved.files["hdf5"], model, template, shape)
     assert checkpoint.optimizer is not None and checkpoint.optimizer.iterations == 2
-    options = dict(case.optimizer, keras=True)
+    options = {**base("keras_checkpoint").optimizer.to_dict(), **case.optimizer, "keras": True}
     tx = build_optimizer(options, lambda step: case.resume_rate)
     state = TrainState.create(checkpoint.variables, tx)
     state = state.replace(opt_state=restore_keras_slots(state.opt_state, checkpoint.optimizer.name, 2,
@@ -190,7 +194,10 @@ def test_one_more_step_from_the_restored_optimizer_is_keras_next_step(saved):
         # Within 1e-5 of the layer's weights' scale: a conv bias followed by BatchNorm has no gradient and holds
         # float noise near zero, which is nothing to be relative to.
         scale = max(float(np.max(np.abs(after[p]))) for p in after if p[:-1] == path[:-1])
-        np.testing.assert_allclose(np.asarray(leaf), after[path], rtol=1e-5, atol=1e-5 * scale, err_msg=str(path))
+        atol = 1e-5 * scale
+        if path[-1] == "kernel" and leaf.ndim == 4:  # TensorFlow's float32 error (see the docstring)
+            atol += 2e-3 * float(np.max(np.abs(after[path] - np.asarray(before[path]))))
+        np.testing.assert_allclose(np.asarray(leaf), after[path], rtol=1e-5, atol=atol, err_msg=str(path))
         moved = max(moved, float(np.max(np.abs(after[path] - np.asarray(before[path])))))
     assert moved > 1e-4, "the step should move the weights"
 
@@ -220,7 +227,7 @@ def test_branched_weights_file_needs_its_graph(saved, tmp_path):
         pytest.skip("one branched network is enough; a chain loads from a weights-only file (MiniVGG, above)")
     model, template, shape = ours(case)
     path = str(tmp_path / "run.weights.h5")
-    saved.model.save_weights(path)
+    shutil.copy(os.path.join(os.path.dirname(saved.files["hdf5"]), "epoch_2.weights.h5"), path)
     with pytest.raises(UserError, match=r"holds weights but no layer graph.*model.to_json\(\) beside the file as "
                                         r".*run.json$"):
         load_keras_weights(path, model, template, shape)

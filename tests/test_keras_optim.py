@@ -12,6 +12,7 @@ import pytest
 from cnn_flax.errors import UserError
 from cnn_flax.training.keras_optim import KerasAdamState, KerasSGDState, restore_keras_slots
 from cnn_flax.training.optim import build_optimizer, build_schedule
+from configs.common import base
 
 keras = pytest.importorskip("keras")
 
@@ -42,10 +43,15 @@ def keras_run(optimizer, grads: list[dict]) -> list[dict[str, np.ndarray]]:
     return trajectory
 
 
+def full(options: dict) -> dict:
+    """The base config's optimizer section with `options` over it."""
+    return {**base("keras_optim").optimizer.to_dict(), **options}
+
+
 def our_run(options: dict, grads: list[dict]) -> list[dict[str, np.ndarray]]:
-    options = dict(learning_rate=RATES[0], **options)
-    schedule = build_schedule(options, dict(name="piecewise", boundaries=[DROP_AFTER // SPE], values=list(RATES)),
-                              STEPS // SPE, SPE)
+    options = full(dict(learning_rate=RATES[0], **options))
+    schedule = build_schedule(options, {**base("keras_optim").schedule.to_dict(), "name": "piecewise",
+                                        "boundaries": [DROP_AFTER // SPE], "values": list(RATES)}, STEPS // SPE, SPE)
     tx = build_optimizer(options, schedule)
     params = {name: jnp.asarray(value) for name, value in initial_params().items()}
     state = tx.init(params)
@@ -90,18 +96,18 @@ def test_restore_keras_slots_fills_the_state_and_refuses_another_optimizer():
     params = {name: jnp.zeros(shape) for name, shape in SHAPES.items()}
     slots = {"momentum": {name: np.full(shape, 2.0, np.float32) for name, shape in SHAPES.items()}}
     schedule = lambda step: 0.1  # noqa: E731
-    state = build_optimizer(dict(name="sgd", momentum=0.9, keras=True), schedule).init(params)
+    state = build_optimizer(full(dict(name="sgd", momentum=0.9, keras=True)), schedule).init(params)
     restored = restore_keras_slots(state, "sgd", 7, slots, "epoch_3.hdf5")
     assert isinstance(restored, KerasSGDState) and int(restored.iterations) == 7
     np.testing.assert_array_equal(restored.momentum["kernel"], slots["momentum"]["kernel"])
-    adam_state = build_optimizer(dict(name="adam", keras=True), schedule).init(params)
+    adam_state = build_optimizer(full(dict(name="adam", keras=True)), schedule).init(params)
     assert isinstance(adam_state, KerasAdamState)
     with pytest.raises(UserError, match=r"^epoch_3.hdf5 holds Keras sgd optimizer state but the configured "
                                         r"optimizer is adam; set --config.optimizer.name=sgd$"):
         restore_keras_slots(adam_state, "sgd", 7, slots, "epoch_3.hdf5")
-    plain = build_optimizer(dict(name="sgd", momentum=0.9), schedule).init(params)
+    plain = build_optimizer(full(dict(name="sgd", momentum=0.9)), schedule).init(params)
     with pytest.raises(UserError, match=r"set --config.optimizer.keras=True"):
         restore_keras_slots(plain, "sgd", 7, slots, "epoch_3.hdf5")
-    no_momentum = build_optimizer(dict(name="sgd", momentum=0.0, keras=True), schedule).init(params)
+    no_momentum = build_optimizer(full(dict(name="sgd", momentum=0.0, keras=True)), schedule).init(params)
     with pytest.raises(UserError, match=r"holds momentum slots but optimizer.momentum=0"):
         restore_keras_slots(no_momentum, "sgd", 7, slots, "epoch_3.hdf5")

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import matplotlib.style
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from cnn_flax.evaluation._files import new_figure, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 HISTORY_CURVES = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
 
@@ -42,6 +42,8 @@ def plot_history(
     Curves that have no value at any epoch (e.g. val_* when there is no validation set) are left out.
     """
     title = history_title(history) if title is None else title
+    import matplotlib.style
+
     with matplotlib.style.context("ggplot"):
         figure = new_figure(figsize=(8, 6), layout="constrained")
         ax = figure.add_subplot()
@@ -62,6 +64,8 @@ def plot_comparison(
     runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, metric: str = "val_accuracy"
 ) -> Figure:
     """Save one curve per run (name -> history) of `metric` against epoch, for ablations."""
+    import matplotlib.style
+
     with matplotlib.style.context("ggplot"):
         figure = new_figure(figsize=(8, 6), layout="constrained")
         ax = figure.add_subplot()
@@ -101,12 +105,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def comparison_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
-    """One line per variant (name -> metrics.json content): rank-1, rank-5 as percentages, and loss."""
+    """One line per variant (name -> metrics.json content): rank-1, rank-5 as percentages, and loss; and
+    the moving average's rank-1 and rank-5 when any variant kept one ('-' for those that did not)."""
+    ema = any("ema_rank1" in m for m in rows.values())
     body = [
         [name, _percent(m.get("rank1")), _percent(m.get("rank5")), _loss(m.get("loss"))]
+        + ([_percent(m.get("ema_rank1")), _percent(m.get("ema_rank5"))] if ema else [])
         for name, m in rows.items()
     ]
-    return _table(["variant", "rank-1", "rank-5", "loss"], body)
+    return _table(["variant", "rank-1", "rank-5", "loss"] + (["EMA rank-1", "EMA rank-5"] if ema else []), body)
 
 
 def epoch_table(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -9,15 +9,10 @@ import math
 import os
 from typing import Any
 
+from cnn_flax.atomic import write_json
+
 FIELDS = ("epoch", "learning_rate", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
-
-
-def write_json_atomically(path: str, payload: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=2, allow_nan=False)
-        handle.write("\n")
-    os.replace(tmp, path)
+OPTIONAL_FIELDS = ("ema_val_loss", "ema_val_accuracy")  # runs with a moving average of the weights
 
 
 def _finite(value: Any) -> Any:
@@ -44,7 +39,8 @@ class History:
         return self
 
     def append(self, record: dict[str, Any]) -> None:
-        self.records.append({key: _finite(record.get(key)) for key in FIELDS})
+        self.records.append({key: _finite(record.get(key)) for key in FIELDS + OPTIONAL_FIELDS
+                             if key in FIELDS or key in record})
 
     def save(self) -> None:
-        write_json_atomically(self.path, self.records)
+        write_json(self.path, self.records)
