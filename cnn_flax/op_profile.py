@@ -57,7 +57,7 @@ def categorize(op_name: str, opcode: str, shape: str, batch: int) -> str:
         if not backward:
             return "convolution forward"
         return "convolution input gradient" if _dims(shape)[:1] == [batch] else _KERNEL_GRADIENT
-    if "pool" in layer or opcode in ("reduce-window", "select-and-scatter"):
+    if scopes & {"pool", "max_pool", "avg_pool"} or opcode in ("reduce-window", "select-and-scatter"):
         return "pooling"
     if "concatenate" in layer or opcode == "concatenate":
         return "concatenation"
