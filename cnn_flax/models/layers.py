@@ -102,7 +102,8 @@ def _pooled(layer: "MaxPool | AvgPool", x: jax.Array, pool: Callable[..., jax.Ar
 
 
 def _xla_max_pool(x: jax.Array, window: int, strides: int, padding: str) -> jax.Array:
-    return nn.max_pool(x, (window, window), (strides, strides), padding)
+    # Keywords: ONNX conversion (jax2onnx) swaps in a max_pool that takes only these by name.
+    return nn.max_pool(x, window_shape=(window, window), strides=(strides, strides), padding=padding)
 
 
 def _keras_avg_pool(x: jax.Array, window: int, strides: int, padding: str) -> jax.Array:
