@@ -265,8 +265,9 @@ def test_an_existing_export_folder_is_refused_unless_overwrite(trained):
         export_run(config, workdir, checkpoint="3", overwrite=True)
 
 
-def _tiny_function(min_pool: bool = False):
-    """A one-layer classifier (seconds to export); with `min_pool`, an operation ONNX converters lack."""
+def _tiny_function(min_pool: bool = False, sort: bool = False):
+    """A one-layer classifier (seconds to export); with `min_pool`, an operation jax2onnx lacks; with `sort`,
+    one TensorFlow Lite's converter lacks."""
     import flax.linen as nn
 
     class Tiny(nn.Module):
@@ -274,6 +275,8 @@ def _tiny_function(min_pool: bool = False):
         def __call__(self, x, train=False):
             if min_pool:
                 x = jax.lax.reduce_window(x, jnp.inf, jax.lax.min, (1, 2, 2, 1), (1, 1, 1, 1), "SAME")
+            if sort:
+                x = jnp.sort(x, axis=-1)
             return nn.Dense(3)(x.reshape((x.shape[0], -1)))
 
     model = Tiny()
@@ -345,3 +348,12 @@ def test_exporting_a_moving_average_the_run_did_not_keep_is_one_line(trained):
     _, workdir, _, _, _ = trained
     with pytest.raises(UserError, match="without a moving average of the weights"):
         export_run(tiny_quickstart(ema_eval=True), workdir, overwrite=True)
+
+
+def test_tflite_that_cannot_convert_is_one_line_after_the_other_formats(tmp_path):
+    folder = tmp_path / "export"
+    with pytest.raises(UserError, match=r"^model.tflite not written: TensorFlow Lite cannot convert this model "
+                                        r"\('vhlo.sort_v1' op is not part of the vhlo support yet.\); the other"):
+        write_export(_tiny_function(sort=True), str(folder), ["a", "b", "c"], {}, onnx="no", tflite=True)
+    with open(folder / "export.json") as handle:
+        assert json.load(handle)["formats"] == {"jax": "model.jax", "saved_model": "saved_model"}
