@@ -28,6 +28,8 @@ EXPORT_FOLDER = "export"
 def export_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "latest",
                overwrite: bool = False) -> dict[str, Any]:
     """Write WORKDIR/export from `checkpoint` ('latest' or an epoch number); returns the export.json content."""
+    if jax.process_count() > 1:
+        raise UserError("--mode=export writes one folder from one process; run it without --num_processes")
     directory = os.path.join(workdir, EXPORT_FOLDER)
     check_destination(directory, overwrite)  # before the slow part
     if "num_classes" not in config.model:
