@@ -24,7 +24,7 @@ from cnn_flax.errors import UserError
 from cnn_flax.models import create_model, init_variables
 from cnn_flax.training.checkpoint import Checkpoints
 from cnn_flax.training.optim import build_optimizer, build_schedule, check_accum_steps
-from cnn_flax.training.parallel import check_batch_size, make_parallel
+from cnn_flax.training.parallel import batch_norm_axis, check_batch_size, make_parallel
 from cnn_flax.training.param_groups import with_param_groups
 
 log = logging.getLogger("cnn_flax")
@@ -55,7 +55,7 @@ class Experiment:
 
 
 def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-    shape = config.model.get("input_shape")
+    shape = config.model.input_shape
     if shape:
         return tuple(int(v) for v in shape)
     size = int(config.data.image_size)
@@ -114,7 +114,8 @@ def build_experiment(config: ml_collections.ConfigDict, need_data: bool = True) 
                         "set data.image_size to match")
     model_config = resolve_model_config(config, info)
     dtype = jnp.bfloat16 if config.get("half_precision") else jnp.float32
-    model = create_model(model_config, dtype=dtype)
+    model = create_model(model_config, dtype=dtype, bn_axis_name=batch_norm_axis(config.parallel),
+                         cpu_kernels=jax.default_backend() == "cpu")
     return Experiment(config, model, model_config, shape, source, info)
 
 

@@ -14,8 +14,8 @@ import tarfile
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 from PIL import Image
-from test_train import tiny_config
 
 from cnn_flax import modes
 from cnn_flax.data import make_source

@@ -6,31 +6,13 @@ import os
 import jax
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from cnn_flax import modes
 from cnn_flax.errors import UserError
 from cnn_flax.train import StopRequest, Trainer, train_and_evaluate
-from configs import quickstart
 
 HISTORY_KEYS = ("epoch", "learning_rate", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
-
-
-def tiny_config(**overrides):
-    """The quickstart at 16x16 with a few steps per epoch: seconds per epoch on a CPU."""
-    config = quickstart.get_config()
-    config.data.image_size = 16
-    config.batch_size = 32
-    config.steps_per_epoch = 4
-    config.eval_steps = 2
-    config.log_every_steps = 2
-    config.checkpoint_every_epochs = 1
-    for key, value in overrides.items():
-        target = config
-        *path, last = key.split(".")
-        for part in path:
-            target = target[part]
-        target[last] = value
-    return config
 
 
 def _history(workdir):
@@ -59,7 +41,7 @@ def uninterrupted(tmp_path_factory):
     return workdir, result
 
 
-def test_a_run_leaves_every_file_of_the_spec(uninterrupted):
+def test_a_run_leaves_every_documented_file(uninterrupted):
     workdir, result = uninterrupted
     for name in ("config.json", "history.json", "training.png", "metrics.json", "report.txt",
                  "confusion_matrix.png", "predictions.png"):

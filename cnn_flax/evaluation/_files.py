@@ -14,10 +14,10 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @contextlib.contextmanager
@@ -57,6 +57,9 @@ def save_figure(figure: Figure, path: str | os.PathLike, **savefig_kwargs: Any) 
 
 def new_figure(**figure_kwargs: Any) -> Figure:
     """A figure bound to the Agg canvas and not registered with pyplot, so nothing leaks between calls."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported when drawn: a second at start-up
+    from matplotlib.figure import Figure
+
     figure = Figure(**figure_kwargs)
     FigureCanvasAgg(figure)
     return figure

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import matplotlib.style
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from cnn_flax.evaluation._files import new_figure, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 HISTORY_CURVES = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
 
@@ -42,6 +42,8 @@ def plot_history(
     Curves that have no value at any epoch (e.g. val_* when there is no validation set) are left out.
     """
     title = history_title(history) if title is None else title
+    import matplotlib.style
+
     with matplotlib.style.context("ggplot"):
         figure = new_figure(figsize=(8, 6), layout="constrained")
         ax = figure.add_subplot()
@@ -62,6 +64,8 @@ def plot_comparison(
     runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, metric: str = "val_accuracy"
 ) -> Figure:
     """Save one curve per run (name -> history) of `metric` against epoch, for ablations."""
+    import matplotlib.style
+
     with matplotlib.style.context("ggplot"):
         figure = new_figure(figsize=(8, 6), layout="constrained")
         ax = figure.add_subplot()

@@ -51,6 +51,12 @@ def _storage_problem(error: Exception) -> str | None:
     return None
 
 
+def write_checkpoint(manager: ocp.CheckpointManager, number: int, args: ocp.args.Composite) -> None:
+    """Writes one checkpoint completely: the one place where checkpoint bytes go to disk (tests fail it here)."""
+    manager.save(number, args=args, force=True)
+    manager.wait_until_finished()
+
+
 class Checkpoints:
     """Epoch checkpoints and the interrupted-run checkpoint of one workdir."""
 
@@ -74,8 +80,7 @@ class Checkpoints:
         args = ocp.args.Composite(state=ocp.args.StandardSave(serialization.to_state_dict(state)),
                                   meta=ocp.args.JsonSave(meta))
         try:
-            manager.save(number, args=args, force=True)
-            manager.wait_until_finished()
+            write_checkpoint(manager, number, args)
         except Exception as error:
             reason = _storage_problem(error)
             if reason is None:

@@ -10,7 +10,6 @@ import sys
 from typing import Any
 
 import jax
-from clu import metric_writers, periodic_actions
 from tqdm import tqdm
 
 log = logging.getLogger("cnn_flax")
@@ -18,6 +17,8 @@ log = logging.getLogger("cnn_flax")
 
 class Reporter:
     def __init__(self, workdir: str, total_steps: int, wandb_config: Any | None, run_config: dict[str, Any]) -> None:
+        from clu import metric_writers, periodic_actions  # imports TensorFlow (seconds): only when a run starts
+
         self.is_writer = jax.process_index() == 0
         self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_writer,
                                                            asynchronous=False)
