@@ -38,7 +38,9 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str 
     method = config.data.normalize
     caffe = method == "caffe"
     exp = build_experiment(config, need_data=not caffe or config.data.name == "folder")
-    model = create_model(exp.model_config, dtype=jnp.float32)  # see function.py: exports compute in float32
+    # float32 (see function.py), and without the CPU training kernels: XLA's own pooling, which every
+    # runtime and converter knows.
+    model = create_model(exp.model_config, dtype=jnp.float32, cpu_kernels=False)
     variables, source = _weights(config, workdir, exp, model, checkpoint)
     function = build_inference_function(model, variables, exp.input_shape, method, exp.info)
     if caffe and exp.info is None and exp.model_config["num_classes"] == 1000:
