@@ -112,9 +112,10 @@ def zoo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A quickstart run (MiniVGG on digits, 16x16, two steps), exported from its checkpoint."""
+    """A quickstart run (MiniVGG on digits, 16x16, two steps), exported from its checkpoint (TFLite too)."""
     workdir = str(tmp_path_factory.mktemp("quickstart"))
     config = tiny_quickstart()
+    config.export.tflite = True
     train_and_evaluate(config, workdir)
     manifest = export_run(config, workdir)
     images = np.random.default_rng(7).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
@@ -185,7 +186,8 @@ def test_export_json_describes_the_folder(trained):
     folder = os.path.join(workdir, "export")
     with open(os.path.join(folder, "export.json")) as handle:
         assert json.load(handle) == manifest
-    assert manifest["formats"] == {"jax": "model.jax", "saved_model": "saved_model", "onnx": "model.onnx"}
+    assert manifest["formats"] == {"jax": "model.jax", "saved_model": "saved_model", "onnx": "model.onnx",
+                                   "tflite": "model.tflite"}
     assert manifest["input_shape"] == [16, 16, 3]
     assert manifest["class_names"] == [str(i) for i in range(10)]
     assert manifest["normalization"] == {"method": "scale"}
@@ -205,7 +207,7 @@ def test_export_json_describes_the_folder(trained):
 def test_predict_from_the_export_folder_matches_predict_on_the_run(trained, capsys):
     config, workdir, _, images, paths = trained
     from_run = modes.predict(config, workdir, paths)
-    for runtime in RUNTIMES:
+    for runtime in (*RUNTIMES, "tflite"):
         from_export = predict_from_export(os.path.join(workdir, "export"), paths, runtime=runtime)
         for a, b in zip(from_run, from_export, strict=True):
             assert a["image"] == b["image"]

@@ -49,8 +49,8 @@ def convert_to_tflite(saved_model_dir: str, path: str) -> None:
     """model.tflite from the SavedModel (TensorFlow's converter, float32, TensorFlow ops where needed).
 
     The converter reads the StableHLO inside the SavedModel and covers only part of it (no sort, no
-    gathers with a dynamic batch, which the CPU max pooling's strided slices become); its native code
-    prints a diagnostic per operation, which is kept out of the terminal and cut to its first error.
+    gathers with a dynamic batch); its native code prints a diagnostic per operation, which is kept out
+    of the terminal and cut to its first error.
     """
     import tensorflow as tf
 
