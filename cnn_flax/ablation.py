@@ -13,6 +13,7 @@ import ml_collections
 
 from cnn_flax.errors import UserError
 from cnn_flax.evaluation import comparison_table, plot_comparison
+from cnn_flax.run_report import write_run_report
 from cnn_flax.train import train_and_evaluate
 
 DECK_EXTENSIONS = "baseline:;conv_act_bn:model.bn_order=conv_act_bn;elu:model.activation=elu"
@@ -69,4 +70,5 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, variants: str 
     with open(os.path.join(workdir, "ablation.txt"), "w") as handle:
         handle.write(table + "\n")
     plot_comparison(histories, os.path.join(workdir, "ablation.png"))
+    write_run_report(workdir, "ablate")
     return table

@@ -119,7 +119,7 @@ class _LoopEpochs:
 
     def __call__(self) -> tuple[float, float]:
         """(seconds of the epoch's steps, seconds of everything else in `Trainer.train`)."""
-        from cnn_flax.training.logging import Reporter
+        from cnn_flax.training.reporting import Reporter
 
         trainer, marks = self.trainer, self.marks
         trainer.files = type(trainer.files)(tempfile.mkdtemp(dir=self.scratch))

@@ -15,6 +15,7 @@ from cnn_flax.errors import UserError
 from cnn_flax.evaluation import epoch_table, rank_accuracies, write_evaluation
 from cnn_flax.experiment import NOMINAL_CLASSES, build_experiment, initial_variables
 from cnn_flax.models.summary import summary_text
+from cnn_flax.run_report import write_run_report
 from cnn_flax.train import RunFiles, Trainer
 from cnn_flax.training.checkpoint import Checkpoints
 from cnn_flax.training.history import write_json_atomically
@@ -32,14 +33,18 @@ def summary(config: ml_collections.ConfigDict) -> str:
     lines = [summary_text(exp.model, exp.input_shape, title=config.get("name"))]
     if "num_classes" not in exp.model_config:
         return lines[0]
+    return "\n".join([*lines, "", *optimizer_plan(config)])
+
+
+def optimizer_plan(config: ml_collections.ConfigDict) -> list[str]:
+    """The optimizer and the learning rate by epoch, as --mode=summary and report.html show them."""
     spe = int(config.get("steps_per_epoch", -1))
     if spe <= 0:
         spe = max(NOMINAL_TRAIN_SIZE.get(config.data.name, config.batch_size) // config.batch_size, 1)
-    lines += ["", f"Optimizer: {describe_optimizer(config.optimizer)}; batch {config.batch_size}; "
-                  f"{config.num_epochs} epochs of {spe} steps",
-              "Learning rate plan:"]
-    lines += [f"  {line}" for line in learning_rate_plan(config.optimizer, config.schedule, config.num_epochs, spe)]
-    return "\n".join(lines)
+    lines = [f"Optimizer: {describe_optimizer(config.optimizer)}; batch {config.batch_size}; "
+             f"{config.num_epochs} epochs of {spe} steps", "Learning rate plan:"]
+    return lines + [f"  {line}" for line in learning_rate_plan(config.optimizer, config.schedule, config.num_epochs,
+                                                                spe)]
 
 
 def prepare(config: ml_collections.ConfigDict, overwrite: bool = False) -> list[str]:
@@ -85,6 +90,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = 
             write_json_atomically(trainer.files.path("checkpoints_evaluation.json"), rows)
             with open(trainer.files.path("checkpoints_evaluation.txt"), "w") as handle:
                 handle.write(table + "\n")
+        write_run_report(workdir, "evaluate", config)
         return {"epochs": rows}
     if checkpoint == "latest":
         if epochs:
@@ -103,6 +109,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = 
         state = tree["state"]
     results = trainer.final_report(state)
     print(f"{split}: rank-1 {results['rank1']:.4f}  rank-5 {results['rank5']:.4f}  loss {results['loss']:.4f}")
+    write_run_report(workdir, "evaluate", config)
     return results
 
 

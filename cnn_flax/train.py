@@ -23,6 +23,7 @@ import numpy as np
 
 from cnn_flax.errors import UserError
 from cnn_flax.evaluation import plot_history, write_evaluation
+from cnn_flax.evaluation.mistakes import WorstMistakes, write_mistakes
 from cnn_flax.experiment import (
     Experiment,
     build_experiment,
@@ -35,8 +36,8 @@ from cnn_flax.experiment import (
 from cnn_flax.models import init_variables
 from cnn_flax.training.checkpoint import Checkpoints
 from cnn_flax.training.history import History, write_json_atomically
-from cnn_flax.training.logging import Reporter
 from cnn_flax.training.metrics import NEVER, EvalMetrics, TrainMetrics
+from cnn_flax.training.reporting import Reporter
 from cnn_flax.training.state import TrainState
 from cnn_flax.training.step import cross_entropy, make_eval_step, make_predict_step, make_train_step
 
@@ -219,9 +220,10 @@ class Trainer:
         logits, labels, _ = self.predictions_and_images(state, split, flip)
         return logits, labels
 
-    def predictions_and_images(self, state: TrainState, split: str, flip: bool = False,
-                               num_images: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Logits, labels and the raw uint8 images of the first `num_images` examples, in one pass.
+    def predictions_and_images(self, state: TrainState, split: str, flip: bool = False, num_images: int = 0,
+                               worst: WorstMistakes | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Logits, labels and the raw uint8 images of the first `num_images` examples, in one pass
+        (which also feeds `worst`, the worst mistakes of the split, when given).
 
         The images come from the evaluated batches themselves, not from the source's arrays: a streamed
         dataset (ImageNet) has none, and this keeps each picture paired with its own prediction.
@@ -232,6 +234,9 @@ class Trainer:
             mask = self.parallel.fetch_rows(batch["mask"]).astype(bool)
             logits.append(out[mask])
             labels.append(self.parallel.fetch_rows(batch["label"])[mask])
+            if worst is not None:  # same decision on every process: scores and labels are gathered
+                worst.update(logits[-1], labels[-1],
+                             lambda batch=batch, mask=mask: self.parallel.fetch_rows(batch["image"])[mask])
             if kept < num_images:  # every process takes part: fetch_rows gathers across processes
                 images.append(self.parallel.fetch_rows(batch["image"])[mask][:num_images - kept])
                 kept += len(images[-1])
@@ -245,18 +250,26 @@ class Trainer:
         variants = [("", False)] + ([("tta_", True)] if self.config.get("tta") else [])
         for prefix, flip in variants:
             # The first 25 examples of the split, or as many as were evaluated (eval_steps may stop short).
-            logits, labels, images = self.predictions_and_images(state, split, flip, 0 if prefix else 25)
+            worst = None if prefix else WorstMistakes()
+            logits, labels, images = self.predictions_and_images(state, split, flip, 0 if prefix else 25, worst)
             loss = float(np.mean(np.asarray(cross_entropy(logits, labels))))
             if self.files.is_writer:
                 results[prefix or "plain"] = write_evaluation(
                     self.files.workdir, split=split, scores=logits, labels=labels,
                     class_names=self.exp.class_names, images=None if prefix else images, loss=loss,
                     prefix=prefix)
+                if worst is not None:
+                    write_mistakes(self.files.workdir, worst, self.exp.class_names, self._file_names(split))
         if reporter is not None and self.files.is_writer:
             main = results["plain"]
             reporter.summary({f"test_{k}": v for k, v in main.items() if isinstance(v, float)})
             reporter.images({name: self.files.path(f"{name}.png") for name in ("confusion_matrix", "predictions")})
         return results.get("plain", {})
+
+    def _file_names(self, split: str) -> list[str] | None:
+        """The file of each example of `split` in order, for sources that know them (`example_files`)."""
+        example_files = getattr(self.exp.source, "example_files", None)
+        return None if example_files is None else list(example_files(split))
 
     # -- training ----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -352,4 +365,9 @@ class Trainer:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train `config` in `workdir` (resuming if it holds checkpoints), then evaluate and write reports."""
-    return Trainer(config, workdir).run()
+    from cnn_flax.run_report import write_run_report
+
+    result = Trainer(config, workdir).run()
+    if "rank1" in result:  # finished, on process 0
+        write_run_report(workdir, "train", config)
+    return result

@@ -8,7 +8,7 @@ from test_train import tiny_config
 from cnn_flax.benchmark import benchmark, benchmark_figures, format_line
 from cnn_flax.data import make_source
 from cnn_flax.train import Trainer
-from cnn_flax.training.logging import Reporter
+from cnn_flax.training.reporting import Reporter
 
 SPEC_LINE = re.compile(r"^benchmark model=(\w+) batch=(\d+) devices=(\d+) step_img_per_s=([\d.]+) "
                        r"loop_img_per_s=([\d.]+) eval_img_per_s=([\d.]+)( input_img_per_s=([\d.]+))? ")
