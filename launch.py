@@ -178,6 +178,9 @@ def main(argv: list[str]) -> int:
             raise UserError(_config_flag_problem(sys.argv, error)) from error
         _start_distributed()
         _log_to_workdir()
+        if FLAGS.mode in ("summary", "report"):  # quick modes that may import TensorFlow on the way
+            with quiet_native_start(FLAGS.verbose):
+                return run()
         return run()
     except UserError as error:
         if FLAGS.verbose:

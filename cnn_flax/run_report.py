@@ -49,21 +49,17 @@ def _command() -> str | None:
     return shlex.join(["python", "launch.py", *sys.argv[1:]])
 
 
-def record_run(workdir: str, mode: str) -> None:
-    """Add this run to run_info.json (the environment is this run's; earlier commands are kept)."""
-    path = os.path.join(workdir, "run_info.json")
+def _read_info(workdir: str) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(os.path.join(workdir, "run_info.json"), encoding="utf-8") as handle:
             info = json.load(handle)
     except (FileNotFoundError, json.JSONDecodeError):
-        info = {}
-    commands = info.get("commands", []) if isinstance(info, dict) else []
-    commands.append({"mode": mode, "command": _command(),
-                     "time": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")})
-    write_json_atomically(path, {"environment": environment(), "commands": commands[-20:]})
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def _plan(config: ml_collections.ConfigDict | None) -> list[str] | None:
+    """The optimizer and learning-rate plan as --mode=summary prints it; None for models without classes."""
     if config is None or "optimizer" not in config or "num_classes" not in config.get("model", {}):
         return None
     from cnn_flax.modes import optimizer_plan
@@ -73,6 +69,17 @@ def _plan(config: ml_collections.ConfigDict | None) -> list[str] | None:
     except (KeyError, AttributeError, ValueError, TypeError, UserError) as error:  # an older or edited config.json
         log.warning("report.html: no learning-rate plan (%s)", error)
         return None
+
+
+def record_run(workdir: str, mode: str, config: ml_collections.ConfigDict | None) -> dict[str, Any]:
+    """Add this run to run_info.json: this run's environment and plan; earlier commands are kept."""
+    info = _read_info(workdir)
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    commands = [*info.get("commands", []), {"mode": mode, "command": _command(), "time": now}]
+    info = {"environment": environment(), "commands": commands[-20:],
+            "learning_rate_plan": _plan(config) if config is not None else info.get("learning_rate_plan")}
+    write_json_atomically(os.path.join(workdir, "run_info.json"), info)
+    return info
 
 
 def _workdir_config(workdir: str) -> ml_collections.ConfigDict | None:
@@ -90,17 +97,21 @@ def write_run_report(workdir: str, mode: str, config: ml_collections.ConfigDict 
     """After a run: record it, then (re)build report.html. Process 0 only; returns the page's path."""
     if jax.process_index() != 0:
         return None
-    record_run(workdir, mode)
     if config is not None and not os.path.exists(os.path.join(workdir, "config.json")):
         write_json_atomically(os.path.join(workdir, "config.json"), config.to_dict())  # e.g. evaluating init_from
-    return build_report(workdir, _plan(config if config is not None else _workdir_config(workdir)))
+    info = record_run(workdir, mode, config if config is not None else _workdir_config(workdir))
+    return build_report(workdir, info["learning_rate_plan"])
 
 
 def rebuild_report(workdir: str, config: ml_collections.ConfigDict | None = None) -> str:
-    """--mode=report: the page again from the workdir's files (config.json unless a config is given)."""
+    """--mode=report: the page again from the workdir's files, with the plan the run recorded (or that of
+    `config` when given, or of config.json for a workdir without a recorded plan)."""
     if not os.path.isdir(workdir):
         raise UserError(f"--workdir={workdir} does not exist; give the folder of a finished run")
     known = ("config.json", "history.json", "metrics.json", "ablation.txt", "checkpoints_evaluation.json")
     if not any(os.path.exists(os.path.join(workdir, name)) for name in known):
         raise UserError(f"{workdir} holds none of {', '.join(known)}; is it the workdir of a run?")
-    return build_report(workdir, _plan(config if config is not None else _workdir_config(workdir)))
+    plan = _read_info(workdir).get("learning_rate_plan")
+    if config is not None or plan is None:
+        plan = _plan(config if config is not None else _workdir_config(workdir))
+    return build_report(workdir, plan)
