@@ -50,15 +50,14 @@ def epoch_line(record: dict[str, Any], num_epochs: int, seconds: float, eta_seco
 class Reporter:
     """The terminal, TensorBoard and W&B side of a training run.
 
-    `stream` (default: sys.stderr at construction) receives bars and epoch lines; `interactive` (default:
-    whether that stream is a terminal) decides whether there are bars.
+    `stream` (default: whatever sys.stderr is when an epoch starts, so a caller may redirect it) receives
+    bars and epoch lines; `interactive` (default: whether that stream is a terminal) decides on bars.
     """
 
     def __init__(self, workdir: str, total_steps: int, wandb_config: Any | None, run_config: dict[str, Any],
                  stream: TextIO | None = None, interactive: bool | None = None) -> None:
         self.is_writer = jax.process_index() == 0
-        self.stream = sys.stderr if stream is None else stream
-        self.interactive = _is_terminal(self.stream) if interactive is None else interactive
+        self._stream, self._interactive = stream, interactive
         self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_writer,
                                                            asynchronous=False)
         self.progress_hook = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=self.writer,
@@ -74,6 +73,14 @@ class Reporter:
             self.wandb = wandb.init(project=wandb_config.get("project") or "cnn_flax",
                                     name=wandb_config.get("name") or None, config=run_config, dir=workdir,
                                     mode=wandb_config.get("mode") or None, reinit=True)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr if self._stream is None else self._stream
+
+    @property
+    def interactive(self) -> bool:
+        return _is_terminal(self.stream) if self._interactive is None else self._interactive
 
     def start_epoch(self, epoch: int, num_epochs: int, steps: int, done: int) -> None:
         self.num_epochs = num_epochs
