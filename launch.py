@@ -94,7 +94,7 @@ def run() -> int:
         if result.get("interrupted") or "rank1" not in result:  # stopped by a signal, or not process 0
             return 0
         print(f"Done: rank-1 {result['rank1']:.4f}  rank-5 {result['rank5']:.4f}  loss {result['loss']:.4f}  "
-              f"(reports in {workdir})")
+              f"(open {os.path.join(workdir, 'report.html')})")
     return 0
 
 

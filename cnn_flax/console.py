@@ -1,7 +1,9 @@
-"""Where log records go when a person runs launch.py: warnings on the terminal, the full log in a file.
+"""Where log records go when a person runs launch.py: notices and warnings on the terminal, the full log
+in a file.
 
-Without --verbose the terminal shows warnings and errors only, each one line, written through tqdm so a
-progress bar being drawn is cleared first and redrawn after (a log line never lands inside a bar). The
+Without --verbose the terminal shows warnings and errors, and cnn_flax's own few notices (a run resuming),
+each one line, written through tqdm so a progress bar being drawn is cleared first and redrawn after (a
+log line never lands inside a bar). The
 full log — every INFO record of cnn_flax, absl, clu and Orbax, tracebacks included — goes to `log.txt` in
 the workdir. With --verbose the terminal shows the full log too, at DEBUG level.
 """
@@ -25,6 +27,25 @@ NATIVE_NOISE = ("All log messages before absl::InitializeLog() is called", "oneD
                 "failed call to cuInit")
 FULL_FORMAT = "%(levelname).1s%(asctime)s.%(msecs)03d %(process)d %(filename)s:%(lineno)d] %(message)s"
 FULL_DATE = "%m%d %H:%M:%S"
+
+
+class TerminalFilter(logging.Filter):
+    """Warnings and errors of every library, and cnn_flax's own notices (e.g. that a run resumes), but not
+    its per-epoch and per-step records: the Reporter prints the epoch's line itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return (record.levelno == logging.INFO and record.name.split(".")[0] == "cnn_flax"
+                and not str(record.msg).startswith("epoch "))
+
+
+class TerminalFormatter(logging.Formatter):
+    """cnn_flax's notices as plain sentences; warnings and errors with their level in front."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname}: {text}"
 
 
 class TqdmHandler(logging.StreamHandler):
@@ -51,8 +72,8 @@ def configure_logging(verbose: bool) -> logging.Handler:
         console.setFormatter(logging.Formatter(FULL_FORMAT, FULL_DATE))
         console.setLevel(logging.DEBUG)
     else:
-        console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        console.setLevel(logging.WARNING)
+        console.setFormatter(TerminalFormatter("%(message)s"))
+        console.addFilter(TerminalFilter())
     root.addHandler(console)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in CHATTY:

@@ -8,6 +8,7 @@ make such logs unreadable — only the summary lines. Both go to stderr, which k
 every `log_every_steps` steps, never every step, so the bar does not stall the accelerator.
 """
 
+import logging
 import sys
 import time
 from typing import Any, TextIO
@@ -15,6 +16,8 @@ from typing import Any, TextIO
 import jax
 from clu import metric_writers, periodic_actions
 from tqdm import tqdm
+
+log = logging.getLogger("cnn_flax")
 
 
 def format_duration(seconds: float) -> str:
@@ -63,7 +66,7 @@ class Reporter:
         self.progress_hook = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=self.writer,
                                                              every_secs=60)
         self.bar: tqdm | None = None
-        self.num_epochs = 0
+        self.num_epochs = self.epoch = self.epoch_steps = self.epoch_done = 0
         self.epoch_started = 0.0
         self.epoch_seconds: list[float] = []  # epochs run by this process, for the ETA
         self.wandb = None
@@ -83,14 +86,19 @@ class Reporter:
         return _is_terminal(self.stream) if self._interactive is None else self._interactive
 
     def start_epoch(self, epoch: int, num_epochs: int, steps: int, done: int) -> None:
-        self.num_epochs = num_epochs
+        self.num_epochs, self.epoch, self.epoch_steps, self.epoch_done = num_epochs, epoch, steps, done
         self.epoch_started = time.monotonic()
         if self.is_writer and self.interactive:
             self.bar = tqdm(total=steps, initial=done, desc=f"Epoch {epoch}/{num_epochs}", unit="step",
                             file=self.stream, dynamic_ncols=True, mininterval=0.5, leave=True)
 
     def step(self, step: int, metrics: dict[str, float] | None = None) -> None:
+        """One finished step; `metrics` (the epoch's running loss and accuracy) every log_every_steps."""
         self.progress_hook(step)
+        self.epoch_done += 1
+        if metrics:  # the log file's progress, for runs without a terminal (tail -f WORKDIR/log.txt)
+            log.info("epoch %d step %d/%d: loss %.4f accuracy %.4f", self.epoch, self.epoch_done, self.epoch_steps,
+                     metrics["loss"], metrics["accuracy"])
         if self.bar is not None:
             self.bar.update(1)
             if metrics:
