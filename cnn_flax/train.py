@@ -21,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from cnn_flax.data.augment_modern import make_mixing
 from cnn_flax.errors import UserError
 from cnn_flax.evaluation import plot_history, write_evaluation
 from cnn_flax.evaluation.mistakes import WorstMistakes, write_mistakes
@@ -145,7 +146,7 @@ class Trainer:
         axis = self.parallel.axis_name
         self.train_step = self.parallel.compile_step(make_train_step(
             self.exp.model, self.tx, preprocess, seed=config.seed, aux_weight=config.loss.aux_weight,
-            l2=config.optimizer.get("l2", 0.0), axis_name=axis))
+            l2=config.optimizer.get("l2", 0.0), axis_name=axis, mixing=make_mixing(config.data)))
         self.eval_step = self.parallel.compile_step(
             make_eval_step(self.exp.model, preprocess, axis_name=axis), donate=(2,))
         self.predict_step = {flip: self.parallel.compile_predict(make_predict_step(self.exp.model, preprocess,

@@ -35,7 +35,16 @@ def base(name: str) -> ml_collections.ConfigDict:
         # shuffle buffer of each process.
         manual_dir="", resize_size=0, shuffle_buffer=10_000))
     config.data.augment = ml_collections.ConfigDict(dict(
-        rotation=0.0, zoom=0.0, width_shift=0.0, height_shift=0.0, shear=0.0, horizontal_flip=False))
+        rotation=0.0, zoom=0.0, width_shift=0.0, height_shift=0.0, shear=0.0, horizontal_flip=False,
+        # Current recipes' augmentation, in the train step too (all off here; README "Modern augmentation").
+        # Inception random-resized-crop: area fraction and aspect-ratio ranges of the box, resized back.
+        random_resized_crop=False, rrc_scale=(0.08, 1.0), rrc_ratio=(3 / 4, 4 / 3),
+        randaugment_n=0, randaugment_m=9.0,  # RandAugment layers (0: off) and magnitude on 0..10
+        trivial_augment=False,  # TrivialAugmentWide (instead of RandAugment)
+        random_erasing=0.0, erasing_mode="pixel",  # probability per image; fill "pixel" (noise) or "zero"
+        # mixup / CutMix Beta(alpha, alpha) (0: off); with both, CutMix with mix_switch_prob per batch;
+        # mix_prob: the share of batches mixed at all.
+        mixup_alpha=0.0, cutmix_alpha=0.0, mix_switch_prob=0.5, mix_prob=1.0))
     config.model = ml_collections.ConfigDict()
     config.wandb = ml_collections.ConfigDict(dict(enabled=False, project="cnn_flax", name="", mode=""))
     return config

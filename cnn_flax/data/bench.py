@@ -1,6 +1,7 @@
 """Throughput of the input pipeline alone, so a slow run can be blamed on data or on compute.
 
 python -m cnn_flax.data.bench --rows 20000 --file /tmp/bench_tiny.hdf5   # reader and augmentation
+python -m cnn_flax.data.bench --augmentations --size 32 --batch 128       # each augmentation on vs off
 """
 
 from __future__ import annotations
@@ -51,6 +52,68 @@ def measure_augment(shape: tuple[int, int, int, int], seconds: float, **options:
     return images / (time.perf_counter() - start)
 
 
+# Each augmentation alone at a recipe's usual setting (timm's defaults), then all of them together.
+AUGMENTATIONS = {
+    "off (normalise only)": {},
+    "deck affine": dict(rotation=18.0, zoom=0.15, width_shift=0.2, height_shift=0.2, shear=0.15,
+                        horizontal_flip=True),
+    "random_resized_crop": dict(random_resized_crop=True, rrc_scale=(0.08, 1.0), rrc_ratio=(3 / 4, 4 / 3)),
+    "randaugment n=2 m=9": dict(randaugment_n=2, randaugment_m=9.0),
+    "trivial_augment": dict(trivial_augment=True),
+    "random_erasing p=0.25": dict(random_erasing=0.25, erasing_mode="pixel"),
+    "mixup 0.8": dict(mixup_alpha=0.8, mix_switch_prob=0.5, mix_prob=1.0),
+    "cutmix 1.0": dict(cutmix_alpha=1.0, mix_switch_prob=0.5, mix_prob=1.0),
+}
+AUGMENTATIONS["all (crop, trivial, erasing, mixup/cutmix)"] = {
+    **AUGMENTATIONS["random_resized_crop"], **AUGMENTATIONS["trivial_augment"],
+    **AUGMENTATIONS["random_erasing p=0.25"], **AUGMENTATIONS["mixup 0.8"], **AUGMENTATIONS["cutmix 1.0"]}
+
+
+def measure_augmentations(shape: tuple[int, int, int, int], seconds: float) -> dict[str, float]:
+    """Images per second of the step's jitted preprocessing (and mixing) for each entry of AUGMENTATIONS.
+
+    What the train step runs before the model, on uint8 batches on the default device: the difference
+    to "off" is what an augmentation adds to every step.
+    """
+    import jax
+    from ml_collections import ConfigDict
+
+    from cnn_flax.data.augment_modern import make_mixing
+    from cnn_flax.data.core import DatasetInfo
+    from cnn_flax.data.preprocess import make_preprocess
+
+    info = DatasetInfo("bench", 10, tuple("0123456789"), shape[1:], {}, np.full(3, 127.5, np.float32), None)
+    batch = jax.device_put(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
+    labels = jax.device_put(np.arange(shape[0], dtype=np.int32) % 10)
+    figures = {}
+    for name, augment in AUGMENTATIONS.items():
+        data = ConfigDict({"normalize": "scale", "augment": augment})
+        preprocess, mixing = make_preprocess(data, info), make_mixing(data)
+
+        def step(key, images, labels, preprocess=preprocess, mixing=mixing):
+            x = preprocess(images, key)
+            if mixing is None:
+                return x, labels
+            draw = mixing.draw(key, *x.shape[:3])
+            return mixing.images(x, draw), mixing.targets(labels, draw, 10)
+
+        figures[name] = _images_per_second(jax.jit(step), batch, labels, seconds)
+    return figures
+
+
+def _images_per_second(fn, batch, labels, seconds: float) -> float:
+    import jax
+
+    key = jax.random.key(0)
+    jax.block_until_ready(fn(key, batch, labels))
+    images, start, step = 0, time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        step += 1
+        jax.block_until_ready(fn(jax.random.fold_in(key, step), batch, labels))
+        images += batch.shape[0]
+    return images / (time.perf_counter() - start)
+
+
 def write_synthetic(path: str, rows: int, size: int = 64, num_classes: int = 200) -> None:
     """A split file shaped like Tiny ImageNet's train.hdf5, with random pixels (for benchmarks only)."""
     from cnn_flax.data.hdf5 import SplitWriter
@@ -76,7 +139,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--window_mb", type=float, default=64.0)
     parser.add_argument("--reader", choices=("mapped", "blocks"), default="mapped", help="blocks: h5py reads")
+    parser.add_argument("--augmentations", action="store_true", help="only time each augmentation on vs off")
+    parser.add_argument("--size", type=int, default=32, help="image side for --augmentations")
     args = parser.parse_args()
+    if args.augmentations:
+        shape = (args.batch, args.size, args.size, 3)
+        figures = measure_augmentations(shape, args.seconds)
+        off = figures["off (normalise only)"]
+        for name, rate in figures.items():
+            print(f"augment {name:<44} batch={args.batch}x{args.size}x{args.size}x3: {rate:>10,.0f} img/s "
+                  f"({rate / off:.2f}x off)")
+        return
     folder = os.path.dirname(os.path.abspath(args.file))
     os.makedirs(folder, exist_ok=True)
     if not os.path.isfile(args.file):

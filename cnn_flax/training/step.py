@@ -31,6 +31,9 @@ def _split_outputs(outputs: Any) -> tuple[jax.Array, tuple[jax.Array, ...]]:
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example loss against integer labels [B] or soft targets [B, C] (mixup/CutMix)."""
+    if labels.ndim == logits.ndim:
+        return optax.softmax_cross_entropy(logits.astype(jnp.float32), labels)
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
@@ -43,20 +46,27 @@ def _step_keys(seed: int, step: jax.Array, axis_name: str | None) -> tuple[jax.A
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preprocess: Preprocess, *, seed: int,
-                    aux_weight: float = 0.3, l2: float = 0.0, axis_name: str | None = None):
+                    aux_weight: float = 0.3, l2: float = 0.0, axis_name: str | None = None, mixing: Any = None):
+    """`mixing` (data.mixing.Mixing or None) mixes each batch with itself and trains on the mixed targets;
+    the accuracy metric stays on the true labels. Under pmap each device mixes within its own shard."""
+
     def train_step(state: TrainState, batch: Batch, metrics: TrainMetrics) -> tuple[TrainState, TrainMetrics]:
         augment_key, dropout_key = _step_keys(seed, state.step, axis_name)
         images = preprocess(batch["image"], augment_key)
         labels = batch["label"]
+        if mixing is not None:
+            draw = mixing.draw(augment_key, *images.shape[:3])
+            images = mixing.images(images, draw)
 
         def loss_fn(params):
             with batch_norm_axis(axis_name):
                 outputs, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
                                                train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
             logits, aux_logits = _split_outputs(outputs)
-            loss = cross_entropy(logits, labels).mean()
+            goal = labels if mixing is None else mixing.targets(labels, draw, logits.shape[-1])
+            loss = cross_entropy(logits, goal).mean()
             for aux in aux_logits:
-                loss = loss + aux_weight * cross_entropy(aux, labels).mean()
+                loss = loss + aux_weight * cross_entropy(aux, goal).mean()
             return loss + l2_penalty(params, l2), (logits, updates.get("batch_stats", {}))
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
