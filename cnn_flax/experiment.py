@@ -25,6 +25,7 @@ from cnn_flax.models import create_model, init_variables
 from cnn_flax.training.checkpoint import Checkpoints
 from cnn_flax.training.optim import build_optimizer, build_schedule
 from cnn_flax.training.parallel import check_batch_size, make_parallel
+from cnn_flax.training.param_groups import with_param_groups
 
 log = logging.getLogger("cnn_flax")
 # Class counts of the datasets, for `--mode=summary` when the data is not on this machine.
@@ -131,7 +132,7 @@ def steps_per_epoch(config: ml_collections.ConfigDict, source: DataSource) -> in
 
 def make_optimizer(config: ml_collections.ConfigDict, spe: int) -> tuple[Callable, optax.GradientTransformation]:
     schedule = build_schedule(config.optimizer, config.schedule, config.num_epochs, spe)
-    return schedule, build_optimizer(config.optimizer, schedule)
+    return schedule, with_param_groups(config.optimizer, build_optimizer(config.optimizer, schedule))
 
 
 def preprocessors(exp: Experiment) -> Callable:

@@ -50,8 +50,12 @@ def optimizer_plan(config: ml_collections.ConfigDict) -> list[str]:
 def prepare(config: ml_collections.ConfigDict, overwrite: bool = False) -> list[str]:
     from cnn_flax.data import make_source
 
-    if config.data.name not in NOMINAL_CLASSES:
+    if config.data.name not in (*NOMINAL_CLASSES, "folder"):
         raise UserError(f"data.name={config.data.name!r} has nothing to prepare here")
+    if config.data.name == "folder":  # a model sized for another class count: say so before decoding anything
+        from cnn_flax.data.folder import check_class_count
+
+        check_class_count(config.data.root, config.model.get("num_classes"))
     if jax.process_count() == 1:
         return make_source(config.data).prepare(overwrite=overwrite)
     from jax.experimental import multihost_utils  # several processes: process 0 writes, the others wait
@@ -127,40 +131,68 @@ def _inference_variables(config: ml_collections.ConfigDict, workdir: str, exp) -
     raise UserError(f"no checkpoint in {directory} and no init_from; train first or set --config.init_from")
 
 
-def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -> list[dict[str, Any]]:
-    """Top-5 classes per image, into predictions.json; Keras 'caffe' preprocessing for ImageNet configs."""
-    from cnn_flax.pretrained import (
-        caffe_preprocess,
-        format_predictions,
-        imagenet_class_names,
-        load_images,
-        top_k_predictions,
-    )
+def _image_loader(config: ml_collections.ConfigDict, size: tuple[int, int]):
+    """How predict decodes a file: as prepare did for folder data, else as Keras's load_img (ImageNet weights)."""
+    if config.data.name == "folder":
+        from cnn_flax.image_decode import load_square
+
+        return lambda path: load_square(path, size[0], config.data.resize)
+    from cnn_flax.pretrained.predict import keras_loader
+
+    return keras_loader(size)
+
+
+def _prediction_files(paths: list[str]) -> list[str]:
+    from cnn_flax.data.folder_files import image_files
 
     if not paths:
-        raise UserError("--mode=predict needs --images=a.jpg,b.png")
+        raise UserError("--mode=predict needs --images=a.jpg,photos/ (image files, or folders of them)")
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise UserError(f"--images: {missing[0]} not found; give image files or folders")
+    files = image_files(paths)
+    if not files:
+        raise UserError(f"--images={','.join(paths)}: no image files there (.jpg .jpeg .png .bmp .gif .webp)")
+    return files
+
+
+def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -> list[dict[str, Any]]:
+    """Top-5 classes of image files and of every image under folders, into predictions.json and .csv.
+
+    Keras's 'caffe' preprocessing and ImageNet's class names for ImageNet configs; a folder dataset's class
+    names (and the decoding its prepare used) for folder configs.
+    """
+    from cnn_flax.data import make_preprocess
+    from cnn_flax.predict import classify, format_predictions, model_probabilities, write_predictions
+
+    files = _prediction_files(paths)
     caffe = config.data.get("normalize") == "caffe"
-    exp = build_experiment(config, need_data=not caffe)
+    exp = build_experiment(config, need_data=not caffe or config.data.name == "folder")
     variables = _inference_variables(config, workdir, exp)
-    if caffe:
+    if caffe and exp.info is None:
+        from cnn_flax.pretrained import caffe_preprocess, imagenet_class_names
+
         preprocess = caffe_preprocess
         names = imagenet_class_names() if exp.model_config.get("num_classes") == 1000 else exp.class_names
     else:
-        from cnn_flax.data import make_preprocess
-
         data_preprocess = make_preprocess(config.data, exp.info)
         preprocess = lambda images: data_preprocess(images, None)  # noqa: E731
         names = exp.class_names
-    images = load_images(paths, exp.input_shape[:2])
-    logits = jax.jit(lambda v, x: exp.model.apply(v, preprocess(x), train=False))(variables, images)
-    probs = np.asarray(jax.nn.softmax(np.asarray(logits, np.float32)))
-    top = top_k_predictions(probs, names, k=min(5, probs.shape[-1]))
-    results = [dict(image=path, top5=entries) for path, entries in zip(paths, top, strict=True)]
-    files = RunFiles(workdir)
-    if files.is_writer:
-        os.makedirs(workdir, exist_ok=True)
-        write_json_atomically(files.path("predictions.json"), results)
-    print(format_predictions(paths, top))
+    ranked, skipped = classify(model_probabilities(exp.model, variables, preprocess), files,
+                               _image_loader(config, exp.input_shape[:2]), names, batch_size=config.batch_size)
+    for path, reason in skipped:
+        log.warning("skipped %s: %s", path, reason)
+    if not ranked:
+        raise UserError(f"none of the {len(files)} files could be read (first: {skipped[0][0]}: {skipped[0][1]})")
+    results = [dict(image=path, top5=top) for path, top in ranked]
+    if RunFiles(workdir).is_writer:
+        json_path, csv_path = write_predictions(workdir, ranked)
+        log.info("predictions of %d images in %s and %s", len(ranked), json_path, csv_path)
+    if len(ranked) <= 20:
+        print(format_predictions([p for p, _ in ranked], [t for _, t in ranked]))
+    else:
+        print(f"{len(ranked)} images classified ({len(skipped)} unreadable); predictions.json and predictions.csv "
+              f"in {workdir}")
     return results
 
 

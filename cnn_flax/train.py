@@ -146,7 +146,8 @@ class Trainer:
         axis = self.parallel.axis_name
         self.train_step = self.parallel.compile_step(make_train_step(
             self.exp.model, self.tx, preprocess, seed=config.seed, aux_weight=config.loss.aux_weight,
-            l2=config.optimizer.get("l2", 0.0), axis_name=axis, mixing=make_mixing(config.data)))
+            l2=config.optimizer.get("l2", 0.0), axis_name=axis, mixing=make_mixing(config.data),
+            freeze=config.optimizer.freeze))
         self.eval_step = self.parallel.compile_step(
             make_eval_step(self.exp.model, preprocess, axis_name=axis), donate=(2,))
         self.predict_step = {flip: self.parallel.compile_predict(make_predict_step(self.exp.model, preprocess,
@@ -268,9 +269,9 @@ class Trainer:
         return results.get("plain", {})
 
     def _file_names(self, split: str) -> list[str] | None:
-        """The file of each example of `split` in order, for sources that know them (`example_files`)."""
-        example_files = getattr(self.exp.source, "example_files", None)
-        return None if example_files is None else list(example_files(split))
+        """The file of each example of `split` in order, for sources that know them (folder datasets)."""
+        image_paths = getattr(self.exp.source, "image_paths", None)
+        return None if image_paths is None else list(image_paths(split))
 
     # -- training ----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

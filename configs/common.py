@@ -23,7 +23,10 @@ def base(name: str) -> ml_collections.ConfigDict:
     config.tta = False  # also report horizontal-flip test-time augmentation
 
     config.optimizer = ml_collections.ConfigDict(dict(
-        name="sgd", learning_rate=0.01, momentum=0.9, nesterov=False, b1=0.9, b2=0.999, eps=1e-7, l2=0.0))
+        name="sgd", learning_rate=0.01, momentum=0.9, nesterov=False, b1=0.9, b2=0.999, eps=1e-7, l2=0.0,
+        # Regular expression over parameter paths ("block5_conv1/kernel") that never change (BatchNorm
+        # statistics under a match stay put too); {path pattern: factor} scaling the learning rate.
+        freeze="", lr_multipliers={}))
     config.schedule = ml_collections.ConfigDict(dict(name="constant"))
     config.loss = ml_collections.ConfigDict(dict(aux_weight=0.3))
 
@@ -33,7 +36,11 @@ def base(name: str) -> ml_collections.ConfigDict:
         # imagenet2012 only: the folder of the two manual-download tars ("" = <dir>/downloads/manual), the
         # shorter side crops are cut from (0 = image_size * 256/224), and the images (~110 KB each) of the
         # shuffle buffer of each process.
-        manual_dir="", resize_size=0, shuffle_buffer=10_000))
+        manual_dir="", resize_size=0, shuffle_buffer=10_000,
+        # folder only (data.root: one subfolder per class, or train/ val/ test/ of them): how photos become
+        # squares ("aspect": shorter side, centre crop; "stretch"), and the shares of train carved off as
+        # val and test when the folder has no val/ or test/.
+        resize="aspect", val_fraction=0.1, test_fraction=0.1))
     config.data.augment = ml_collections.ConfigDict(dict(
         rotation=0.0, zoom=0.0, width_shift=0.0, height_shift=0.0, shear=0.0, horizontal_flip=False,
         # Current recipes' augmentation, in the train step too (all off here; README "Modern augmentation").

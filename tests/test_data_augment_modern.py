@@ -173,10 +173,15 @@ def test_policy_picks_each_op_at_its_magnitude(photo):
     apply_ops = jax.jit(policy.apply_ops, static_argnums=4)
     out = np.asarray(apply_ops(jnp.asarray(images), ops, jnp.full(len(ops), 0.5), -jnp.ones(len(ops)),
                                       policy.RANDAUGMENT_RANGES))
-    expected = {"identity": photo, "shear_x": policy.shear_x(photo, -0.15),
+    enhance = 1 - 0.5 * 0.9
+    expected = {"identity": photo, "shear_x": policy.shear_x(photo, -0.15), "shear_y": policy.shear_y(photo, -0.15),
+                "translate_x": policy.translate_x(photo, -0.45 * 0.5 * 10),
                 "translate_y": policy.translate_y(photo, -0.45 * 0.5 * 12), "rotate": policy.rotate(photo, -15.0),
-                "brightness": policy.brightness(photo, 0.55), "posterize": policy.posterize(photo, 6),
-                "solarize": policy.solarize(photo, 127.5), "equalize": policy.equalize(photo)}
+                "brightness": policy.brightness(photo, enhance), "color": policy.color(photo, enhance),
+                "contrast": policy.contrast(photo, enhance), "sharpness": policy.sharpness(photo, enhance),
+                "posterize": policy.posterize(photo, 6), "solarize": policy.solarize(photo, 127.5),
+                "autocontrast": policy.autocontrast(photo), "equalize": policy.equalize(photo)}
+    assert set(expected) == set(policy.OP_NAMES)
     for name, image in expected.items():
         np.testing.assert_array_equal(out[policy.OP_NAMES.index(name)], image, err_msg=name)
 

@@ -13,7 +13,7 @@ from cnn_flax.data.on_device import OnDeviceBatches
 from cnn_flax.data.preprocess import make_preprocess, normalize
 from cnn_flax.errors import UserError
 
-NAMES = ("digits", "cifar10", "tiny_imagenet", "imagenet2012")
+NAMES = ("digits", "cifar10", "tiny_imagenet", "imagenet2012", "folder")
 _NATIVE_SIZE = {"cifar10": 32, "tiny_imagenet": 64}
 
 __all__ = [
@@ -68,6 +68,20 @@ def make_source(data_config) -> DataSource:
             data_dir,
             IMAGE_SHAPE,
             build=build,
+            prefetch=prefetch,
+            window_mb=float(data_config.get("read_window_mb", 64)),
+        )
+    if name == "folder":  # your own images: one subfolder per class
+        from cnn_flax.data.folder import FolderSource
+
+        return FolderSource(
+            data_config.root,
+            data_dir,
+            image_size=image_size,
+            resize=data_config.resize,
+            val_fraction=float(data_config.val_fraction),
+            test_fraction=float(data_config.test_fraction),
+            split_seed=split_seed,
             prefetch=prefetch,
             window_mb=float(data_config.get("read_window_mb", 64)),
         )

@@ -85,10 +85,10 @@ def affine_warp(
     xs = jnp.where(per_image(flip), (w - 1) - xs, xs) - centre_x
     src_x = per_image(a_xx) * xs + per_image(a_xy) * ys + per_image(off_x) + centre_x
     src_y = per_image(a_yx) * xs + per_image(a_yy) * ys + per_image(off_y) + centre_y
-    return bilinear_sample(images, src_y, src_x)
+    return _bilinear(images, src_y, src_x)
 
 
-def bilinear_sample(images: jax.Array, src_r: jax.Array, src_c: jax.Array) -> jax.Array:
+def _bilinear(images: jax.Array, src_r: jax.Array, src_c: jax.Array) -> jax.Array:
     """Samples images at float coordinates [N, H, W] with edge clamping, in one gather per corner."""
     n, h, w, c = images.shape
     flat = images.reshape(n, h * w, c).astype(jnp.float32)

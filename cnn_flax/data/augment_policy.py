@@ -2,9 +2,9 @@
 
 Each of the fourteen operations is written for one uint8 H x W x 3 image with PIL's arithmetic (ImageOps
 and ImageEnhance: integer grayscale, truncating blends, nearest-neighbour affine maps on pixel centres),
-so a test can hold it against PIL. A policy picks an operation per image with `lax.switch`; under
-`vmap` that becomes a select over all branches, so every image pays for all fourteen ops per layer (on
-small images this is still a few milliseconds a batch on an accelerator, and it needs no host).
+so a test can hold it against PIL. A policy picks an operation per image by computing the candidates
+and selecting one (what `lax.switch` becomes under `vmap` anyway); the ops are grouped so that every
+image pays for one warp, one blend and five cheap pixel ops per layer rather than for all fourteen.
 
 RandAugment applies `n` layers of a uniformly chosen op at the fixed magnitude `m` (0..10, timm's scale:
 rand-m9 is m=9) with a random sign; TrivialAugment applies one op with a magnitude drawn uniformly from
@@ -13,7 +13,6 @@ rand-m9 is m=9) with a random sign; TrivialAugment applies one op with a magnitu
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -71,13 +70,16 @@ def translate_y(image: jax.Array, pixels) -> jax.Array:
     return _affine_nearest(image, 1.0, 0.0, 0.0, 0.0, 1.0, pixels)
 
 
-def rotate(image: jax.Array, degrees) -> jax.Array:
-    """Counter-clockwise about the image centre, as PIL's Image.rotate."""
-    h, w = image.shape[:2]
+def _rotation(height: int, width: int, degrees) -> tuple:
     angle = -jnp.deg2rad(degrees)
     cos, sin = jnp.cos(angle), jnp.sin(angle)
-    cx, cy = w / 2.0, h / 2.0
-    return _affine_nearest(image, cos, sin, cx - (cos * cx + sin * cy), -sin, cos, cy - (-sin * cx + cos * cy))
+    cx, cy = width / 2.0, height / 2.0
+    return cos, sin, cx - (cos * cx + sin * cy), -sin, cos, cy - (-sin * cx + cos * cy)
+
+
+def rotate(image: jax.Array, degrees) -> jax.Array:
+    """Counter-clockwise about the image centre, as PIL's Image.rotate."""
+    return _affine_nearest(image, *_rotation(image.shape[0], image.shape[1], degrees))
 
 
 def _blend(degenerate: jax.Array, image: jax.Array, factor) -> jax.Array:
@@ -102,13 +104,20 @@ def color(image: jax.Array, factor) -> jax.Array:
     return _blend(jnp.broadcast_to(grayscale(image), image.shape), image, factor)
 
 
+def _mean_gray(image: jax.Array) -> jax.Array:
+    return jnp.floor(jnp.mean(grayscale(image).astype(jnp.float32)) + 0.5)
+
+
 def contrast(image: jax.Array, factor) -> jax.Array:
-    mean = jnp.floor(jnp.mean(grayscale(image).astype(jnp.float32)) + 0.5)
-    return _blend(jnp.full(image.shape, mean, jnp.float32), image, factor)
+    return _blend(jnp.full(image.shape, _mean_gray(image), jnp.float32), image, factor)
 
 
 def sharpness(image: jax.Array, factor) -> jax.Array:
     """Blend with PIL's SMOOTH filter (3x3, centre 5, others 1, /13); the one-pixel border stays as is."""
+    return _blend(_smoothed(image), image, factor)
+
+
+def _smoothed(image: jax.Array) -> jax.Array:
     x = image.astype(jnp.float32)
     h, w = image.shape[:2]
     padded = jnp.pad(x, ((1, 1), (1, 1), (0, 0)))
@@ -117,7 +126,7 @@ def sharpness(image: jax.Array, factor) -> jax.Array:
     rows = jnp.arange(h)[:, None]
     cols = jnp.arange(w)[None, :]
     border = (rows == 0) | (rows == h - 1) | (cols == 0) | (cols == w - 1)
-    return _blend(jnp.where(border[..., None], x, smooth), image, factor)
+    return jnp.where(border[..., None], x, smooth)
 
 
 def posterize(image: jax.Array, bits) -> jax.Array:
@@ -159,44 +168,56 @@ def equalize(image: jax.Array) -> jax.Array:
 
 
 # -- policies -------------------------------------------------------------------------------------------
-Branch = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+# The ops in families that share their expensive part: the five geometric ops are one warp whose matrix
+# depends on the op, and the four enhancements one blend whose degenerate image does. Per image this
+# computes seven candidates (not fourteen) and selects one.
+# Family of each op of OP_NAMES: identity, warp, blend, posterize, solarize, autocontrast, equalize.
+_FAMILY = (0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 3, 4, 5, 6)
 
 
 def _translate_pixels(amount: float, side: int) -> float:
     return amount * side if amount < 1 else amount
 
 
-def make_branches(ranges: Ranges, height: int, width: int) -> list[Branch]:
-    """The ops of OP_NAMES as `branch(image, level, sign)`, level in 0..1 and sign ±1, for lax.switch."""
-    tx, ty = _translate_pixels(ranges.translate, width), _translate_pixels(ranges.translate, height)
-    return [
-        lambda x, level, sign: x,
-        lambda x, level, sign: shear_x(x, sign * level * ranges.shear),
-        lambda x, level, sign: shear_y(x, sign * level * ranges.shear),
-        lambda x, level, sign: translate_x(x, sign * level * tx),
-        lambda x, level, sign: translate_y(x, sign * level * ty),
-        lambda x, level, sign: rotate(x, sign * level * ranges.rotate),
-        lambda x, level, sign: brightness(x, 1.0 + sign * level * ranges.enhance),
-        lambda x, level, sign: color(x, 1.0 + sign * level * ranges.enhance),
-        lambda x, level, sign: contrast(x, 1.0 + sign * level * ranges.enhance),
-        lambda x, level, sign: sharpness(x, 1.0 + sign * level * ranges.enhance),
-        lambda x, level, sign: posterize(x, 8 - jnp.round(level * ranges.posterize).astype(jnp.int32)),
-        lambda x, level, sign: solarize(x, ranges.solarize * (1.0 - level)),
-        lambda x, level, sign: autocontrast(x),
-        lambda x, level, sign: equalize(x),
-    ]
+def _transform(image: jax.Array, op: jax.Array, level: jax.Array, sign: jax.Array, ranges: Ranges) -> jax.Array:
+    """One uint8 image by op OP_NAMES[op] at the signed magnitude level * sign (level in 0..1)."""
+    h, w = image.shape[:2]
+    signed = sign * level
+
+    def is_op(name: str) -> jax.Array:
+        return op == OP_NAMES.index(name)
+
+    shear = signed * ranges.shear
+    tx, ty = signed * _translate_pixels(ranges.translate, w), signed * _translate_pixels(ranges.translate, h)
+    matrices = {"shear_x": (1.0, shear, 0.0, 0.0, 1.0, 0.0), "shear_y": (1.0, 0.0, 0.0, shear, 1.0, 0.0),
+                "translate_x": (1.0, 0.0, tx, 0.0, 1.0, 0.0), "translate_y": (1.0, 0.0, 0.0, 0.0, 1.0, ty),
+                "rotate": _rotation(h, w, signed * ranges.rotate)}
+    matrix = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    for name, chosen in matrices.items():
+        matrix = tuple(jnp.where(is_op(name), m, current) for m, current in zip(chosen, matrix, strict=True))
+    warped = _affine_nearest(image, *matrix)
+
+    gray = jnp.broadcast_to(grayscale(image), image.shape).astype(jnp.float32)
+    degenerate = jnp.where(is_op("color"), gray, jnp.where(is_op("contrast"), _mean_gray(image),
+                           jnp.where(is_op("sharpness"), _smoothed(image), 0.0)))
+    blended = _blend(degenerate, image, 1.0 + signed * ranges.enhance)
+
+    posterized = posterize(image, 8 - jnp.round(level * ranges.posterize).astype(jnp.int32))
+    solarized = solarize(image, ranges.solarize * (1.0 - level))
+    family = jnp.asarray(_FAMILY, jnp.int32)[op]
+    candidates = (image, warped, blended, posterized, solarized, autocontrast(image), equalize(image))
+    return jax.lax.select_n(family, *candidates)
 
 
 def apply_ops(images: jax.Array, ops: jax.Array, levels: jax.Array, signs: jax.Array, ranges: Ranges) -> jax.Array:
     """uint8 [N, H, W, 3] images, image i transformed by op OP_NAMES[ops[i]] at levels[i] * signs[i]."""
     if images.dtype != jnp.uint8:
         raise ValueError(f"RandAugment/TrivialAugment work on uint8 images, not {images.dtype}")
-    branches = make_branches(ranges, images.shape[1], images.shape[2])
 
     def one(image, op, level, sign):
-        return jax.lax.switch(op, branches, image, level, sign)
+        return _transform(image, op, level, sign, ranges)
 
-    return jax.vmap(one)(images, ops, levels.astype(jnp.float32), signs.astype(jnp.float32))
+    return jax.vmap(one)(images, ops.astype(jnp.int32), levels.astype(jnp.float32), signs.astype(jnp.float32))
 
 
 def _signs(rng: jax.Array, n: int) -> jax.Array:

@@ -26,18 +26,26 @@ def reprepare(path: str, problem: str) -> UserError:
 
 
 class SplitWriter:
-    """Writes one split file under a temporary name and renames it only once every row is in."""
+    """Writes one split file under a temporary name and renames it only once every row is in.
 
-    def __init__(self, path: str, num_rows: int, image_shape: tuple[int, int, int], attrs: dict):
+    With `at_most`, `num_rows` is an upper bound (files that turn out unreadable are left out) and the
+    file is cut to the rows written when it closes.
+    """
+
+    def __init__(self, path: str, num_rows: int, image_shape: tuple[int, int, int], attrs: dict,
+                 at_most: bool = False):
         self.path, self.num_rows, self.image_shape, self.attrs = path, num_rows, image_shape, attrs
+        self.at_most = at_most
         self.tmp = f"{path}.partial-{os.getpid()}"
         self.rows_written = 0
 
     def __enter__(self) -> SplitWriter:
         self.file = h5py.File(self.tmp, "w")
         chunks = (min(CHUNK_ROWS, self.num_rows), *self.image_shape) if self.num_rows else None
-        self.images = self.file.create_dataset("images", (self.num_rows, *self.image_shape), np.uint8, chunks=chunks)
-        self.labels = self.file.create_dataset("labels", (self.num_rows,), np.int32)
+        grow = dict(maxshape=(None, *self.image_shape), chunks=chunks or True) if self.at_most else dict(chunks=chunks)
+        self.images = self.file.create_dataset("images", (self.num_rows, *self.image_shape), np.uint8, **grow)
+        self.labels = self.file.create_dataset("labels", (self.num_rows,), np.int32,
+                                               **(dict(maxshape=(None,)) if self.at_most else {}))
         for key, value in self.attrs.items():
             self.file.attrs[key] = value
         return self
@@ -49,6 +57,10 @@ class SplitWriter:
         self.rows_written = hi
 
     def __exit__(self, kind: type | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is None and self.at_most and self.rows_written < self.num_rows:
+            self.images.resize(self.rows_written, axis=0)
+            self.labels.resize(self.rows_written, axis=0)
+            self.num_rows = self.rows_written
         complete = kind is None and self.rows_written == self.num_rows
         self.file.close()
         if complete:

@@ -34,6 +34,7 @@ td:first-child,th:first-child{text-align:left}img{max-width:100%;height:auto;bor
 pre{background:#f5f5f5;padding:10px;overflow-x:auto;font-size:12px}.note{color:#777;font-size:13px}
 .big{font-size:20px;font-weight:600;margin-right:24px}
 """
+PREDICTIONS_SHOWN = 30  # rows of --mode=predict's results on the page
 # Per-class rows of scikit-learn's classification report: name, precision, recall, f1, support.
 REPORT_ROW = re.compile(r"^\s*(.+?)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+)\s*$")
 ACCURACY_ROW = re.compile(r"^\s*accuracy\s+(\d+\.\d+)\s+(\d+)\s*$")
@@ -184,8 +185,10 @@ def _predict_results(workdir: Path) -> tuple[str, str, str] | None:
         return None
     rows = [(os.path.basename(str(r.get("image", ""))), ", ".join(f"{e['name']} {100 * e['prob']:.1f}%"
                                                                   for e in r.get("top5", [])[:3]))
-            for r in results]
-    return _section("predict", "--mode=predict (top 3 of each image)", _table(["image", "classes"], rows))
+            for r in results[:PREDICTIONS_SHOWN]]
+    more = len(results) - PREDICTIONS_SHOWN
+    note = f'<p class="note">… and {more} more in predictions.json.</p>' if more > 0 else ""
+    return _section("predict", "--mode=predict (top 3 of each image)", _table(["image", "classes"], rows) + note)
 
 
 def _plan(plan: Sequence[str] | None) -> tuple[str, str, str]:

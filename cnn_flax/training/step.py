@@ -17,6 +17,7 @@ import optax
 from cnn_flax.models.layers import batch_norm_axis
 from cnn_flax.training.metrics import EvalMetrics, TrainMetrics
 from cnn_flax.training.optim import l2_penalty
+from cnn_flax.training.param_groups import keep_frozen_stats
 from cnn_flax.training.state import TrainState
 
 Preprocess = Callable[[jax.Array, jax.Array | None], jax.Array]
@@ -46,7 +47,8 @@ def _step_keys(seed: int, step: jax.Array, axis_name: str | None) -> tuple[jax.A
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preprocess: Preprocess, *, seed: int,
-                    aux_weight: float = 0.3, l2: float = 0.0, axis_name: str | None = None, mixing: Any = None):
+                    aux_weight: float = 0.3, l2: float = 0.0, axis_name: str | None = None, mixing: Any = None,
+                    freeze: str = ""):
     """`mixing` (data.mixing.Mixing or None) mixes each batch with itself and trains on the mixed targets;
     the accuracy metric stays on the true labels. Under pmap each device mixes within its own shard."""
 
@@ -75,7 +77,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preproce
             loss = jax.lax.pmean(loss, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                                  batch_stats=batch_stats, opt_state=opt_state)
+                                  batch_stats=keep_frozen_stats(freeze, state.params, state.batch_stats, batch_stats),
+                                  opt_state=opt_state)
         outputs = dict(loss=loss, logits=logits.astype(jnp.float32), labels=labels, step=state.step)
         if axis_name is None:
             update = TrainMetrics.single_from_model_output(**outputs)
