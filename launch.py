@@ -16,12 +16,20 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (configs
                                 "reads the workdir's config.json instead.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where the run writes everything (default: runs/<config name>).")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "summary", "prepare", "predict", "benchmark", "ablate",
-                                    "report"], "What to do.")
-flags.DEFINE_string("checkpoint", "latest", "--mode=evaluate: latest, all, or an epoch number.")
-flags.DEFINE_list("images", [], "--mode=predict: image files to classify.")
+                                    "export", "report"], "What to do.")
+flags.DEFINE_string("checkpoint", "latest", "--mode=evaluate: latest, all, or an epoch number; --mode=export: "
+                    "latest or an epoch number.")
+flags.DEFINE_list("images", [], "--mode=predict: image files, or folders of them (searched recursively), to classify.")
 flags.DEFINE_string("variants", None, "--mode=ablate: 'name:key=value,...;name2:...' (default: the deck's "
                     "extensions: baseline, conv_act_bn, elu).")
-flags.DEFINE_bool("overwrite", False, "--mode=prepare: rebuild dataset files that already exist.")
+flags.DEFINE_bool("ema", False, "--mode=evaluate/predict/export: use the moving average of the weights kept with "
+                  "ema_decay (same as --config.ema_eval=True).")
+flags.DEFINE_bool("overwrite", False, "--mode=prepare: rebuild dataset files that already exist; --mode=export: "
+                  "replace WORKDIR/export.")
+flags.DEFINE_string("export_dir", None, "--mode=predict / benchmark: answer from this export folder alone "
+                    "(--config not needed).")
+flags.DEFINE_enum("export_runtime", "jax", ["jax", "saved_model", "onnx", "tflite"],
+                  "--mode=predict --export_dir: which of the folder's artifacts to run.")
 flags.DEFINE_bool("verbose", False, "Show tracebacks and debug logs.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
@@ -30,7 +38,7 @@ flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
 def _log_to_workdir() -> None:
     """Modes that write into the workdir keep their full log there (log.txt) too."""
-    if FLAGS.mode in ("summary", "prepare", "report"):
+    if FLAGS.mode in ("summary", "prepare", "report") or (FLAGS.config is None and not FLAGS.workdir):
         return
     import jax
 
@@ -61,16 +69,44 @@ def _start_distributed() -> None:
         jax.distributed.initialize()
 
 
+def run_export_folder() -> int:
+    """predict and benchmark from an export folder: no config, checkpoint or dataset involved."""
+    from cnn_flax.errors import UserError
+
+    if FLAGS.mode == "predict":
+        from cnn_flax.export.predict import predict_from_export
+
+        predict_from_export(FLAGS.export_dir, FLAGS.images, FLAGS.workdir, FLAGS.export_runtime)
+    elif FLAGS.mode == "benchmark":
+        from cnn_flax.export.benchmark import benchmark_export
+
+        print(benchmark_export(FLAGS.export_dir))
+    else:
+        raise UserError(f"--export_dir is for --mode=predict or --mode=benchmark, not --mode={FLAGS.mode}")
+    return 0
+
+
 def run() -> int:
     if FLAGS.mode == "report":
+        from cnn_flax.errors import UserError
         from cnn_flax.run_report import rebuild_report
 
+        if FLAGS.config is None and not FLAGS.workdir:
+            raise UserError("--mode=report needs --workdir=runs/NAME (or --config to name runs/<config name>)")
         print(rebuild_report(FLAGS.workdir or os.path.join("runs", FLAGS.config.name), FLAGS.config))
         return 0
+    if FLAGS.export_dir:
+        return run_export_folder()
     from cnn_flax import modes
+    from cnn_flax.errors import UserError
     from cnn_flax.train import train_and_evaluate
 
     config = FLAGS.config
+    if config is None:
+        raise UserError("--config=configs/NAME.py is required (except for --mode=report --workdir=DIR and "
+                        "--mode=predict/benchmark --export_dir)")
+    if FLAGS.ema:
+        config.ema_eval = True
     workdir = FLAGS.workdir or os.path.join("runs", config.name)
     if FLAGS.mode == "summary":
         print(modes.summary(config))
@@ -85,6 +121,11 @@ def run() -> int:
         from cnn_flax.benchmark import benchmark
 
         print(benchmark(config, workdir))
+    elif FLAGS.mode == "export":
+        from cnn_flax.export.run import export_run
+
+        written = export_run(config, workdir, FLAGS.checkpoint, overwrite=FLAGS.overwrite)
+        print(f"Exported {', '.join(written['formats'].values())} to {os.path.join(workdir, 'export')}")
     elif FLAGS.mode == "ablate":
         from cnn_flax.ablation import DECK_EXTENSIONS, run_ablation
 
@@ -168,10 +209,6 @@ def main(argv: list[str]) -> int:
 
     try:
         try:
-            if FLAGS.config is None and FLAGS.mode != "report":
-                raise UserError(f"--mode={FLAGS.mode} needs --config=configs/NAME.py")
-            if FLAGS.config is None and not FLAGS.workdir:
-                raise UserError("--mode=report needs --workdir=runs/NAME (or --config to name runs/<config name>)")
             if FLAGS.config is not None:
                 FLAGS.config.get("name")
         except OSError as error:  # ml_collections reports a config file it could not load only on first use

@@ -11,10 +11,16 @@ does not depend on the number of steps, so it is reported on its own as `epoch_e
 being spread over a short benchmark epoch. Compilation is excluded (every phase runs once before it is
 timed), each figure is the median of several repetitions (shared machines are noisy), and `compiles`
 counts the train step's compilations over all of it: 1 means nothing retraced.
+
+What is not excluded is reported beside it: `first_step_s`, from building the trainer to the first
+step's result (initialisation, compilation and one step: what a user waits before training starts),
+and the memory: the compiled train step's argument, output and temporary buffers from XLA's memory
+analysis (`step_*_mb`) and the process's peak resident memory (`peak_rss_mb`).
 """
 
 import contextlib
 import io
+import resource
 import statistics
 import tempfile
 import time
@@ -87,7 +93,8 @@ class _BareSteps:
         parallel = trainer.parallel
         first = next(iter(trainer.split_batches("train", shuffle=True, epoch=0, drop_remainder=True)))
         self.batch = parallel.put_batch(first)
-        self.state = parallel.put_replicated(TrainState.create(initial_variables(trainer.exp), trainer.tx))
+        self.state = parallel.put_replicated(TrainState.create(initial_variables(trainer.exp), trainer.tx,
+                                                               ema=bool(trainer.config.ema_decay)))
         self.metrics = parallel.put_replicated(TrainMetrics.empty())
 
     def __call__(self, steps: int) -> float:
@@ -153,11 +160,14 @@ def benchmark_figures(config: ml_collections.ConfigDict, steps: int = STEPS, rep
     batch_size = run_config.batch_size
     figures: dict[str, Any] = dict(model=run_config.model.get("name", "?"), batch=batch_size,
                                    devices=jax.device_count(), steps=steps)
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(run_config, scratch)
         figures["model"] = trainer.exp.model_config.get("name", figures["model"])
         bare = _BareSteps(trainer)
         bare(1)
+        figures["first_step_s"] = time.perf_counter() - start
+        figures.update(step_memory(trainer.train_step, bare.state, bare.batch, bare.metrics))
         figures["step_img_per_s"] = _median_rate(lambda: (steps * batch_size, bare(steps)), repeats)
 
         def inference() -> int:
@@ -180,18 +190,38 @@ def benchmark_figures(config: ml_collections.ConfigDict, steps: int = STEPS, rep
 
             figures["input_img_per_s"] = measure_input(trainer.exp.source, "train", batch_size, input_seconds)
         figures["compiles"] = trainer.train_step._cache_size()
+    figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     figures["data"] = "real" if has_data else "synthetic"
     figures["device"] = jax.devices()[0].device_kind.replace(" ", "_")
     return figures
 
 
+def step_memory(step: Any, *args: Any) -> dict[str, float]:
+    """What XLA's memory analysis of the compiled `step` says it needs, in MB (nothing on backends without one).
+
+    Lowering and compiling ahead of time does not enter the jit's cache, so `compiles` still counts
+    the calls' compilations only.
+    """
+    analysis = step.lower(*args).compile().memory_analysis()
+    if analysis is None:
+        return {}
+    return {f"step_{name}_mb": getattr(analysis, f"{name}_size_in_bytes") / 2**20
+            for name in ("argument", "output", "temp")}
+
+
+def _memory_fields(figures: dict[str, Any]) -> str:
+    keys = ["first_step_s", "step_argument_mb", "step_output_mb", "step_temp_mb", "peak_rss_mb"]
+    return " ".join(f"{key}={figures[key]:.1f}" for key in keys if key in figures)
+
+
 def format_line(figures: dict[str, Any]) -> str:
-    """SPEC.md's line, then the extras (epoch_extra_s, data, device, steps, compiles)."""
+    """SPEC.md's line, then the extras (epoch_extra_s, start-up and memory, data, device, steps, compiles)."""
     keys = ["step_img_per_s", "loop_img_per_s", "eval_img_per_s"]
     keys += ["input_img_per_s"] if "input_img_per_s" in figures else []
     rates = " ".join(f"{key}={figures[key]:.1f}" for key in keys)
     return (f"benchmark model={figures['model']} batch={figures['batch']} devices={figures['devices']} {rates} "
-            f"epoch_extra_s={figures['epoch_extra_s']:.2f} data={figures['data']} device={figures['device']} "
+            f"epoch_extra_s={figures['epoch_extra_s']:.2f} {_memory_fields(figures)} "
+            f"data={figures['data']} device={figures['device']} "
             f"steps={figures['steps']} compiles={figures['compiles']}")
 
 

@@ -23,7 +23,7 @@ from cnn_flax.data import DatasetInfo, DataSource, make_preprocess, make_source
 from cnn_flax.errors import UserError
 from cnn_flax.models import create_model, init_variables
 from cnn_flax.training.checkpoint import Checkpoints
-from cnn_flax.training.optim import build_optimizer, build_schedule
+from cnn_flax.training.optim import build_optimizer, build_schedule, check_accum_steps
 from cnn_flax.training.parallel import check_batch_size, make_parallel
 from cnn_flax.training.param_groups import with_param_groups
 
@@ -142,6 +142,7 @@ def preprocessors(exp: Experiment) -> Callable:
 
 def setup_parallel(config: ml_collections.ConfigDict):
     check_batch_size(config.batch_size)
+    check_accum_steps(config.optimizer.accum_steps, config.batch_size, jax.device_count())
     if config.data.get("on_device") and config.get("parallel", "jit") != "jit":
         raise UserError("data.on_device=True needs parallel='jit'; set --config.parallel=jit")
     return make_parallel(config.get("parallel", "jit"))
@@ -164,8 +165,9 @@ def initial_variables(exp: Experiment) -> dict[str, Any]:
     return _variables_from_checkpoint(source, variables)
 
 
-def _variables_from_checkpoint(path: str, template: dict[str, Any]) -> dict[str, Any]:
-    """Parameters and BatchNorm statistics from another run's checkpoint (its optimizer state is dropped)."""
+def _variables_from_checkpoint(path: str, template: dict[str, Any], ema: bool = False) -> dict[str, Any]:
+    """Parameters and BatchNorm statistics from another run's checkpoint (its optimizer state is dropped);
+    with `ema`, the moving average of them that the run kept."""
     path = os.path.abspath(path)
     match = re.fullmatch(r"epoch_(\d+)", os.path.basename(path))
     directory = os.path.dirname(path) if match else os.path.join(path, "checkpoints")
@@ -179,7 +181,11 @@ def _variables_from_checkpoint(path: str, template: dict[str, Any]) -> dict[str,
 
     raw = checkpoints.epochs.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     raw_state = raw.get("state", raw)
-    loaded = {"params": raw_state["params"], "batch_stats": raw_state.get("batch_stats") or {}}
+    if ema and "ema" not in raw_state:
+        raise UserError(f"{path} was trained without a moving average of the weights (ema_decay=0); "
+                        "drop --ema / ema_eval")
+    weights = raw_state["ema"] if ema else raw_state
+    loaded = {"params": weights["params"], "batch_stats": weights.get("batch_stats") or {}}
     result = {}
     for collection, tree in template.items():
         source_tree = loaded.get(collection, {})

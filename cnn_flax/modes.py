@@ -71,8 +71,21 @@ def _evaluate_state(trainer: Trainer, state: Any, split: str) -> tuple[dict[str,
     return dict(loss=loss, **rank_accuracies(logits, labels)), logits, labels
 
 
+def _evaluated(config: ml_collections.ConfigDict, state: Any) -> Any:
+    """The weights to evaluate: the state's own, or with `ema_eval` its moving average alone."""
+    if not config.ema_eval:
+        return state
+    if not state.ema:
+        raise UserError("ema_eval (--ema): init_from weights carry no moving average; evaluate a checkpoint of "
+                        "this workdir or drop --ema")
+    return state.averaged().replace(ema={})
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "latest") -> dict[str, Any]:
     """Evaluate the latest checkpoint, a given epoch, or every saved epoch ('all') on `eval_split`."""
+    if config.ema_eval and not config.ema_decay:
+        raise UserError("ema_eval (--ema) needs the run's ema_decay: set --config.ema_decay to the value it was "
+                        "trained with")
     trainer = Trainer(config, workdir)
     checkpoints = Checkpoints(trainer.files.checkpoints)
     epochs = checkpoints.saved_epochs()
@@ -84,7 +97,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = 
         rows = []
         for epoch in epochs:
             tree, _ = checkpoints.restore_epoch(epoch, template)
-            values, _, _ = _evaluate_state(trainer, tree["state"], split)
+            values, _, _ = _evaluate_state(trainer, _evaluated(config, tree["state"]), split)
             rows.append(dict(epoch=epoch, **values))
             log.info("epoch %d: rank-1 %.4f rank-5 %.4f loss %.4f", epoch, values["rank1"], values["rank5"],
                      values["loss"])
@@ -101,7 +114,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = 
             tree, _ = checkpoints.restore_epoch(epochs[-1], template)
             state = tree["state"]
         elif config.get("init_from"):
-            state = template["state"].replace(**initial_variables(trainer.exp))
+            state = template["state"].replace(**initial_variables(trainer.exp), ema={})
         else:
             raise UserError(f"no checkpoint in {checkpoints.directory} and no init_from; train first or set "
                             "--config.init_from")
@@ -111,7 +124,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = 
         except ValueError as error:
             raise UserError(f"--checkpoint={checkpoint!r}: use latest, all or an epoch number") from error
         state = tree["state"]
-    results = trainer.final_report(state)
+    results = trainer.final_report(_evaluated(config, state))
     print(f"{split}: rank-1 {results['rank1']:.4f}  rank-5 {results['rank5']:.4f}  loss {results['loss']:.4f}")
     write_run_report(workdir, "evaluate", config)
     return results
@@ -125,8 +138,10 @@ def _inference_variables(config: ml_collections.ConfigDict, workdir: str, exp) -
         from cnn_flax.models import init_variables
 
         template = jax.eval_shape(lambda: init_variables(exp.model, jax.random.key(0), exp.input_shape))
-        return _variables_from_checkpoint(workdir, template)
+        return _variables_from_checkpoint(workdir, template, ema=config.ema_eval)
     if config.get("init_from"):
+        if config.ema_eval:
+            raise UserError("ema_eval (--ema): init_from weights carry no moving average; drop --ema")
         return initial_variables(exp)
     raise UserError(f"no checkpoint in {directory} and no init_from; train first or set --config.init_from")
 

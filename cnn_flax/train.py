@@ -115,7 +115,7 @@ def device_prefetch(batches: Iterator[dict], put: Any, depth: int = 2) -> Iterat
 
 def _meta(exp: Experiment, epoch: int, batch: int, step: int, spe: int) -> dict[str, Any]:
     return dict(epoch=epoch, batch=batch, step=step, steps_per_epoch=spe, batch_size=exp.config.batch_size,
-                model=exp.model_config, input_shape=list(exp.input_shape))
+                model=exp.model_config, input_shape=list(exp.input_shape), ema=bool(exp.config.ema_decay))
 
 
 def _check_same_model(meta: dict[str, Any], exp: Experiment, workdir: str, spe: int) -> None:
@@ -127,6 +127,9 @@ def _check_same_model(meta: dict[str, Any], exp: Experiment, workdir: str, spe: 
     if shape != tuple(exp.input_shape):
         raise UserError(f"{workdir} holds checkpoints of the model for {shape[0]}x{shape[1]} inputs, not "
                         f"{exp.input_shape[0]}x{exp.input_shape[1]}; use another --workdir for this config")
+    if meta.get("ema", False) != bool(exp.config.ema_decay):  # the train state has another shape
+        raise UserError(f"{workdir} holds checkpoints {'with' if meta.get('ema') else 'without'} a moving average of "
+                        "the weights; keep ema_decay as it was (0 or not) or use another --workdir")
     if meta["batch"] and (meta["steps_per_epoch"], meta["batch_size"]) != (spe, exp.config.batch_size):
         raise UserError(f"{workdir} was interrupted mid-epoch with batch_size={meta['batch_size']} and "
                         f"{meta['steps_per_epoch']} steps per epoch; resume with the same values")
@@ -146,8 +149,9 @@ class Trainer:
         axis = self.parallel.axis_name
         self.train_step = self.parallel.compile_step(make_train_step(
             self.exp.model, self.tx, preprocess, seed=config.seed, aux_weight=config.loss.aux_weight,
-            l2=config.optimizer.get("l2", 0.0), axis_name=axis, mixing=make_mixing(config.data),
-            freeze=config.optimizer.freeze))
+            l2=config.optimizer.get("l2", 0.0), label_smoothing=config.loss.label_smoothing,
+            accum_steps=config.optimizer.accum_steps, ema_decay=config.ema_decay, axis_name=axis,
+            mixing=make_mixing(config.data), freeze=config.optimizer.freeze))
         self.eval_step = self.parallel.compile_step(
             make_eval_step(self.exp.model, preprocess, axis_name=axis), donate=(2,))
         self.predict_step = {flip: self.parallel.compile_predict(make_predict_step(self.exp.model, preprocess,
@@ -175,7 +179,7 @@ class Trainer:
     # -- state ---------------------------------------------------------------------------------------
     def template(self) -> dict[str, Any]:
         variables = jax.eval_shape(lambda: init_variables(self.exp.model, jax.random.key(0), self.exp.input_shape))
-        state = jax.eval_shape(lambda v: TrainState.create(v, self.tx), variables)
+        state = jax.eval_shape(lambda v: TrainState.create(v, self.tx, ema=bool(self.config.ema_decay)), variables)
         as_numpy = lambda s: np.zeros(s.shape, s.dtype)  # noqa: E731
         return {"state": jax.tree_util.tree_map(as_numpy, state),
                 "metrics": jax.tree_util.tree_map(as_numpy, jax.eval_shape(TrainMetrics.empty))}
@@ -195,7 +199,7 @@ class Trainer:
         if resume_epoch > 0:
             raise UserError(f"resume_epoch={resume_epoch}: no checkpoint at or before that epoch in "
                             f"{checkpoints.directory}")
-        state = TrainState.create(initial_variables(self.exp), self.tx)
+        state = TrainState.create(initial_variables(self.exp), self.tx, ema=bool(self.config.ema_decay))
         return state, TrainMetrics.empty(), dict(epoch=0, batch=0, step=0)
 
     def host_tree(self, state: TrainState, metrics: TrainMetrics | None = None) -> dict[str, Any]:
@@ -249,11 +253,12 @@ class Trainer:
         """The evaluation files and metrics of eval_split; {} on processes other than 0, which write nothing."""
         split = self.config.get("eval_split", "test")
         results = {}
-        variants = [("", False)] + ([("tta_", True)] if self.config.get("tta") else [])
-        for prefix, flip in variants:
+        variants = [("", False, state)] + ([("tta_", True, state)] if self.config.get("tta") else [])
+        variants += [("ema_", False, state.averaged())] if state.ema else []
+        for prefix, flip, weights in variants:
             # The first 25 examples of the split, or as many as were evaluated (eval_steps may stop short).
             worst = None if prefix else WorstMistakes()
-            logits, labels, images = self.predictions_and_images(state, split, flip, 0 if prefix else 25, worst)
+            logits, labels, images = self.predictions_and_images(weights, split, flip, 0 if prefix else 25, worst)
             loss = float(np.mean(np.asarray(cross_entropy(logits, labels))))
             if self.files.is_writer:
                 results[prefix or "plain"] = write_evaluation(
@@ -262,6 +267,9 @@ class Trainer:
                     prefix=prefix)
                 if worst is not None:
                     write_mistakes(self.files.workdir, worst, self.exp.class_names, self._file_names(split))
+        if "ema_" in results:  # the averaged weights' figures beside the raw ones, in metrics.json too
+            results["plain"].update({f"ema_{k}": results["ema_"][k] for k in ("rank1", "rank5", "loss")})
+            self.files.write_json("metrics.json", results["plain"])
         if reporter is not None and self.files.is_writer:
             main = results["plain"]
             reporter.summary({f"test_{k}": v for k, v in main.items() if isinstance(v, float)})
@@ -332,10 +340,13 @@ class Trainer:
             train = {k: float(v) for k, v in self.parallel.fetch(metrics).compute().items()}
             self._check_finite(train, checkpoints)
             val = self.evaluate_metrics(state, "val")
+            if config.ema_decay:
+                val.update({f"ema_{k}": v for k, v in self.evaluate_metrics(state.averaged(), "val").items()})
             rate = float(f"{float(self.schedule(epoch * spe)):.7g}")  # 0.001, not float32's 0.0010000000474974513
             record = dict(epoch=epoch + 1, learning_rate=rate,
                           train_loss=train["loss"], train_accuracy=train["accuracy"], val_loss=val["loss"],
-                          val_accuracy=val["accuracy"], seconds=round(time.time() - started, 3))
+                          val_accuracy=val["accuracy"], seconds=round(time.time() - started, 3),
+                          **{f"ema_val_{k}": val[f"ema_{k}"] for k in ("loss", "accuracy") if f"ema_{k}" in val})
             history.append(record)
             self._write_epoch(history, reporter, (epoch + 1) * spe, record)
             if (epoch + 1) % every == 0 or epoch + 1 == config.num_epochs or stop.agreed():

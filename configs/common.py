@@ -22,13 +22,24 @@ def base(name: str) -> ml_collections.ConfigDict:
     config.log_every_steps = 50
     config.tta = False  # also report horizontal-flip test-time augmentation
 
+    config.ema_decay = 0.0  # > 0: also keep (and report) an exponential moving average of the weights
+    config.ema_eval = False  # evaluate, predict and export with the moving average (needs ema_decay > 0)
+
     config.optimizer = ml_collections.ConfigDict(dict(
         name="sgd", learning_rate=0.01, momentum=0.9, nesterov=False, b1=0.9, b2=0.999, eps=1e-7, l2=0.0,
         # Regular expression over parameter paths ("block5_conv1/kernel") that never change (BatchNorm
         # statistics under a match stay put too); {path pattern: factor} scaling the learning rate.
-        freeze="", lr_multipliers={}))
-    config.schedule = ml_collections.ConfigDict(dict(name="constant"))
-    config.loss = ml_collections.ConfigDict(dict(aux_weight=0.3))
+        freeze="", lr_multipliers={},
+        weight_decay=0.0,  # decoupled, on kernels only: adamw and lars
+        trust_coefficient=0.001,  # lars
+        clip_global_norm=0.0,  # 0: no clipping
+        accum_steps=1))  # micro-batches per update (batch_size / accum_steps examples each)
+    # Durations in epochs (fractions allowed); warmup_epochs goes in front of any schedule.
+    config.schedule = ml_collections.ConfigDict(dict(
+        name="constant", warmup_epochs=0.0,
+        final_rate=0.0,  # warmup_cosine: the rate the cosine ends at
+        decay_rate=1.0, decay_epochs=1.0, staircase=False))  # exponential: ×decay_rate every decay_epochs
+    config.loss = ml_collections.ConfigDict(dict(aux_weight=0.3, label_smoothing=0.0))
 
     config.data = ml_collections.ConfigDict(dict(
         name="cifar10", dir="", root="", image_size=32, normalize="scale", on_device=False, prefetch=2,
@@ -54,6 +65,9 @@ def base(name: str) -> ml_collections.ConfigDict:
         mixup_alpha=0.0, cutmix_alpha=0.0, mix_switch_prob=0.5, mix_prob=1.0))
     config.model = ml_collections.ConfigDict()
     config.wandb = ml_collections.ConfigDict(dict(enabled=False, project="cnn_flax", name="", mode=""))
+    # --mode=export: model.onnx "auto" (when jax2onnx and onnxruntime are installed), "yes" or "no";
+    # tflite: also convert the SavedModel to model.tflite.
+    config.export = ml_collections.ConfigDict(dict(onnx="auto", tflite=False))
     return config
 
 

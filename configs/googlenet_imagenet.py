@@ -24,7 +24,5 @@ def get_config():
     config.model.update(dict(name="googlenet", num_classes=1000, aux_heads=True, activation="relu"))
     config.loss.aux_weight = 0.3
     config.optimizer.update(dict(name="sgd", learning_rate=0.01, momentum=0.9, l2=2e-4))
-    boundaries = tuple(range(8, config.num_epochs, 8))
-    config.schedule.update(dict(name="piecewise", boundaries=boundaries,
-                                values=tuple(0.01 * 0.96**k for k in range(len(boundaries) + 1))))
+    config.schedule.update(dict(name="exponential", decay_rate=0.96, decay_epochs=8, staircase=True))
     return config

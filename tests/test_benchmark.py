@@ -24,6 +24,11 @@ def test_benchmark_line_on_real_data_and_one_compile(tmp_path):
     assert line.endswith("data=real device=cpu steps=3 compiles=1")
     # Bare steps, warm-up and timed runs of Trainer.train (three fresh epochs) all used one compilation.
     assert figures["compiles"] == 1 and figures["epoch_extra_s"] > 0
+    # The ahead-of-time compile behind the memory figures is not one of the step's compilations.
+    assert 0 < figures["first_step_s"] and figures["peak_rss_mb"] > 100
+    assert 0 < figures["step_argument_mb"] < figures["peak_rss_mb"] and figures["step_temp_mb"] > 0
+    assert re.search(r" first_step_s=[\d.]+ step_argument_mb=[\d.]+ step_output_mb=[\d.]+ step_temp_mb=[\d.]+ "
+                     r"peak_rss_mb=[\d.]+ data=", line), line
 
 
 def test_benchmark_falls_back_to_synthetic_data(tmp_path):

@@ -100,9 +100,14 @@ def test_second_prepare_reuses_finished_files_and_rebuilds_only_missing_ones(fla
 def test_split_layout_keeps_val_folder_and_carves_test_per_class(tmp_path):
     root = str(tmp_path / "layout")
     write_split_layout(root, labels=(3, 4), per_class=16, val=4)
+    odd = os.path.join(os.fsencode(root), b"train", b"d3", b"caf\xe9.png")  # a Latin-1 name: not UTF-8
+    with open(odd, "wb") as handle:
+        handle.write(open(os.path.join(root, "train", "d3", "img001.PNG"), "rb").read())
     source = make_source(folder_data(root, str(tmp_path / "prepared"), test_fraction=0.125).data)
     assert source.info.class_names == ("d3", "d4")
-    assert source.info.split_sizes == {"train": 28, "val": 8, "test": 4}
+    assert source.info.split_sizes == {"train": 29, "val": 8, "test": 4}
+    everything = source.image_paths("train") + source.image_paths("test")
+    assert os.path.join("train", "d3", os.fsdecode(b"caf\xe9.png")) in everything
     assert np.bincount(source.arrays("test")[1]).tolist() == [2, 2]
     assert all(p.startswith("val" + os.sep) for p in source.image_paths("val"))
     assert all(p.startswith("train" + os.sep) for p in source.image_paths("test"))

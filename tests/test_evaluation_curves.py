@@ -137,6 +137,14 @@ def test_comparison_table_formats_percentages_and_loss():
         "baseline     30.23%  54.34%  3.1416\n"
         "conv_act_bn  55.00%  80.12%       -\n"
     )
+    with_average = comparison_table({"deck": {"rank1": 0.5, "rank5": 0.75, "loss": 1.0},
+                                     "modern": {"rank1": 0.6, "rank5": 0.8, "loss": 0.9, "ema_rank1": 0.625,
+                                                "ema_rank5": 0.875}})
+    assert with_average == (
+        "variant  rank-1  rank-5    loss  EMA rank-1  EMA rank-5\n"
+        "deck     50.00%  75.00%  1.0000           -           -\n"
+        "modern   60.00%  80.00%  0.9000      62.50%      87.50%\n"
+    )
 
 
 def test_epoch_table_lists_checkpoints_in_epoch_order():

@@ -38,8 +38,8 @@ def _history(workdir):
         return [{k: r[k] for k in HISTORY_KEYS} for r in json.load(handle)]
 
 
-def _params(workdir, epoch):
-    trainer = Trainer(tiny_config(), workdir)
+def _params(workdir, epoch, **overrides):
+    trainer = Trainer(tiny_config(**overrides), workdir)
     from cnn_flax.training.checkpoint import Checkpoints
 
     tree, meta = Checkpoints(trainer.files.checkpoints).restore_epoch(epoch, trainer.template())
@@ -192,3 +192,47 @@ def test_init_from_another_runs_checkpoint(uninterrupted, tmp_path):
     other = build_experiment(tiny_config(init_from=uninterrupted[0], **{"data.image_size": 32}))
     with pytest.raises(UserError, match="fc1/kernel is missing or has another shape"):
         initial_variables(other)
+
+
+MODERN = {"ema_decay": 0.9, "optimizer.accum_steps": 2, "loss.label_smoothing": 0.1, "optimizer.name": "adamw",
+          "optimizer.weight_decay": 0.01, "optimizer.learning_rate": 0.003, "schedule.name": "warmup_cosine",
+          "schedule.warmup_epochs": 0.5, "optimizer.clip_global_norm": 5.0, "data.augment.mixup_alpha": 0.2,
+          "data.augment.cutmix_alpha": 1.0}
+
+
+def test_modern_switches_resume_bit_exactly_and_report_the_moving_average(tmp_path, monkeypatch, capsys):
+    from cnn_flax.experiment import _variables_from_checkpoint
+
+    reference, workdir = str(tmp_path / "reference"), str(tmp_path / "resumed")
+    result = train_and_evaluate(tiny_config(num_epochs=2, **MODERN), reference)
+    calls = {"n": 0}
+
+    def stop_after_six_steps(self):
+        calls["n"] += 1
+        return calls["n"] >= 6  # epoch 2, after its second batch
+
+    monkeypatch.setattr(StopRequest, "agreed", stop_after_six_steps)
+    assert train_and_evaluate(tiny_config(num_epochs=2, **MODERN), workdir) == {"interrupted": True}
+    monkeypatch.undo()
+    train_and_evaluate(tiny_config(num_epochs=2, **MODERN), workdir)
+    records = [[{k: v for k, v in r.items() if k != "seconds"} for r in json.load(open(f"{w}/history.json"))]
+               for w in (reference, workdir)]
+    assert records[0] == records[1] and {"ema_val_loss", "ema_val_accuracy"} <= set(records[0][-1])
+    (state, _), (resumed, _) = _params(reference, 2, **MODERN), _params(workdir, 2, **MODERN)
+    _assert_same_state(state, resumed)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, state.ema, resumed.ema)
+
+    metrics = json.load(open(os.path.join(reference, "metrics.json")))
+    assert result["ema_rank1"] == metrics["ema_rank1"] and set(metrics) >= {"ema_rank5", "ema_loss"}
+    assert json.load(open(os.path.join(reference, "ema_metrics.json")))["rank1"] == metrics["ema_rank1"]
+    averaged = modes.evaluate(tiny_config(num_epochs=2, ema_eval=True, **MODERN), reference)
+    assert averaged["rank1"] == metrics["ema_rank1"] and "ema_rank1" not in averaged
+    template = jax.eval_shape(lambda: state.variables)
+    loaded = _variables_from_checkpoint(reference, template, ema=True)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, state.ema)
+    with pytest.raises(UserError, match="holds checkpoints with a moving average of the weights; keep ema_decay"):
+        train_and_evaluate(tiny_config(num_epochs=3, **dict(MODERN, ema_decay=0.0)), reference)
+    with pytest.raises(UserError, match="ema_eval .* needs the run's ema_decay"):
+        modes.evaluate(tiny_config(num_epochs=2, ema_eval=True), reference)
+    with pytest.raises(UserError, match="accum_steps=3: batch_size=32 must split"):
+        train_and_evaluate(tiny_config(**{"optimizer.accum_steps": 3}), str(tmp_path / "bad"))

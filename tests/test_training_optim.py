@@ -9,6 +9,7 @@ import pytest
 
 from cnn_flax.errors import UserError
 from cnn_flax.training.optim import build_optimizer, build_schedule, l2_penalty, learning_rate_plan
+from configs.common import base
 
 SPE = 7  # steps per epoch; any value works, the schedules are written in epochs
 
@@ -16,6 +17,19 @@ SPE = 7  # steps per epoch; any value works, the schedules are written in epochs
 def _config(name, arg=None):
     module = importlib.import_module(f"configs.{name}")
     return module.get_config(arg) if arg else module.get_config()
+
+
+def _optimizer(**values):
+    """The optimizer section of base() with `values` changed (every key a builder reads is there)."""
+    section = base("test").optimizer
+    section.update(values)
+    return section
+
+
+def _schedule(**values):
+    section = base("test").schedule
+    section.update(values)
+    return section
 
 
 def _rate_at_epoch(config, epoch):
@@ -76,17 +90,18 @@ def test_optimizers_by_name_and_errors():
     params = {"w": jnp.ones(3)}
     updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
     np.testing.assert_allclose(updates["w"], -1e-3 * np.ones(3), rtol=1e-3)  # Adam's first step is ~lr
-    with pytest.raises(UserError, match="optimizer.name='rmsprop' is not known; use one of sgd, adam"):
-        build_optimizer(dict(name="rmsprop", learning_rate=0.1), schedule)
+    with pytest.raises(UserError, match="optimizer.name='rmsprop' is not known; use one of sgd, adam, adamw, lars"):
+        build_optimizer(_optimizer(name="rmsprop", learning_rate=0.1), schedule)
     with pytest.raises(UserError, match="schedule.name='cosine' is not known"):
-        build_schedule(dict(learning_rate=0.1), dict(name="cosine"), 10, SPE)
+        build_schedule(_optimizer(learning_rate=0.1), _schedule(name="cosine"), 10, SPE)
     with pytest.raises(UserError, match="one more entry than schedule.boundaries"):
-        build_schedule(dict(learning_rate=0.1), dict(name="piecewise", boundaries=(5,), values=(1.0,)), 10, SPE)
+        build_schedule(_optimizer(learning_rate=0.1), dict(_schedule().to_dict(), name="piecewise", boundaries=(5,),
+                                                           values=(1.0,)), 10, SPE)
 
 
 def test_nesterov_sgd_matches_optax_reference():
-    schedule = build_schedule(dict(learning_rate=0.1), dict(name="constant"), 1, 1)
-    ours = build_optimizer(dict(name="sgd", learning_rate=0.1, momentum=0.9, nesterov=True), schedule)
+    schedule = build_schedule(_optimizer(learning_rate=0.1), _schedule(), 1, 1)
+    ours = build_optimizer(_optimizer(name="sgd", learning_rate=0.1, momentum=0.9, nesterov=True), schedule)
     reference = optax.sgd(0.1, momentum=0.9, nesterov=True)
     params, grads = {"w": jnp.arange(3.0)}, {"w": jnp.asarray([0.5, -1.0, 2.0])}
     a, b = ours.init(params), reference.init(params)

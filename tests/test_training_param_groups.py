@@ -14,15 +14,17 @@ from cnn_flax.training.optim import build_optimizer, build_schedule
 from cnn_flax.training.param_groups import param_paths, with_param_groups
 from cnn_flax.training.state import TrainState
 from cnn_flax.training.step import make_train_step
+from configs.common import base
 
 
 def optimizer(**options) -> ConfigDict:
-    return ConfigDict(dict(name="sgd", learning_rate=0.1, momentum=0.9, nesterov=False, freeze="", lr_multipliers={})
-                      | options)
+    """base()'s optimizer section (every key the builders read) with these values."""
+    return ConfigDict(base("test").optimizer.to_dict()
+                      | dict(name="sgd", learning_rate=0.1, momentum=0.9, nesterov=False) | options)
 
 
 def transform(config: ConfigDict):
-    schedule = build_schedule(config, {"name": "constant"}, 1, 1)
+    schedule = build_schedule(config, base("test").schedule, 1, 1)
     return with_param_groups(config, build_optimizer(config, schedule))
 
 

@@ -20,10 +20,10 @@ from configs import vgg16_finetune
 keras = pytest.importorskip("keras")
 
 
-def run_variables(config, workdir: str) -> dict:
+def run_variables(root: str, data_dir: str, workdir: str) -> dict:
     """The parameters a run's last checkpoint holds (init_from pointed at its workdir)."""
     config = vgg16_finetune.get_config("body")
-    config.data.update(dict(root=run_variables.root, dir=run_variables.data_dir, image_size=32))
+    config.data.update(dict(root=root, dir=data_dir, image_size=32))
     config.init_from = workdir
     return initial_variables(build_experiment(config))["params"]
 
@@ -48,7 +48,6 @@ def assert_same(params: dict, keras_weights: dict, layers: list[str], same: bool
 def test_head_warm_up_then_fine_tuning_from_a_keras_vgg16_file(tmp_path):
     root, data_dir = str(tmp_path / "photos"), str(tmp_path / "prepared")
     names = write_flat(root, (0, 1, 7), per_class=12, junk=False)
-    run_variables.root, run_variables.data_dir = root, data_dir
     model = keras.applications.VGG16(weights=None, include_top=True, input_shape=(32, 32, 3), classes=10)
     weights_file = str(tmp_path / "vgg16.weights.h5")
     model.save_weights(weights_file)
@@ -60,7 +59,7 @@ def test_head_warm_up_then_fine_tuning_from_a_keras_vgg16_file(tmp_path):
     head_dir = str(tmp_path / "head")
     head = phase("head", root, data_dir, init_from=weights_file)
     train_and_evaluate(head, head_dir)
-    params = run_variables(head, head_dir)
+    params = run_variables(root, data_dir, head_dir)
     assert params["predictions"]["kernel"].shape == (4096, 3)  # sized by the three class folders
     assert_same(params, from_keras, convs, same=True)  # the base stays exactly ImageNet's (here: Keras's)
     assert_same(params, from_keras, ["fc1", "fc2"], same=False)
@@ -68,7 +67,7 @@ def test_head_warm_up_then_fine_tuning_from_a_keras_vgg16_file(tmp_path):
 
     body_dir = str(tmp_path / "body")
     train_and_evaluate(phase("body", root, data_dir, init_from=head_dir), body_dir)
-    tuned = run_variables(None, body_dir)
+    tuned = run_variables(root, data_dir, body_dir)
     assert_same(tuned, from_keras, [c for c in convs if c not in block5], same=True)
     assert_same(tuned, from_keras, block5, same=False)
     assert not np.array_equal(tuned["predictions"]["kernel"], params["predictions"]["kernel"])

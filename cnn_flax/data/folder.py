@@ -15,6 +15,7 @@ import functools
 import logging
 import multiprocessing
 import os
+import time
 
 import h5py
 import numpy as np
@@ -81,9 +82,11 @@ def _write_split(path: str, split: str, found: FolderScan, attrs: dict, pool) ->
             mean_image = (total / max(writer.rows_written, 1)).astype(np.float32)
             writer.file.create_dataset("mean_image", data=mean_image)
             writer.file.attrs["mean_rgb"] = mean_image.astype(np.float64).mean(axis=(0, 1)).astype(np.float32)
-        strings = h5py.string_dtype()
-        writer.file.create_dataset("paths", data=np.array(kept, dtype=object), dtype=strings)
-        writer.file.create_dataset("skipped", data=np.array(skipped, dtype=object).reshape(-1, 2), dtype=strings)
+        strings = h5py.string_dtype()  # file names as the OS gives them: not every name is valid UTF-8
+        writer.file.create_dataset("paths", data=np.array([os.fsencode(p) for p in kept], dtype=object),
+                                   dtype=strings)
+        rows = [(os.fsencode(rel), reason.encode()) for rel, reason in skipped]
+        writer.file.create_dataset("skipped", data=np.array(rows, dtype=object).reshape(-1, 2), dtype=strings)
     return skipped
 
 
@@ -125,10 +128,10 @@ def _write_skipped_list(data_dir: str, found: FolderScan, paths: dict[str, str])
     for split in SPLITS:
         with h5py.File(paths[split], "r") as f:
             if "skipped" in f:
-                entries += [(row[0].decode(), row[1].decode()) for row in f["skipped"][()]]
+                entries += [(os.fsdecode(row[0]), row[1].decode()) for row in f["skipped"][()]]
     target = os.path.join(data_dir, SKIPPED_FILE)
     tmp = f"{target}.partial-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as handle:
         handle.writelines(f"{rel}\t{reason}\n" for rel, reason in sorted(entries))
     os.replace(tmp, target)
     return len(entries)
@@ -156,14 +159,15 @@ def build_folder(root: str, data_dir: str, *, image_size: int, resize: str = "as
     attrs = {"name": NAME, "num_classes": len(found.class_names), "class_names": list(found.class_names),
              "test_per_class": "", "carved": ",".join(found.carved), **wanted}
     os.makedirs(data_dir, exist_ok=True)
-    skipped = 0
+    skipped, started = 0, time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(_workers()) as pool:  # spawn: safe beside JAX's threads
         for split in todo:
             skipped += len(_write_split(paths[split], split, found, attrs, pool))
     listed = _write_skipped_list(data_dir, found, paths)
     counts = ", ".join(f"{s} {len(found.splits[s])}" for s in SPLITS)
-    log.info("%s: %d classes (%s files found); %d decoded now", found.root, len(found.class_names), counts,
-             sum(len(found.splits[s]) for s in todo) - skipped)
+    decoded, seconds = sum(len(found.splits[s]) for s in todo) - skipped, time.perf_counter() - started
+    log.info("%s: %d classes (%s files found); %d images decoded in %.1f s (%.0f img/s)", found.root,
+             len(found.class_names), counts, decoded, seconds, decoded / max(seconds, 1e-9))
     if listed:
         log.warning("%d files skipped (not images, unreadable or outside class folders); the list with reasons is "
                     "in %s", listed, os.path.join(data_dir, SKIPPED_FILE))
@@ -193,4 +197,4 @@ class FolderSource(HDF5Source):
     def image_paths(self, split: str) -> list[str]:
         """Each row's file, relative to data.root."""
         with h5py.File(self.path(split), "r") as f:
-            return [p.decode() for p in f["paths"][()]]
+            return [os.fsdecode(p) for p in f["paths"][()]]

@@ -129,12 +129,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def comparison_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
-    """One line per variant (name -> metrics.json content): rank-1, rank-5 as percentages, and loss."""
+    """One line per variant (name -> metrics.json content): rank-1, rank-5 as percentages, and loss; and
+    the moving average's rank-1 and rank-5 when any variant kept one ('-' for those that did not)."""
+    ema = any("ema_rank1" in m for m in rows.values())
     body = [
         [name, _percent(m.get("rank1")), _percent(m.get("rank5")), _loss(m.get("loss"))]
+        + ([_percent(m.get("ema_rank1")), _percent(m.get("ema_rank5"))] if ema else [])
         for name, m in rows.items()
     ]
-    return _table(["variant", "rank-1", "rank-5", "loss"], body)
+    return _table(["variant", "rank-1", "rank-5", "loss"] + (["EMA rank-1", "EMA rank-5"] if ema else []), body)
 
 
 def epoch_table(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -129,8 +129,9 @@ class AvgPool(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.padding == "VALID":
             _check_window(x, self.window, self.name or "avg_pool")
-        return nn.avg_pool(x, (self.window, self.window), (self.strides, self.strides), self.padding,
-                           count_include_pad=False)
+        # Keywords: ONNX conversion (jax2onnx) swaps in an avg_pool that takes only these by name.
+        return nn.avg_pool(x, window_shape=(self.window, self.window), strides=(self.strides, self.strides),
+                           padding=self.padding, count_include_pad=False)
 
 
 class GlobalAvgPool(nn.Module):

@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 FIELDS = ("epoch", "learning_rate", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
+OPTIONAL_FIELDS = ("ema_val_loss", "ema_val_accuracy")  # runs with a moving average of the weights
 
 
 def write_json_atomically(path: str, payload: Any) -> None:
@@ -44,7 +45,8 @@ class History:
         return self
 
     def append(self, record: dict[str, Any]) -> None:
-        self.records.append({key: _finite(record.get(key)) for key in FIELDS})
+        self.records.append({key: _finite(record.get(key)) for key in FIELDS + OPTIONAL_FIELDS
+                             if key in FIELDS or key in record})
 
     def save(self) -> None:
         write_json_atomically(self.path, self.records)

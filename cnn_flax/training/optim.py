@@ -4,7 +4,13 @@ Schedules are written in epochs because the deck's experiments are (Exp 3: epoch
 at 1e-4, 61–70 at 1e-5); `steps_per_epoch` turns them into functions of the optimizer step here and
 nowhere else. `learning_rate_plan` prints the same schedule back in epochs, so `--mode=summary` shows
 the plan without training. The L2 penalty is Keras's kernel_regularizer: r·Σw² over conv and dense
-kernels, added to the loss (so reported losses include it, as in Keras).
+kernels, added to the loss (so reported losses include it, as in Keras). Decoupled weight decay
+(`adamw`, `lars`) is the other kind: it acts on the weights in the update, outside the loss, and like
+the penalty it touches kernels only (biases and BatchNorm's scale and offset are left alone).
+
+Warmup (`schedule.warmup_epochs`) multiplies any schedule by min(1, (step+1)/warmup_steps): the first
+step already moves the weights, the last warmup step reaches the schedule's own rate, and the
+schedule's epochs keep their meaning (a piecewise boundary at epoch 30 stays at epoch 30).
 """
 
 from collections.abc import Callable, Mapping
@@ -17,17 +23,33 @@ import optax
 from cnn_flax.errors import UserError
 
 Schedule = Callable[[jax.Array | int], jax.Array]
-SCHEDULES = ("constant", "piecewise", "polynomial", "keras_time_decay")
-OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "piecewise", "polynomial", "keras_time_decay", "exponential", "warmup_cosine")
+OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
 
 
 def _epoch(step: jax.Array | int, steps_per_epoch: int) -> jax.Array:
     return jnp.asarray(step) // steps_per_epoch
 
 
+def warmup_steps(schedule: Mapping[str, Any], steps_per_epoch: int) -> int:
+    epochs = float(schedule["warmup_epochs"])
+    if epochs < 0:
+        raise UserError(f"schedule.warmup_epochs={epochs:g} must be 0 (no warmup) or more")
+    return round(epochs * steps_per_epoch)
+
+
 def build_schedule(optimizer: Mapping[str, Any], schedule: Mapping[str, Any], num_epochs: int,
                    steps_per_epoch: int) -> Schedule:
-    """The learning rate as a function of the optimizer step (0-based)."""
+    """The learning rate as a function of the optimizer step (0-based), warmup included."""
+    rate = _base_schedule(optimizer, schedule, num_epochs, steps_per_epoch)
+    warmup = warmup_steps(schedule, steps_per_epoch)
+    if not warmup:
+        return rate
+    return lambda step: rate(step) * jnp.minimum(1.0, (jnp.asarray(step, jnp.float32) + 1.0) / warmup)
+
+
+def _base_schedule(optimizer: Mapping[str, Any], schedule: Mapping[str, Any], num_epochs: int,
+                   steps_per_epoch: int) -> Schedule:
     name = schedule.get("name", "constant")
     base = float(optimizer["learning_rate"])
     if name == "constant":
@@ -46,17 +68,86 @@ def build_schedule(optimizer: Mapping[str, Any], schedule: Mapping[str, Any], nu
     if name == "keras_time_decay":
         decay = float(schedule["decay"])
         return lambda step: base / (1.0 + decay * jnp.asarray(step, jnp.float32))
+    if name == "exponential":
+        return _exponential(base, schedule, steps_per_epoch)
+    if name == "warmup_cosine":
+        return _cosine(base, schedule, num_epochs, steps_per_epoch)
     raise UserError(f"schedule.name={name!r} is not known; use one of {', '.join(SCHEDULES)}")
 
 
+def _exponential(base: float, schedule: Mapping[str, Any], steps_per_epoch: int) -> Schedule:
+    """base · decay_rate^(epochs / decay_epochs); `staircase` counts whole decay periods only."""
+    decay_rate, decay_epochs = float(schedule["decay_rate"]), float(schedule["decay_epochs"])
+    if not 0.0 < decay_rate <= 1.0 or decay_epochs <= 0:
+        raise UserError(f"schedule.decay_rate={decay_rate:g} must be in (0, 1] and schedule.decay_epochs="
+                        f"{decay_epochs:g} above 0 (e.g. 0.96 every 8 epochs)")
+    period = decay_epochs * steps_per_epoch  # in steps
+    staircase = bool(schedule["staircase"])
+
+    def rate(step):
+        periods = jnp.asarray(step, jnp.float32) / period
+        if staircase:
+            periods = jnp.floor(periods)
+        return base * jnp.power(jnp.float32(decay_rate), periods)
+    return rate
+
+
+def _cosine(base: float, schedule: Mapping[str, Any], num_epochs: int, steps_per_epoch: int) -> Schedule:
+    """Half a cosine from `base` (at the end of warmup) to `final_rate` (at the last step), per step."""
+    final = float(schedule["final_rate"])
+    start = warmup_steps(schedule, steps_per_epoch)
+    length = num_epochs * steps_per_epoch - start
+    if length <= 0:
+        raise UserError(f"schedule.warmup_epochs={schedule['warmup_epochs']:g} leaves no epochs for the cosine "
+                        f"of num_epochs={num_epochs}; lower it")
+
+    def rate(step):
+        progress = jnp.clip((jnp.asarray(step, jnp.float32) - start) / length, 0.0, 1.0)
+        return final + (base - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return rate
+
+
+def check_accum_steps(accum_steps: int, batch_size: int, devices: int) -> None:
+    """Each micro-batch must split evenly over the devices, as the whole batch does."""
+    if accum_steps < 1 or batch_size % (accum_steps * devices):
+        raise UserError(f"optimizer.accum_steps={accum_steps}: batch_size={batch_size} must split into "
+                        f"{accum_steps} micro-batches over {devices} device(s); use a batch_size that is a "
+                        f"multiple of {max(accum_steps, 1) * devices}, or another accum_steps")
+
+
+def kernel_mask(params: Any) -> Any:
+    """True for conv and dense kernels: the leaves weight decay may shrink (not biases, not BatchNorm)."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+
+
 def build_optimizer(optimizer: Mapping[str, Any], learning_rate: Schedule) -> optax.GradientTransformation:
+    """The named update rule, behind gradient clipping by global norm when `clip_global_norm` > 0."""
+    tx = _update_rule(optimizer, learning_rate)
+    clip = float(optimizer["clip_global_norm"])
+    if clip < 0:
+        raise UserError(f"optimizer.clip_global_norm={clip:g} must be 0 (off) or a positive norm")
+    return optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx
+
+
+def _update_rule(optimizer: Mapping[str, Any], learning_rate: Schedule) -> optax.GradientTransformation:
     name = optimizer.get("name", "sgd")
+    weight_decay = float(optimizer["weight_decay"])
+    if weight_decay and name not in ("adamw", "lars"):
+        raise UserError(f"optimizer.weight_decay={weight_decay:g} is decoupled weight decay, used by adamw and "
+                        f"lars; with {name} use optimizer.l2 (Keras's penalty in the loss) or set it to 0")
     if name == "sgd":
         return optax.sgd(learning_rate, momentum=optimizer.get("momentum", 0.0) or None,
                          nesterov=bool(optimizer.get("nesterov", False)))
     if name == "adam":  # Keras's defaults, epsilon included, so results transfer
         return optax.adam(learning_rate, b1=optimizer.get("b1", 0.9), b2=optimizer.get("b2", 0.999),
                           eps=optimizer.get("eps", 1e-7))
+    if name == "adamw":  # w ← w − lr·(adam_direction + weight_decay·w), the decay on kernels only
+        return optax.adamw(learning_rate, b1=optimizer["b1"], b2=optimizer["b2"], eps=optimizer["eps"],
+                           weight_decay=weight_decay, mask=kernel_mask)
+    if name == "lars":  # layer-wise trust ratio for large batches; biases and BatchNorm get plain momentum SGD
+        return optax.lars(learning_rate, weight_decay=weight_decay, weight_decay_mask=kernel_mask,
+                          trust_coefficient=float(optimizer["trust_coefficient"]), trust_ratio_mask=kernel_mask,
+                          momentum=float(optimizer["momentum"]), nesterov=bool(optimizer["nesterov"]))
     raise UserError(f"optimizer.name={name!r} is not known; use one of {', '.join(OPTIMIZERS)}")
 
 
@@ -72,10 +163,18 @@ def l2_penalty(params: Any, weight: float) -> jax.Array:
 def describe_optimizer(optimizer: Mapping[str, Any]) -> str:
     name = optimizer.get("name", "sgd")
     parts = [f"lr {optimizer['learning_rate']:g}"]
-    if name == "sgd" and optimizer.get("momentum"):
+    if name in ("sgd", "lars") and optimizer.get("momentum"):
         parts.append(f"momentum {optimizer['momentum']:g}" + (", nesterov" if optimizer.get("nesterov") else ""))
     if optimizer.get("l2"):
         parts.append(f"L2 {optimizer['l2']:g} on kernels")
+    if optimizer["weight_decay"]:
+        parts.append(f"weight decay {optimizer['weight_decay']:g} on kernels")
+    if name == "lars":
+        parts.append(f"trust coefficient {optimizer['trust_coefficient']:g}")
+    if optimizer["clip_global_norm"]:
+        parts.append(f"gradients clipped to global norm {optimizer['clip_global_norm']:g}")
+    if optimizer["accum_steps"] > 1:
+        parts.append(f"{optimizer['accum_steps']} micro-batches per update")
     return f"{name} ({', '.join(parts)})"
 
 
@@ -83,15 +182,16 @@ def learning_rate_plan(optimizer: Mapping[str, Any], schedule: Mapping[str, Any]
                        steps_per_epoch: int) -> list[str]:
     """Lines 'epochs A-B: lr X' per constant stretch ('epoch A: lr X' for one epoch), epochs 1-based.
 
-    The rate shown is the one in force at the first step of each epoch; a schedule that changes within
-    epochs (Keras's time decay) therefore gets one line per epoch.
+    The rate shown is the one in force at the first step of each epoch; an epoch during which the rate
+    moves (Keras's time decay, warmup, cosine) therefore gets a line of its own.
     """
     lr = build_schedule(optimizer, schedule, num_epochs, steps_per_epoch)
     rates = [float(lr(epoch * steps_per_epoch)) for epoch in range(num_epochs)]
-    within_epoch_changes = steps_per_epoch > 1 and float(lr(steps_per_epoch - 1)) != rates[0]
+    moving = [steps_per_epoch > 1 and float(lr((epoch + 1) * steps_per_epoch - 1)) != rates[epoch]
+              for epoch in range(num_epochs)]
     lines, start = [], 0
     for epoch in range(1, num_epochs + 1):
-        if epoch < num_epochs and rates[epoch] == rates[start] and not within_epoch_changes:
+        if epoch < num_epochs and rates[epoch] == rates[start] and not (moving[start] or moving[epoch]):
             continue
         span = f"epoch {start + 1}" if epoch == start + 1 else f"epochs {start + 1}-{epoch}"
         lines.append(f"{span}: lr {rates[start]:.6g}")

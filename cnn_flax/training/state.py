@@ -2,6 +2,10 @@
 
 The model's apply function and the optimizer stay outside (closed over by the step functions); random
 keys are derived from the step number, so resuming needs nothing but this state.
+
+`ema` holds the exponential moving average of the weights ({"params", "batch_stats"}) when the run keeps
+one, and is empty otherwise. An empty `ema` is left out of the checkpoint, so runs without it write
+exactly the checkpoints they always did (and read the ones written before it existed).
 """
 
 from typing import Any
@@ -10,6 +14,9 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+from flax import serialization
+
+FIELDS = ("step", "params", "batch_stats", "opt_state", "ema")
 
 
 @flax.struct.dataclass
@@ -18,13 +25,44 @@ class TrainState:
     params: Any
     batch_stats: Any
     opt_state: Any
+    ema: Any = flax.struct.field(default_factory=dict)
 
     @classmethod
-    def create(cls, variables: dict[str, Any], tx: optax.GradientTransformation) -> "TrainState":
+    def create(cls, variables: dict[str, Any], tx: optax.GradientTransformation, ema: bool = False) -> "TrainState":
         params = variables["params"]
-        return cls(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
-                   opt_state=tx.init(params))
+        batch_stats = variables.get("batch_stats", {})
+        average = {"params": params, "batch_stats": batch_stats} if ema else {}
+        return cls(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                   opt_state=tx.init(params), ema=jax.tree_util.tree_map(jnp.copy, average))
 
     @property
     def variables(self) -> dict[str, Any]:
         return {"params": self.params, "batch_stats": self.batch_stats}
+
+    def averaged(self) -> "TrainState":
+        """This state with the moving average in place of the weights: what evaluation with `--ema` sees."""
+        if not self.ema:
+            raise ValueError("this state keeps no moving average (ema_decay=0)")
+        return self.replace(params=self.ema["params"], batch_stats=self.ema["batch_stats"])
+
+
+def ema_update(average: dict[str, Any], variables: dict[str, Any], decay: float) -> dict[str, Any]:
+    """average ← decay·average + (1 − decay)·variables, leaf by leaf (parameters and BatchNorm statistics)."""
+    return jax.tree_util.tree_map(lambda a, v: (decay * a + (1.0 - decay) * v).astype(a.dtype), average, variables)
+
+
+def _to_state_dict(state: TrainState) -> dict[str, Any]:
+    fields = FIELDS if state.ema else FIELDS[:-1]
+    return {name: serialization.to_state_dict(getattr(state, name)) for name in fields}
+
+
+def _from_state_dict(target: TrainState, state: dict[str, Any]) -> TrainState:
+    fields = FIELDS if target.ema else FIELDS[:-1]
+    missing = [name for name in fields if name not in state]
+    if missing:
+        raise ValueError(f"the saved train state lacks {', '.join(missing)}")
+    return target.replace(**{name: serialization.from_state_dict(getattr(target, name), state[name])
+                             for name in fields})
+
+
+serialization.register_serialization_state(TrainState, _to_state_dict, _from_state_dict, override=True)

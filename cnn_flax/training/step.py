@@ -18,7 +18,7 @@ from cnn_flax.models.layers import batch_norm_axis
 from cnn_flax.training.metrics import EvalMetrics, TrainMetrics
 from cnn_flax.training.optim import l2_penalty
 from cnn_flax.training.param_groups import keep_frozen_stats
-from cnn_flax.training.state import TrainState
+from cnn_flax.training.state import TrainState, ema_update
 
 Preprocess = Callable[[jax.Array, jax.Array | None], jax.Array]
 Batch = dict[str, jax.Array]
@@ -38,6 +38,40 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
+def soft_targets(targets: jax.Array, num_classes: int, label_smoothing: float = 0.0) -> jax.Array:
+    """[B, C] target distributions from integer labels [B] or from distributions already [B, C] (mixed
+    images), with label smoothing: (1 − ε)·target + ε/C. Smoothing is linear, so smoothing a mixture
+    equals mixing the smoothed labels."""
+    if targets.ndim == 1:
+        targets = jax.nn.one_hot(targets, num_classes, dtype=jnp.float32)
+    targets = targets.astype(jnp.float32)
+    if label_smoothing:
+        targets = (1.0 - label_smoothing) * targets + label_smoothing / num_classes
+    return targets
+
+
+def training_loss(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Per-example cross-entropy against integer labels or [B, C] target distributions, label-smoothed.
+
+    Integer labels without smoothing keep the integer-label form: the same value, and the same rounding
+    as runs made before soft targets existed.
+    """
+    if label_smoothing:
+        targets = soft_targets(targets, logits.shape[-1], label_smoothing)
+    return cross_entropy(logits, targets)
+
+
+def _targets(rows: Any, lam: jax.Array | None, num_classes: int) -> jax.Array:
+    """Integer labels as they are, or (mixup/CutMix) the pairs (own label, partner's label) as the [B, C]
+    distributions lam·onehot(own) + (1 − lam)·onehot(partner). Pairs rather than distributions travel
+    through the micro-batch split, which then needs no class count."""
+    if lam is None:
+        return rows
+    own, partner = rows
+    one_hot = lambda x: jax.nn.one_hot(x, num_classes, dtype=jnp.float32)  # noqa: E731
+    return lam * one_hot(own) + (1.0 - lam) * one_hot(partner)
+
+
 def _step_keys(seed: int, step: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
     key = jax.random.fold_in(jax.random.key(seed), step)
     if axis_name is not None:
@@ -46,39 +80,91 @@ def _step_keys(seed: int, step: jax.Array, axis_name: str | None) -> tuple[jax.A
     return augment_key, dropout_key
 
 
+def split_micro_batches(x: jax.Array, k: int) -> jax.Array:
+    """[B, ...] → [k, B/k, ...] with micro-batch j = rows j, j+k, j+2k, …
+
+    Strided rather than contiguous: each device's block of rows holds rows of every micro-batch, so every
+    micro-batch stays spread over all devices (and the split is the same on 1 or 8 devices, jit or pmap).
+    """
+    return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+
+
+def join_micro_batches(x: jax.Array) -> jax.Array:
+    """The inverse of `split_micro_batches`: [k, B/k, ...] → [B, ...] in the original row order."""
+    return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preprocess: Preprocess, *, seed: int,
-                    aux_weight: float = 0.3, l2: float = 0.0, axis_name: str | None = None, mixing: Any = None,
+                    aux_weight: float = 0.3, l2: float = 0.0, label_smoothing: float = 0.0, accum_steps: int = 1,
+                    ema_decay: float = 0.0, axis_name: str | None = None, mixing: Any = None,
                     freeze: str = ""):
-    """`mixing` (data.mixing.Mixing or None) mixes each batch with itself and trains on the mixed targets;
-    the accuracy metric stays on the true labels. Under pmap each device mixes within its own shard."""
+    """One optimizer update per call.
+
+    `mixing` (data.mixing.Mixing or None) mixes each batch with itself and trains on the mixed targets;
+    the accuracy metric stays on the true labels. Under pmap each device mixes within its own shard.
+    `freeze` (a regular expression over parameter paths) keeps the BatchNorm statistics of frozen layers.
+    With `accum_steps` = k > 1 the batch is cut into k micro-batches (`split_micro_batches`) that run one
+    after the other in a `lax.scan`; their gradients are averaged into one update, so a model without
+    BatchNorm gets the full batch's gradient. The whole batch is augmented and mixed first, so the
+    micro-batches see what the full batch would. BatchNorm normalises each micro-batch with that
+    micro-batch's own statistics, and each micro-batch moves the running statistics in turn: k updates of
+    the running averages per optimizer step, as k separate forward passes in train mode would. With
+    `ema_decay` > 0 the state's moving average of the weights and BatchNorm statistics follows every update.
+    """
+
+    def loss_fn(params, batch_stats, images, rows, lam, dropout_key):
+        with batch_norm_axis(axis_name):
+            outputs, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                           train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+        logits, aux_logits = _split_outputs(outputs)
+        targets = _targets(rows, lam, logits.shape[-1])
+        loss = training_loss(logits, targets, label_smoothing).mean()
+        for aux in aux_logits:
+            loss = loss + aux_weight * training_loss(aux, targets, label_smoothing).mean()
+        return loss + l2_penalty(params, l2), (logits, updates.get("batch_stats", {}))
+
+    gradient = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def accumulated(state, images, rows, lam, dropout_key):
+        def micro_step(carry, micro):
+            grad_sum, batch_stats = carry
+            index, micro_images, micro_rows = micro
+            (loss, (logits, batch_stats)), grads = gradient(state.params, batch_stats, micro_images, micro_rows, lam,
+                                                            jax.random.fold_in(dropout_key, index))
+            return (jax.tree_util.tree_map(jnp.add, grad_sum, grads), batch_stats), (loss, logits)
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+        split = lambda x: split_micro_batches(x, accum_steps)  # noqa: E731
+        micro = (jnp.arange(accum_steps), split(images), jax.tree_util.tree_map(split, rows))
+        (grad_sum, batch_stats), (losses, logits) = jax.lax.scan(micro_step, (zeros, state.batch_stats), micro)
+        grads = jax.tree_util.tree_map(lambda g: g / accum_steps, grad_sum)
+        return (losses.mean(), (join_micro_batches(logits), batch_stats)), grads
 
     def train_step(state: TrainState, batch: Batch, metrics: TrainMetrics) -> tuple[TrainState, TrainMetrics]:
         augment_key, dropout_key = _step_keys(seed, state.step, axis_name)
         images = preprocess(batch["image"], augment_key)
         labels = batch["label"]
+        rows, lam = labels, None
         if mixing is not None:
             draw = mixing.draw(augment_key, *images.shape[:3])
             images = mixing.images(images, draw)
-
-        def loss_fn(params):
-            with batch_norm_axis(axis_name):
-                outputs, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
-                                               train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-            logits, aux_logits = _split_outputs(outputs)
-            goal = labels if mixing is None else mixing.targets(labels, draw, logits.shape[-1])
-            loss = cross_entropy(logits, goal).mean()
-            for aux in aux_logits:
-                loss = loss + aux_weight * cross_entropy(aux, goal).mean()
-            return loss + l2_penalty(params, l2), (logits, updates.get("batch_stats", {}))
-
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            rows, lam = (labels, jnp.take(labels, draw.perm, axis=0)), draw.lam
+        if accum_steps > 1:
+            (loss, (logits, batch_stats)), grads = accumulated(state, images, rows, lam, dropout_key)
+        else:
+            (loss, (logits, batch_stats)), grads = gradient(state.params, state.batch_stats, images, rows, lam,
+                                                            dropout_key)
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
             loss = jax.lax.pmean(loss, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                                  batch_stats=keep_frozen_stats(freeze, state.params, state.batch_stats, batch_stats),
-                                  opt_state=opt_state)
+        params = optax.apply_updates(state.params, updates)
+        batch_stats = keep_frozen_stats(freeze, state.params, state.batch_stats, batch_stats)
+        ema = state.ema
+        if ema_decay:
+            ema = ema_update(ema, {"params": params, "batch_stats": batch_stats}, ema_decay)
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+                                  ema=ema)
         outputs = dict(loss=loss, logits=logits.astype(jnp.float32), labels=labels, step=state.step)
         if axis_name is None:
             update = TrainMetrics.single_from_model_output(**outputs)
