@@ -132,53 +132,32 @@ def run() -> int:
         print(run_ablation(config, workdir, FLAGS.variants or DECK_EXTENSIONS))
     else:
         result = train_and_evaluate(config, workdir)
-        if result.get("interrupted") or "rank1" not in result:  # stopped by a signal, or not process 0
-            return 0
-        print(f"Done: rank-1 {result['rank1']:.4f}  rank-5 {result['rank5']:.4f}  loss {result['loss']:.4f}  "
-              f"(open {os.path.join(workdir, 'report.html')})")
+        if result.metrics is not None:  # None when a signal stopped the run, and on processes other than 0
+            metrics = result.metrics
+            print(f"Done: rank-1 {metrics['rank1']:.4f}  rank-5 {metrics['rank5']:.4f}  loss {metrics['loss']:.4f}  "
+                  f"(open {os.path.join(workdir, 'report.html')})")
     return 0
 
 
-def _config_flag_problem(argv: list[str], error: Exception) -> str:
-    """One line for a config flag absl/ml_collections could not take (their messages span many lines)."""
-    text = " ".join(str(error).split())
-    config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    if config_arg is None and "--config" in argv[:-1]:
-        config_arg = argv[argv.index("--config") + 1]
-    if config_arg and "No such file" in text:
-        path = config_arg.split(":")[0]
-        here = os.path.dirname(path) or "."
-        choices = sorted(f for f in os.listdir(here) if f.endswith(".py") and not f.startswith("_")) \
-            if os.path.isdir(here) else []
-        return f"config file {path} not found; use one of {', '.join(choices) or 'the files in configs/'}"
-    if isinstance(error, KeyError | AttributeError):
-        key = str(error).strip("\"' ")
-        given = next((a for a in argv if a.startswith("--config.") and f".{key}" in a.split("=")[0]), key)
-        return (f"{given.split('=')[0].lstrip('-')}: unknown config key {key!r}; see the config file or "
-                "--mode=summary for the keys that exist")
-    return text
-
-
 def parse_flags(argv: list[str]) -> list[str]:
+    from cnn_flax.config_args import check_config_flags
+    from cnn_flax.errors import UserError
+
     try:
+        check_config_flags(argv)
         return FLAGS(argv)
-    except Exception as error:  # noqa: BLE001 - any flag problem becomes one line
-        print(f"error: {_config_flag_problem(argv, error)}", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001 - a flag mistake is one line (--verbose shows the traceback)
+        text = str(error) if isinstance(error, UserError) else " ".join(str(error).split())
+        print(f"error: {text}", file=sys.stderr)
         if "--verbose" in argv:
             raise
         sys.exit(2)
 
 
-class _NoTracebacks(logging.Filter):
-    """Without --verbose, log records stay one line each, and errors that are raised again are not logged.
-
-    Orbax logs every exception of its background threads with a traceback, then raises it again in the
-    thread that waits for the checkpoint, where it becomes the run's one-line error (or a traceback).
-    """
+class _OneLineRecords(logging.Filter):
+    """Without --verbose, log records stay one line each: the error that ends a run is printed on its own."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "_SignalingThread.run() raised an exception" in record.getMessage():
-            return False
         record.exc_info = record.exc_text = record.stack_info = None
         return True
 
@@ -195,7 +174,7 @@ def main(argv: list[str]) -> int:
 
     terminal = configure_logging(FLAGS.verbose)  # warnings on the terminal; the full log in WORKDIR/log.txt
     if not FLAGS.verbose:
-        terminal.addFilter(_NoTracebacks())
+        terminal.addFilter(_OneLineRecords())
         sys.unraisablehook = _quiet_unraisable
     from cnn_flax.runtime import tune_cpu, use_compile_cache
 
@@ -208,11 +187,6 @@ def main(argv: list[str]) -> int:
     from cnn_flax.errors import UserError
 
     try:
-        try:
-            if FLAGS.config is not None:
-                FLAGS.config.get("name")
-        except OSError as error:  # ml_collections reports a config file it could not load only on first use
-            raise UserError(_config_flag_problem(sys.argv, error)) from error
         _start_distributed()
         _log_to_workdir()
         if FLAGS.mode in ("summary", "report"):  # quick modes that may import TensorFlow on the way

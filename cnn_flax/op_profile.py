@@ -29,11 +29,12 @@ from cnn_flax.errors import UserError
 if TYPE_CHECKING:
     import ml_collections
 
+_OUTSIDE = "outside the model (optimizer, loss, augmentation)"
 _KERNEL_GRADIENT = "convolution kernel gradient"
 _KERNEL_GRADIENT_COPIES = "convolution kernel gradient: layout copies"
 CATEGORIES = ("convolution forward", "convolution input gradient", _KERNEL_GRADIENT, _KERNEL_GRADIENT_COPIES,
               "BatchNorm", "activation", "concatenation", "pooling", "dense",
-              "optimizer and loss", "other")
+              _OUTSIDE, "other")
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\(?[a-z]\w*\[[\d,]*\][^ ]*) ([\w\-]+)\((.*)$")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -65,7 +66,7 @@ def categorize(op_name: str, opcode: str, shape: str, batch: int) -> str:
     if any(word in layer for word in ("relu", "max", "select_n")):
         return "activation"
     if not op_name or "jvp(" not in op_name:
-        return "optimizer and loss"
+        return _OUTSIDE
     return "other"
 
 
@@ -144,31 +145,31 @@ def _load_config(path: str) -> "ml_collections.ConfigDict":
     return module.get_config()
 
 
-def profile(config_path: str, steps: int, batch_size: int, half_precision: bool) -> dict[str, dict[str, float]]:
+def profile(config: "ml_collections.ConfigDict", steps: int) -> dict[str, dict[str, float]]:
     """{'train': seconds per category, 'inference': …} of `steps` traced runs of each compiled step."""
     import jax
 
     from cnn_flax.benchmark import _BareSteps, benchmark_config
     from cnn_flax.train import Trainer
 
-    config = _load_config(config_path)
-    config.batch_size, config.half_precision = batch_size, half_precision
     run_config = benchmark_config(config, steps, use_data=False)
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = Trainer(run_config, scratch)
+        trainer = Trainer(run_config)
         bare = _BareSteps(trainer)
-        predict = trainer.predict_step[False]
+        predict = trainer.evaluator.predict_step[False]
 
         def inference() -> None:
             out = None
             for _ in range(steps):
-                out = predict(bare.state, bare.batch)
+                out = predict(bare.state.variables, bare.batch)
             jax.block_until_ready(out)
 
         bare(1)
         inference()
+        # The compiled module is one device's program: its images are that device's part of the batch.
+        batch_size = jax.tree.leaves(bare.batch)[0].addressable_shards[0].data.shape[0]
         phases = {"train": (lambda: bare(steps), trainer.train_step, (bare.state, bare.batch, bare.metrics)),
-                  "inference": (inference, predict, (bare.state, bare.batch))}
+                  "inference": (inference, predict, (bare.state.variables, bare.batch))}
         columns = {}
         for phase, (run, step, args) in phases.items():
             categories = instruction_categories(step.lower(*args).compile().as_text(), batch_size)
@@ -190,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tune_cpu()  # the same XLA settings as launch.py, before JAX starts
     sys.path.insert(0, os.getcwd())  # configs import configs.common
-    print(shares_table(profile(args.config, args.steps, args.batch_size, args.half_precision)))
+    config = _load_config(args.config)
+    config.batch_size, config.half_precision = args.batch_size, args.half_precision
+    print(shares_table(profile(config, args.steps)))
     return 0
 
 

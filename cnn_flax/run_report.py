@@ -19,9 +19,9 @@ from typing import Any
 import jax
 import ml_collections
 
+from cnn_flax.atomic import write_json
 from cnn_flax.errors import UserError
 from cnn_flax.evaluation.html_report import build_report
-from cnn_flax.training.history import write_json_atomically
 
 log = logging.getLogger("cnn_flax")
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-cpu", "tensorflow", "numpy")
@@ -78,7 +78,7 @@ def record_run(workdir: str, mode: str, config: ml_collections.ConfigDict | None
     commands = [*info.get("commands", []), {"mode": mode, "command": _command(), "time": now}]
     info = {"environment": environment(), "commands": commands[-20:],
             "learning_rate_plan": _plan(config) if config is not None else info.get("learning_rate_plan")}
-    write_json_atomically(os.path.join(workdir, "run_info.json"), info)
+    write_json(os.path.join(workdir, "run_info.json"), info)
     return info
 
 
@@ -98,7 +98,7 @@ def write_run_report(workdir: str, mode: str, config: ml_collections.ConfigDict 
     if jax.process_index() != 0:
         return None
     if config is not None and not os.path.exists(os.path.join(workdir, "config.json")):
-        write_json_atomically(os.path.join(workdir, "config.json"), config.to_dict())  # e.g. evaluating init_from
+        write_json(os.path.join(workdir, "config.json"), config.to_dict())  # e.g. evaluating init_from
     info = record_run(workdir, mode, config if config is not None else _workdir_config(workdir))
     return build_report(workdir, info["learning_rate_plan"])
 

@@ -41,17 +41,26 @@ def base(name: str) -> ml_collections.ConfigDict:
         decay_rate=1.0, decay_epochs=1.0, staircase=False))  # exponential: ×decay_rate every decay_epochs
     config.loss = ml_collections.ConfigDict(dict(aux_weight=0.3, label_smoothing=0.0))
 
+    # Each dataset reads the shared keys (name, image_size, normalize, augment, on_device, prefetch) and its
+    # own (cnn_flax/data/sources.py); setting a key the chosen dataset does not read is an error.
     config.data = ml_collections.ConfigDict(dict(
-        name="cifar10", dir="", root="", image_size=32, normalize="scale", on_device=False, prefetch=2,
-        split_seed=42, test_per_class=50,
-        # imagenet2012 only: the folder of the two manual-download tars ("" = <dir>/downloads/manual), the
+        name="cifar10", image_size=32, normalize="scale", on_device=False, prefetch=2,
+        dir="",  # cifar10, imagenet2012: the TFDS folder; tiny_imagenet: the HDF5 folder
+        root="",  # tiny_imagenet: the unpacked tiny-imagenet-200 folder the HDF5 files are built from
+        split_seed=42,  # digits, tiny_imagenet: the seed of the held-out split
+        test_per_class=50,  # tiny_imagenet: images per class moved from train to the test split
+        read_window_mb=64.0,  # tiny_imagenet: megabytes of rows copied per shuffled read of the HDF5 file
+        digits_test_fraction=0.25,  # digits: the stratified share held out for testing
+        # imagenet2012: the folder of the two manual-download tars ("" = <dir>/downloads/manual), the
         # shorter side crops are cut from (0 = image_size * 256/224), and the images (~110 KB each) of the
         # shuffle buffer of each process.
         manual_dir="", resize_size=0, shuffle_buffer=10_000,
         # folder only (data.root: one subfolder per class, or train/ val/ test/ of them): how photos become
         # squares ("aspect": shorter side, centre crop; "stretch"), and the shares of train carved off as
         # val and test when the folder has no val/ or test/.
-        resize="aspect", val_fraction=0.1, test_fraction=0.1))
+        resize="aspect", val_fraction=0.1, test_fraction=0.1,
+        # synthetic (what --mode=benchmark trains on when the dataset is absent): classes and split sizes.
+        num_classes=10, synthetic_sizes=dict(train=2048, val=512, test=512)))
     config.data.augment = ml_collections.ConfigDict(dict(
         rotation=0.0, zoom=0.0, width_shift=0.0, height_shift=0.0, shear=0.0, horizontal_flip=False,
         # Current recipes' augmentation, in the train step too (all off here; README "Modern augmentation").
@@ -63,7 +72,9 @@ def base(name: str) -> ml_collections.ConfigDict:
         # mixup / CutMix Beta(alpha, alpha) (0: off); with both, CutMix with mix_switch_prob per batch;
         # mix_prob: the share of batches mixed at all.
         mixup_alpha=0.0, cutmix_alpha=0.0, mix_switch_prob=0.5, mix_prob=1.0))
-    config.model = ml_collections.ConfigDict()
+    # name and the module's options (cnn_flax/models: each model's fields); input_shape: () builds the model
+    # for data.image_size x data.image_size RGB images, (H, W, C) for another input (the 1x1 demo's 28x28x192).
+    config.model = ml_collections.ConfigDict(dict(input_shape=()))
     config.wandb = ml_collections.ConfigDict(dict(enabled=False, project="cnn_flax", name="", mode=""))
     # --mode=export: model.onnx "auto" (when jax2onnx and onnxruntime are installed), "yes" or "no";
     # tflite: also convert the SavedModel to model.tflite.
@@ -77,7 +88,7 @@ def tiny_imagenet(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
                             image_size=64, normalize="mean_rgb"))
     config.data.augment.update(dict(rotation=18.0, zoom=0.15, width_shift=0.2, height_shift=0.2, shear=0.15,
                                     horizontal_flip=True))
-    config.model = ml_collections.ConfigDict(dict(
+    config.model.update(dict(
         name="deepergooglenet", num_classes=-1, stage4=True, bn_order="conv_bn_act", activation="relu"))
     config.optimizer.l2 = 0.0002
     config.batch_size = 64

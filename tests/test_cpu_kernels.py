@@ -1,65 +1,14 @@
-"""The CPU rewrites of the convolution kernel gradient and of max pooling equal XLA's own ops."""
+"""The CPU max pooling equals XLA's own op, alone and inside a model that is created with it."""
 
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax import lax
 
-from cnn_flax.models import cpu_kernels
-
-NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def _reference_conv(x, kernel, strides, padding):
-    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NHWC)
-
-
-CONV_CASES = [  # (input shape, kernel shape, strides, padding)
-    ((2, 12, 12, 3), (3, 3, 3, 5), (1, 1), "SAME"),
-    ((2, 9, 11, 4), (5, 5, 4, 3), (1, 1), "SAME"),
-    ((2, 10, 10, 6), (3, 3, 6, 2), (1, 1), "VALID"),
-    ((2, 11, 11, 3), (3, 3, 3, 4), (2, 2), "VALID"),
-    ((2, 12, 12, 3), (3, 3, 3, 4), (2, 2), "SAME"),  # TensorFlow's uneven padding: 0 before, 1 after
-    ((3, 7, 7, 8), (1, 1, 8, 4), (1, 1), "SAME"),
-]
-
-
-@pytest.mark.parametrize("x_shape,k_shape,strides,padding", CONV_CASES)
-def test_every_form_of_the_kernel_gradient_equals_xla(x_shape, k_shape, strides, padding):
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
-    kernel = jnp.asarray(rng.normal(size=k_shape), jnp.float32)
-    out, vjp = jax.vjp(lambda k: _reference_conv(x, k, strides, padding), kernel)
-    grad = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
-    (expected,) = vjp(grad)
-    pads = cpu_kernels._explicit_padding(padding, x_shape[1:3], k_shape[:2], strides)
-    kh, kw = k_shape[:2]
-    forms = {"windows": cpu_kernels._kernel_grad_windows(x, grad, kh, kw, strides, pads),
-             "chosen": cpu_kernels._kernel_grad(x, grad, k_shape, strides, pads)}
-    if strides == (1, 1):
-        for form in ("rows_and_columns", "grad_shifts"):
-            forms[form] = cpu_kernels._kernel_grad_flat(x, grad, kh, kw, pads, form)
-    for name, value in forms.items():
-        np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-4, err_msg=name)
-
-
-def test_the_public_convolution_equals_xla_in_value_and_both_gradients():
-    rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.normal(size=(2, 32, 32, 4)), jnp.float32)  # 1024 output pixels: the flat form
-    kernel = jnp.asarray(rng.normal(size=(3, 3, 4, 6)), jnp.float32)
-
-    def loss(conv, x, kernel):
-        return jnp.sum(jnp.sin(conv(x, kernel, (1, 1), "SAME", dimension_numbers=NHWC)))
-
-    ours = jax.jit(jax.value_and_grad(lambda a, b: loss(cpu_kernels.conv_general_dilated, a, b), argnums=(0, 1)))
-    theirs = jax.jit(jax.value_and_grad(lambda a, b: loss(lax.conv_general_dilated, a, b), argnums=(0, 1)))
-    (value, grads), (expected_value, expected_grads) = ours(x, kernel), theirs(x, kernel)
-    np.testing.assert_allclose(value, expected_value, rtol=1e-5)
-    for got, want in zip(grads, expected_grads, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-
+from cnn_flax.models import cpu_kernels, create_model, init_variables
 
 POOL_CASES = [(2, 2, "VALID", 8), (3, 1, "SAME", 7), (3, 2, "SAME", 9), (3, 2, "VALID", 9), (3, 2, "SAME", 8)]
 
@@ -85,3 +34,21 @@ def test_max_pool_and_its_gradient_equal_xla_even_with_ties(window, stride, padd
     grad = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
     # Ties: the whole gradient of a window goes to one maximum, the same one select-and-scatter picks.
     np.testing.assert_allclose(ours_vjp(grad)[0], reference_vjp(grad)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_a_model_created_with_cpu_kernels_computes_what_plain_linen_computes():
+    plain = create_model(dict(name="minivgg", num_classes=4))
+    fast = create_model(dict(name="minivgg", num_classes=4), cpu_kernels=True)
+    assert fast.cpu_kernels and not plain.cpu_kernels
+    variables = init_variables(plain, jax.random.key(0), (16, 16, 3))
+    images = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+
+    def loss(model, params):
+        logits, _ = model.apply({**variables, "params": params}, images, train=True,
+                                rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(2)).mean()
+
+    expected, expected_grads = jax.jit(jax.value_and_grad(lambda p: loss(plain, p)))(variables["params"])
+    value, grads = jax.jit(jax.value_and_grad(lambda p: loss(fast, p)))(variables["params"])
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads, expected_grads)

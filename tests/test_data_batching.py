@@ -128,7 +128,17 @@ def test_make_source_rejects_unknown_names_and_foreign_sizes():
     with pytest.raises(UserError, match="data.image_size=64 but cifar10 images are 32x32"):
         make_source(ConfigDict({"name": "cifar10", "image_size": 64}))
     with pytest.raises(UserError, match="data.dir is empty"):
-        _ = make_source(ConfigDict({"name": "tiny_imagenet", "dir": "", "root": ""})).info
+        _ = make_source(ConfigDict({"name": "tiny_imagenet", "image_size": 64, "dir": "", "root": ""})).info
+
+
+def test_a_data_key_the_dataset_does_not_read_is_an_error_unless_left_at_its_default():
+    with pytest.raises(UserError, match=r"^data.manual_dir does not apply to data.name='cifar10'; its keys are "
+                                        r"image_size, normalize, augment, on_device, prefetch, dir$"):
+        make_source(ConfigDict({"name": "cifar10", "manual_dir": "/tars"}))
+    with pytest.raises(UserError, match=r"data.color does not apply to data.name='digits'; its keys are .*"
+                                        r"split_seed, digits_test_fraction"):
+        make_source(ConfigDict({"name": "digits", "color": True}))
+    make_source(ConfigDict({"name": "cifar10", "manual_dir": "", "test_per_class": 50}))  # base()'s defaults
 
 
 def test_digits_split_resize_and_channels():

@@ -7,6 +7,7 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+from conftest import TEST_PER_CLASS, TINY_IMAGENET_NAMES, VAL_PER_CLASS, WNIDS, write_tiny_imagenet_root
 from ml_collections import ConfigDict
 from PIL import Image
 
@@ -15,37 +16,6 @@ from cnn_flax.data.hdf5_reader import MappedReader
 from cnn_flax.data.hdf5_source import HDF5Source
 from cnn_flax.data.memory import ArraySource
 from cnn_flax.errors import UserError
-
-WNIDS = ["n01443537", "n01629819", "n02124075"]
-NAMES = ["goldfish", "European fire salamander", "Egyptian cat"]
-TRAIN_PER_CLASS, VAL_PER_CLASS, TEST_PER_CLASS = 12, 2, 2
-GREY = ("train", 1, 3)  # (split, class, k) of the one grayscale JPEG
-
-
-def write_root(root: str) -> None:
-    rng = np.random.default_rng(0)
-    os.makedirs(os.path.join(root, "val", "images"))
-    with open(os.path.join(root, "wnids.txt"), "w") as f:
-        f.write("\n".join(WNIDS) + "\n")
-    with open(os.path.join(root, "words.txt"), "w") as f:
-        f.write("n00001740\tentity\n")
-        f.write("".join(f"{w}\t{n}, other name\n" for w, n in zip(WNIDS, NAMES, strict=True)))
-    annotations = []
-    for c, wnid in enumerate(WNIDS):
-        folder = os.path.join(root, "train", wnid, "images")
-        os.makedirs(folder)
-        for k in range(TRAIN_PER_CLASS):
-            grey = ("train", c, k) == GREY
-            pixels = rng.integers(0, 256, (64, 64) if grey else (64, 64, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(os.path.join(folder, f"{wnid}_{k}.JPEG"))
-        for k in range(VAL_PER_CLASS):
-            name = f"val_{c * VAL_PER_CLASS + k}.JPEG"
-            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
-                os.path.join(root, "val", "images", name)
-            )
-            annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63\n")
-    with open(os.path.join(root, "val", "val_annotations.txt"), "w") as f:
-        f.write("".join(annotations[::-1]))
 
 
 def decoded(path: str) -> np.ndarray:
@@ -57,13 +27,14 @@ def digest(image: np.ndarray) -> str:
 
 
 def config(root: str, data_dir: str, **kw) -> ConfigDict:
-    return ConfigDict({"name": "tiny_imagenet", "root": root, "dir": data_dir, "test_per_class": TEST_PER_CLASS} | kw)
+    return ConfigDict({"name": "tiny_imagenet", "image_size": 64, "root": root, "dir": data_dir,
+                       "test_per_class": TEST_PER_CLASS} | kw)
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("raw") / "tiny-imagenet-200")
-    write_root(path)
+    write_tiny_imagenet_root(path)
     return path
 
 
@@ -77,7 +48,7 @@ def prepared(root, tmp_path_factory) -> str:
 def test_prepare_gives_counts_labels_names_and_means(root, prepared):
     source = make_source(config("", prepared))
     info = source.info
-    assert info.num_classes == 3 and info.class_names == tuple(NAMES) and info.image_shape == (64, 64, 3)
+    assert info.num_classes == 3 and info.class_names == tuple(TINY_IMAGENET_NAMES) and info.image_shape == (64, 64, 3)
     assert info.split_sizes == {"train": 30, "val": 6, "test": 6}
     truth = {}  # image digest -> label, from the folder itself
     for c, wnid in enumerate(WNIDS):

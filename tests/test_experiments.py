@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from test_train import tiny_config
+from conftest import tiny_config
 
 from cnn_flax.ablation import apply_overrides, parse_variants, run_ablation
 from cnn_flax.errors import UserError

@@ -130,11 +130,12 @@ def separate_process(zoo, trained, tmp_path_factory):
     """Every artifact checked by tests/export_artifacts_check.py in its own process; its JSON report."""
     root = tmp_path_factory.mktemp("check")
     config, workdir, _, images, _ = trained
-    from cnn_flax.experiment import _variables_from_checkpoint, build_experiment
+    from cnn_flax.experiment import build_experiment
+    from cnn_flax.training.checkpoint import load_variables
 
     exp = build_experiment(config)
     template = jax.eval_shape(lambda: init_traced(exp.model, exp.input_shape, jax.random.key(0)))
-    variables = _variables_from_checkpoint(workdir, template)
+    variables = load_variables(workdir, template)
     expected = flax_probabilities(exp.model, variables, images, "scale", None)
     cases = {name: (folder, imgs, want) for name, (folder, imgs, want, _) in zoo.items()}
     cases["quickstart"] = (os.path.join(workdir, "export"), images, expected)

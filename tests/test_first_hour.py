@@ -152,7 +152,7 @@ def test_a_terminal_shows_bars_then_one_line_per_epoch_and_no_log_records(first_
     assert any(line.startswith("Done: rank-1") for line in lines)
     with open(os.path.join(first_hour[0], "log.txt"), encoding="utf-8") as handle:
         log = handle.read()  # the full log went to the workdir instead
-    assert re.search(r"^I\d{4} [\d:.]+ \d+ train\.py:\d+\] epoch 2: learning_rate=", log, re.M), log[-2000:]
+    assert re.search(r"^I\d{4} [\d:.]+ \d+ \w+\.py:\d+\] epoch 2: learning_rate=", log, re.M), log[-2000:]
 
 
 def test_plain_output_has_no_bars_and_one_line_per_epoch(tmp_path):

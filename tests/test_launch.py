@@ -12,7 +12,7 @@ from cnn_flax import modes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# (config file[:arg], Total, Trainable, Non-trainable) from SPEC.md.
+# (config file[:arg], Total, Trainable, Non-trainable) as Keras's model.summary() counts them.
 SUMMARIES = [
     ("quickstart", 2_171_178, 2_169_770, 1_408),
     ("minivgg_cifar10", 2_171_178, 2_169_770, 1_408),
@@ -53,7 +53,7 @@ def launch(*args, timeout=600):
 
 
 @pytest.mark.parametrize("spec,total,trainable,non_trainable", SUMMARIES, ids=[s[0] for s in SUMMARIES])
-def test_summary_of_every_config_prints_the_spec_totals(spec, total, trainable, non_trainable):
+def test_summary_of_every_config_prints_the_keras_totals(spec, total, trainable, non_trainable):
     lines = modes.summary(load_config(spec)).splitlines()
     assert f"Total params: {total:,}" in lines
     assert f"Trainable params: {trainable:,}" in lines

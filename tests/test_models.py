@@ -12,8 +12,8 @@ from cnn_flax.models import create_model, init_variables
 from cnn_flax.models.layers import ConvModule
 from cnn_flax.models.summary import count_params, layer_rows, summary_text
 
-# (config.model, input shape, Total, Trainable, Non-trainable) — SPEC.md's table, measured in Keras.
-SPEC_COUNTS = [
+# (config.model, input shape, Total, Trainable, Non-trainable) as Keras's model.summary() counts them.
+KERAS_COUNTS = [
     (dict(name="minivgg", num_classes=10), (32, 32, 3), 2_171_178, 2_169_770, 1_408),
     (dict(name="minigooglenet", num_classes=10), (32, 32, 3), 1_656_250, 1_652_826, 3_424),
     (dict(name="deepergooglenet", num_classes=200), (64, 64, 3), 3_667_976, 3_657_992, 9_984),
@@ -32,7 +32,7 @@ SPEC_COUNTS = [
 ]
 
 
-@pytest.mark.parametrize("config,shape,total,trainable,non_trainable", SPEC_COUNTS,
+@pytest.mark.parametrize("config,shape,total,trainable,non_trainable", KERAS_COUNTS,
                          ids=lambda v: v.get("name", "") + v.get("variant", "") if isinstance(v, dict) else None)
 def test_parameter_counts_equal_keras(config, shape, total, trainable, non_trainable):
     _, counts = layer_rows(create_model(config), shape)

@@ -4,6 +4,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conftest import tiny_config
 
 from cnn_flax import op_profile
 
@@ -35,7 +36,7 @@ def test_categories_follow_layer_direction_and_shape():
         "maximum_concatenate_fusion.6": "concatenation",
         "select_pad_fusion.7": "pooling",
         "slice_select_fusion.8": "activation",
-        "add.9": "optimizer and loss",
+        "add.9": op_profile._OUTSIDE,
     }
     events = [dict(ph="X", name="conv.1", dur=3e6), dict(ph="X", name="convolution.4", dur=1e6),
               dict(ph="X", name="conv.1", dur=1e6), dict(ph="X", name="$python frame", dur=9e6),
@@ -63,3 +64,11 @@ def test_trace_of_a_compiled_gradient_is_read_by_instruction(tmp_path):
     # Every direction of the convolution ran and was timed under its own category.
     assert {"convolution forward", "convolution input gradient", "convolution kernel gradient"} <= set(seconds)
     assert all(value > 0 for value in seconds.values())
+
+
+def test_profile_of_a_model_covers_every_direction_of_its_convolutions():
+    columns = op_profile.profile(tiny_config(), steps=1)
+    assert {"convolution forward", "convolution input gradient", "convolution kernel gradient",
+            "BatchNorm"} <= {category for category, seconds in columns["train"].items() if seconds > 0}
+    assert columns["inference"]["convolution forward"] > 0
+    assert not any("gradient" in category for category in columns["inference"])

@@ -25,30 +25,30 @@ ARGS = ["--config", "configs/quickstart.py", "--config.data.image_size=16", "--c
         "--config.eval_steps=2"]
 TIMEOUT = 300
 
-# launch.py with a checkpoint write failing as on a full disk, after part of the checkpoint is written:
-# either Python's JSON write of the meta (OSError), or TensorStore's write of the arrays, which reports
-# the operating system's error inside a ValueError (its text copied from a real full tmpfs).
+# launch.py with a checkpoint write failing as on a full disk, after part of the checkpoint is written: the
+# arrays go to Orbax's temporary folder, then the JSON meta fails, with Python's own error (OSError) or with
+# the error TensorStore raises for the arrays, the operating system's reason inside a ValueError (its text
+# copied from a real full tmpfs).
 DISK_FULL = """
 import errno, runpy, sys
-from orbax.checkpoint._src.handlers import json_checkpoint_handler
-from orbax.checkpoint._src.serialization import type_handlers
+from cnn_flax.training import checkpoint
 
-async def json_no_space(self, item, directory):
-    raise OSError(errno.ENOSPC, "No space left on device", str(directory / "meta"))
-
-write_array, calls = type_handlers.NumpyHandler._open_and_write, []
-
-async def arrays_no_space(self, value, tspec, ts_context):
-    calls.append(tspec)
-    if len(calls) <= 3:
-        return await write_array(self, value, tspec, ts_context)
-    raise ValueError("RESOURCE_EXHAUSTED: Error writing in OCDBT database: Failed to write 1690240 bytes to file 17: "
-                     "No space left on device [os_error_code='28']")
-
+write = checkpoint.write_checkpoint
 if sys.argv[1] == "json":
-    json_checkpoint_handler.JsonCheckpointHandler._save_fn = json_no_space
+    error = OSError(errno.ENOSPC, "No space left on device", "meta")
 else:
-    type_handlers.NumpyHandler._open_and_write = arrays_no_space
+    error = ValueError("RESOURCE_EXHAUSTED: Error writing in OCDBT database: Failed to write 1690240 bytes to "
+                       "file 17: No space left on device [os_error_code='28']")
+
+class NoSpaceForMeta(dict):
+    def items(self):  # what json.dumps reads, after the arrays were handed to the writer
+        raise error
+
+def write_then_fail(manager, number, args):
+    meta = NoSpaceForMeta(args.meta.item) if number > 3 else args.meta.item
+    write(manager, number, type(args)(state=args.state, meta=type(args.meta)(meta)))
+
+checkpoint.write_checkpoint = write_then_fail
 sys.argv = sys.argv[2:]
 runpy.run_path("launch.py", run_name="__main__")
 """

@@ -5,7 +5,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from cnn_flax.models import _jitted_init, create_model, init_variables
+from cnn_flax.models import _compiled_init, create_model, init_variables
 from cnn_flax.runtime import keep_freed_host_memory, prefer_eigen_convolutions, tune_cpu, use_compile_cache
 
 
@@ -39,7 +39,7 @@ def test_initialisation_compiles_once_per_model_and_shape():
     first = create_model(dict(name="minivgg", num_classes=10), jnp.float32)
     again = create_model(dict(name="minivgg", num_classes=10), jnp.float32)  # equal, not the same object
     a = init_variables(first, jax.random.key(0), (16, 16, 3))
-    compiled = _jitted_init._cache_size()  # other tests may have compiled this one already
+    compiled = _compiled_init.cache_info().misses  # other tests may have compiled this one already
     b = init_variables(again, jax.random.key(0), [16, 16, 3])
-    assert _jitted_init._cache_size() == compiled
+    assert _compiled_init.cache_info().misses == compiled
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda x, y: bool((x == y).all()), a, b))

@@ -20,9 +20,11 @@ from configs.common import base
 class TinyNet(nn.Module):
     """Conv-BN-ReLU and a dense head: enough to exercise gradient and BatchNorm reductions."""
 
+    bn_axis_name: str | None = None
+
     @nn.compact
     def __call__(self, x, train=False):
-        x = ConvModule(4, 3, name="conv")(x, train)
+        x = ConvModule(4, 3, bn_axis_name=self.bn_axis_name, name="conv")(x, train)
         return nn.Dense(3, name="head")(x.mean(axis=(1, 2)))
 
 
@@ -51,7 +53,7 @@ def _modern():
 
 
 def _run(parallel, devices=None, steps=2, modern=False):
-    model, tx = TinyNet(), optax.sgd(0.1, momentum=0.9)
+    model, tx = TinyNet(bn_axis_name=parallel.axis_name), optax.sgd(0.1, momentum=0.9)
     options = {}
     if modern:
         tx, options = _modern()
@@ -68,7 +70,7 @@ def _run(parallel, devices=None, steps=2, modern=False):
         state, metrics = train(state, parallel.put_batch(_batch()), metrics)
     evaluate = parallel.compile_step(make_eval_step(model, preprocess, axis_name=parallel.axis_name), donate=())
     batch = dict(_batch(), mask=np.arange(16) < 13)
-    eval_metrics = evaluate(state, parallel.put_batch(batch), parallel.put_replicated(EvalMetrics.empty()))
+    eval_metrics = evaluate(state.variables, parallel.put_batch(batch), parallel.put_replicated(EvalMetrics.empty()))
     return parallel.fetch(state), parallel.fetch(metrics).compute(), parallel.fetch(eval_metrics).compute()
 
 
@@ -100,3 +102,8 @@ def test_batch_size_must_divide_over_devices():
         check_batch_size(12)
     with pytest.raises(UserError, match="parallel='shard' is not known"):
         make_parallel("shard")
+
+
+def test_a_pmap_step_refuses_a_model_whose_batch_norm_does_not_know_the_device_axis():
+    with pytest.raises(ValueError, match="create the model with bn_axis_name='batch'"):
+        make_train_step(TinyNet(), optax.sgd(0.1), preprocess, seed=0, axis_name="batch")

@@ -28,6 +28,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from cnn_flax.data.core import BatchPlan, DatasetInfo, DataSource, check_split, finish_batch, one_line
+from cnn_flax.data.imagenet_classes import imagenet_class_names
+from cnn_flax.data.preprocess import CAFFE_BGR_MEAN
 from cnn_flax.data.tfds_common import import_tfds, shown_dir
 from cnn_flax.errors import UserError
 
@@ -37,7 +39,7 @@ MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 DOWNLOAD_PAGE = "https://image-net.org/download-images"
 # The ImageNet training-set mean in RGB, pixel scale: the numbers behind Keras's 'caffe' preprocessing.
 # Computing it would mean decoding 1.28 million images, so 'mean_rgb' and 'mean_image' use this.
-MEAN_RGB = (123.68, 116.779, 103.939)
+MEAN_RGB = CAFFE_BGR_MEAN[::-1]
 
 
 def default_resize_size(size: int) -> int:
@@ -114,7 +116,7 @@ class ImageNetSource(DataSource):
         return DatasetInfo(
             name=NAME,
             num_classes=labels.num_classes,
-            class_names=tuple(labels.names),  # WordNet ids; reports use Keras's words (cnn_flax.experiment)
+            class_names=imagenet_class_names(),  # Keras's words (tench) in TFDS's label order, not WordNet ids
             image_shape=(size, size, 3),
             split_sizes={split: int(splits[name].num_examples) for split, name in TFDS_SPLITS.items()},
             mean_rgb=mean_rgb,

@@ -10,23 +10,24 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cnn_flax.data.augment import random_affine
 from cnn_flax.data.augment_modern import MODERN_KEYS, modern_options
 from cnn_flax.data.core import DatasetInfo
+from cnn_flax.data.sources import base_data_config, with_defaults
 from cnn_flax.errors import UserError
 
 NORMALIZE_METHODS = ("scale", "mean_image", "mean_rgb", "caffe", "none")
 # Keras's 'caffe' preprocessing for VGG and the ImageNet weights: RGB→BGR, minus these BGR means.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
-AUGMENT_DEFAULTS = {
-    "rotation": 0.0,
-    "zoom": 0.0,
-    "width_shift": 0.0,
-    "height_shift": 0.0,
-    "shear": 0.0,
-    "horizontal_flip": False,
-}
+
+
+def caffe_preprocess(images: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
+    """float32 RGB→BGR minus the ImageNet means; numpy stays numpy, jax arrays (jit tracers too) stay jax."""
+    xp = jnp if isinstance(images, jax.Array) else np
+    bgr = xp.asarray(images).astype(xp.float32)[..., ::-1]
+    return bgr - xp.asarray(CAFFE_BGR_MEAN, dtype=xp.float32)
 
 
 def normalize(images: jax.Array, method: str, info: DatasetInfo) -> jax.Array:
@@ -40,29 +41,24 @@ def normalize(images: jax.Array, method: str, info: DatasetInfo) -> jax.Array:
     if method == "mean_rgb":
         return x - jnp.asarray(info.mean_rgb, jnp.float32)
     if method == "caffe":
-        return x[..., ::-1] - jnp.asarray(CAFFE_BGR_MEAN, jnp.float32)
+        return caffe_preprocess(x)
     if method == "none":
         return x
     raise UserError(f"data.normalize={method!r} is unknown; use one of {', '.join(NORMALIZE_METHODS)}")
 
 
-def _augment_mapping(data_config) -> dict:
-    given = data_config.get("augment", None) or {}
-    return given.to_dict() if hasattr(given, "to_dict") else dict(given)
-
-
 def augment_options(data_config) -> dict:
-    """The keyword arguments of `random_affine` from `data_config.augment` (missing keys: off)."""
-    given = _augment_mapping(data_config)
-    unknown = sorted(set(given) - set(AUGMENT_DEFAULTS) - set(MODERN_KEYS))
+    """The keyword arguments of `random_affine` from `data_config.augment` (its keys: base()'s, all off there)."""
+    known = base_data_config().augment
+    given = with_defaults(data_config).augment
+    unknown = sorted(set(given) - set(known))
     if unknown:
-        raise UserError(f"data.augment.{unknown[0]} is unknown; use {', '.join((*AUGMENT_DEFAULTS, *MODERN_KEYS))}")
-    options = {**AUGMENT_DEFAULTS, **{k: v for k, v in given.items() if k in AUGMENT_DEFAULTS}}
+        raise UserError(f"data.augment.{unknown[0]} is unknown; use {', '.join(known)}")
+    options = {key: value for key, value in given.items() if key not in MODERN_KEYS}
     for key, value in options.items():
         if key != "horizontal_flip" and (not isinstance(value, int | float) or value < 0):
             raise UserError(f"data.augment.{key}={value!r} must be a number >= 0 (0 turns it off)")
-    options["horizontal_flip"] = bool(options["horizontal_flip"])
-    return {k: (v if k == "horizontal_flip" else float(v)) for k, v in options.items()}
+    return {k: (bool(v) if k == "horizontal_flip" else float(v)) for k, v in options.items()}
 
 
 def make_preprocess(data_config, info: DatasetInfo) -> Callable[[jax.Array, jax.Array | None], jax.Array]:
@@ -71,12 +67,12 @@ def make_preprocess(data_config, info: DatasetInfo) -> Callable[[jax.Array, jax.
     With an rng the order is: crop and RandAugment/TrivialAugment on the pixels, normalisation, the deck's
     affine warp, random erasing (mixup/CutMix come after, in the step).
     """
-    method = data_config.get("normalize", "scale")
+    method = with_defaults(data_config).normalize
     if method not in NORMALIZE_METHODS:
         raise UserError(f"data.normalize={method!r} is unknown; use one of {', '.join(NORMALIZE_METHODS)}")
     options = augment_options(data_config)
     augmenting = any(options.values())
-    modern = modern_options(_augment_mapping(data_config))
+    modern = modern_options(with_defaults(data_config).augment.to_dict())
 
     def preprocess(images: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         if rng is not None and modern.on_pixels:

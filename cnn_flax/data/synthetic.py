@@ -14,8 +14,6 @@ from cnn_flax.data.core import DatasetInfo
 from cnn_flax.data.memory import ArraySource, Splits, build_info
 from cnn_flax.errors import UserError
 
-DEFAULT_SIZES = {"train": 2048, "val": 512, "test": 512}
-
 
 def synthetic_splits(image_size: int, num_classes: int, sizes: dict[str, int],
                      seed: int) -> tuple[DatasetInfo, Splits]:
@@ -37,15 +35,11 @@ def synthetic_splits(image_size: int, num_classes: int, sizes: dict[str, int],
 
 
 class SyntheticSource(ArraySource):
-    def __init__(self, image_size: int = 32, num_classes: int = 10, sizes: dict[str, int] | None = None,
-                 seed: int = 0, prefetch: int = 2):
-        sizes = {**DEFAULT_SIZES, **(sizes or {})}
+    def __init__(self, image_size: int, num_classes: int, sizes: dict[str, int], seed: int = 0, prefetch: int = 2):
         super().__init__(lambda: synthetic_splits(image_size, num_classes, sizes, seed), prefetch)
 
     @classmethod
-    def from_config(cls, data_config) -> SyntheticSource:
-        """From `data.image_size`, `data.num_classes` (default 10), `data.synthetic_sizes` and `data.split_seed`."""
-        sizes = data_config.get("synthetic_sizes", None) or {}
-        sizes = sizes.to_dict() if hasattr(sizes, "to_dict") else dict(sizes)
-        return cls(int(data_config.get("image_size", 0) or 32), int(data_config.get("num_classes", 10)), sizes,
-                   int(data_config.get("split_seed", 42)), int(data_config.get("prefetch", 2)))
+    def from_config(cls, data) -> SyntheticSource:
+        """From `data.image_size`, `data.num_classes`, `data.synthetic_sizes` and `data.split_seed`."""
+        return cls(int(data.image_size), int(data.num_classes), data.synthetic_sizes.to_dict(), int(data.split_seed),
+                   int(data.prefetch))

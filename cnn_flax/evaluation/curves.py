@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import matplotlib.style
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from cnn_flax.evaluation._files import new_figure, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _points(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[Any], list[float]]:
@@ -65,6 +65,8 @@ def plot_history(
     """
     title = history_title(history) if title is None else title
     drops = rate_drops(history)
+    import matplotlib.style
+
     with matplotlib.style.context("ggplot"):
         figure = new_figure(figsize=(11, 5), layout="constrained")
         loss_ax, accuracy_ax = figure.subplots(1, 2)
@@ -90,6 +92,8 @@ def plot_comparison(
     runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, metric: str = "val_accuracy"
 ) -> Figure:
     """Save one curve per run (name -> history) of `metric` against epoch, for ablations."""
+    import matplotlib.style
+
     with matplotlib.style.context("ggplot"):
         figure = new_figure(figsize=(8, 6), layout="constrained")
         ax = figure.add_subplot()

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import ConfusionMatrixDisplay, classification_report, confusion_matrix
 
 from cnn_flax.errors import UserError
 from cnn_flax.evaluation._files import new_figure, save_figure, write_json, write_text
@@ -49,6 +48,8 @@ def _check_predictions(
 def classification_report_text(labels: Any, predictions: Any, class_names: Sequence[str]) -> str:
     """Per-class precision / recall / f1 / support, accuracy, macro and weighted averages (two decimals)."""
     labels, predictions, names = _check_predictions(labels, predictions, class_names)
+    from sklearn.metrics import classification_report  # imported when used: it costs a second at start-up
+
     return classification_report(
         labels,
         predictions,
@@ -75,6 +76,8 @@ def plot_confusion_matrix(
     """
     labels, predictions, names = _check_predictions(labels, predictions, class_names)
     num_classes = len(names)
+    from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
+
     matrix = confusion_matrix(labels, predictions, labels=np.arange(num_classes))
     labelled = num_classes <= MAX_LABELLED_CLASSES
     side = 6 + 0.25 * num_classes if labelled else 10
@@ -140,7 +143,9 @@ def plot_predictions(
     count = min(len(images), max_images)
     cols = math.ceil(math.sqrt(count))
     rows = math.ceil(count / cols)
-    figure = new_figure(figsize=(2.6 * cols, 2.6 * rows + 0.6), layout="constrained")
+    height = 2.6 * rows + 0.6
+    figure = new_figure(figsize=(2.6 * cols, height))  # a fixed grid: a layout engine would cost a second
+    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.6 / height, wspace=0.1, hspace=0.25)
     for i, ax in enumerate(figure.subplots(rows, cols, squeeze=False).flat):
         ax.axis("off")
         if i >= count:

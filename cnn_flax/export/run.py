@@ -15,12 +15,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from cnn_flax.errors import UserError
-from cnn_flax.experiment import _variables_from_checkpoint, build_experiment, initial_variables
+from cnn_flax.experiment import build_experiment, initial_variables
 from cnn_flax.export.function import build_inference_function
 from cnn_flax.export.predict import image_decoding
 from cnn_flax.export.write import check_destination, write_export
 from cnn_flax.models import create_model, init_traced
-from cnn_flax.training.checkpoint import Checkpoints
+from cnn_flax.training.checkpoint import Checkpoints, load_variables
 
 EXPORT_FOLDER = "export"
 
@@ -84,4 +84,4 @@ def _weights(config: ml_collections.ConfigDict, workdir: str, exp, model,
     source = {"checkpoint": os.path.abspath(path), "epoch": epoch}
     if config.ema_eval:  # --ema: the moving average of the weights the run kept
         source["weights"] = "moving average"
-    return _variables_from_checkpoint(path, template, ema=config.ema_eval), source
+    return load_variables(path, template, ema=config.ema_eval), source

@@ -44,6 +44,11 @@ def caffe_lrn(name: str) -> LocalResponseNorm:
     return LocalResponseNorm(size=5, alpha=1e-4 / 5, beta=0.75, bias=1.0, name=name)
 
 
+def pool_3x3s2(cpu_kernels: bool, name: str) -> MaxPool:
+    """The 3x3/2 'same' max pool that halves the feature map between GoogLeNet's stages."""
+    return MaxPool(3, 2, "SAME", cpu_kernels=cpu_kernels, name=name)
+
+
 class AuxiliaryHead(nn.Module):
     """The paper's side classifier: avgpool 5x5/3 → 1x1 conv 128 → FC 1024 → dropout 70% → linear."""
 
@@ -72,6 +77,7 @@ class GoogLeNet(nn.Module):
     aux_heads: bool = True
     activation: str = "relu"
     dtype: Any = jnp.float32
+    cpu_kernels: bool = False  # set for XLA's CPU backend by the code that runs the model
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | tuple[jax.Array, ...]:
@@ -81,25 +87,25 @@ class GoogLeNet(nn.Module):
 
         def inception(name: str) -> Inception:
             return Inception(INCEPTION[name], batch_norm=False, activation=self.activation, dtype=self.dtype,
-                             name=f"inception_{name}")
+                             cpu_kernels=self.cpu_kernels, name=f"inception_{name}")
 
         x = conv(64, 7, 2, "conv1_7x7")(x)
-        x = MaxPool(3, 2, "SAME", name="pool1")(x)
+        x = pool_3x3s2(self.cpu_kernels, "pool1")(x)
         x = caffe_lrn("lrn1")(x)
         x = conv(64, 1, 1, "conv2_3x3_reduce")(x)
         x = conv(192, 3, 1, "conv2_3x3")(x)
         x = caffe_lrn("lrn2")(x)
-        x = MaxPool(3, 2, "SAME", name="pool2")(x)
+        x = pool_3x3s2(self.cpu_kernels, "pool2")(x)
         x = inception("3a")(x)
         x = inception("3b")(x)
-        x = MaxPool(3, 2, "SAME", name="pool3")(x)
+        x = pool_3x3s2(self.cpu_kernels, "pool3")(x)
         aux_logits = []
         for name in ("4a", "4b", "4c", "4d", "4e"):
             x = inception(name)(x)
             if self.aux_heads and train and name in AUX_AFTER:
                 head = AuxiliaryHead(self.num_classes, self.activation, self.dtype, name=f"aux_{name}")
                 aux_logits.append(head(x, train))
-        x = MaxPool(3, 2, "SAME", name="pool4")(x)
+        x = pool_3x3s2(self.cpu_kernels, "pool4")(x)
         x = inception("5a")(x)
         x = inception("5b")(x)
         x = AvgPool(7, 1, name="avg_pool")(x)
@@ -120,22 +126,26 @@ class DeeperGoogLeNet(nn.Module):
     bn_order: str = "conv_bn_act"
     activation: str = "relu"
     dtype: Any = jnp.float32
+    bn_axis_name: str | None = None  # set for jax.pmap by the code that runs the model
+    cpu_kernels: bool = False  # set for XLA's CPU backend by the code that runs the model
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        options = dict(bn_order=self.bn_order, activation=self.activation, dtype=self.dtype)
+        options = dict(bn_order=self.bn_order, activation=self.activation, dtype=self.dtype,
+                       bn_axis_name=self.bn_axis_name)
+        inception_options = dict(options, cpu_kernels=self.cpu_kernels)
         x = ConvModule(64, 5, name="conv1_5x5", **options)(x, train)
-        x = MaxPool(3, 2, "SAME", name="pool1")(x)
+        x = pool_3x3s2(self.cpu_kernels, "pool1")(x)
         x = ConvModule(64, 1, name="conv2_3x3_reduce", **options)(x, train)
         x = ConvModule(192, 3, name="conv2_3x3", **options)(x, train)
-        x = MaxPool(3, 2, "SAME", name="pool2")(x)
+        x = pool_3x3s2(self.cpu_kernels, "pool2")(x)
         for name in ("3a", "3b"):
-            x = Inception(INCEPTION[name], name=f"inception_{name}", **options)(x, train)
-        x = MaxPool(3, 2, "SAME", name="pool3")(x)
+            x = Inception(INCEPTION[name], name=f"inception_{name}", **inception_options)(x, train)
+        x = pool_3x3s2(self.cpu_kernels, "pool3")(x)
         if self.stage4:
             for name in ("4a", "4b", "4c", "4d", "4e"):
-                x = Inception(INCEPTION[name], name=f"inception_{name}", **options)(x, train)
-        x = MaxPool(3, 2, "SAME", name="pool4")(x)
+                x = Inception(INCEPTION[name], name=f"inception_{name}", **inception_options)(x, train)
+        x = pool_3x3s2(self.cpu_kernels, "pool4")(x)
         x = AvgPool(4, 1, name="avg_pool")(x)
         x = nn.Dropout(0.4, deterministic=not train, name="dropout")(x)
         return keras_dense(self.num_classes, self.dtype, name="logits")(Flatten(name="flatten")(x))
@@ -156,10 +166,13 @@ class MiniGoogLeNet(nn.Module):
     bn_order: str = "conv_bn_act"
     activation: str = "relu"
     dtype: Any = jnp.float32
+    bn_axis_name: str | None = None  # set for jax.pmap by the code that runs the model
+    cpu_kernels: bool = False  # set for XLA's CPU backend by the code that runs the model
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        options = dict(bn_order=self.bn_order, activation=self.activation, dtype=self.dtype)
+        options = dict(bn_order=self.bn_order, activation=self.activation, dtype=self.dtype,
+                       bn_axis_name=self.bn_axis_name)
         x = ConvModule(96, 3, name="conv1", **options)(x, train)
         inception, downsample = 0, 0
         for kind, *filters in MINI_GOOGLENET:
@@ -168,7 +181,8 @@ class MiniGoogLeNet(nn.Module):
                 x = SmallInception(*filters, name=f"inception{inception}", **options)(x, train)
             else:
                 downsample += 1
-                x = Downsample(*filters, name=f"downsample{downsample}", **options)(x, train)
+                x = Downsample(*filters, cpu_kernels=self.cpu_kernels, name=f"downsample{downsample}",
+                               **options)(x, train)
         x = AvgPool(7, 1, name="avg_pool")(x)
         x = nn.Dropout(0.5, deterministic=not train, name="dropout")(x)
         return keras_dense(self.num_classes, self.dtype, name="logits")(Flatten(name="flatten")(x))

@@ -5,11 +5,14 @@ every model, and so that the Keras defaults the deck's results rely on (Glorot-u
 biases, BatchNorm momentum 0.99 / epsilon 1e-3, 'same' padding as TensorFlow pads) are written once.
 Pooling layers are modules rather than functions so that summaries list them like Keras does and so
 that an input too small for a window fails with a message instead of an empty tensor.
+
+Two fields are set by whoever runs a model, never by a config: `bn_axis_name` (under `jax.pmap`, the
+device axis BatchNorm averages its batch statistics over, as in Flax's own examples; `jax.jit` over a
+mesh needs nothing) and `cpu_kernels` (max pooling whose gradient XLA's CPU backend computes quickly,
+see `cpu_kernels.py`). Both default to plain Linen.
 """
 
-import contextlib
-import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -17,27 +20,12 @@ import jax
 import jax.numpy as jnp
 
 from cnn_flax.errors import UserError
-from cnn_flax.models.cpu_kernels import conv_general_dilated, max_pool
+from cnn_flax.models.cpu_kernels import max_pool as cpu_max_pool
 
 Dtype = Any
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"relu": nn.relu, "elu": nn.elu}
 BN_ORDERS = ("conv_bn_act", "conv_act_bn")
 keras_kernel_init = nn.initializers.glorot_uniform()
-_BATCH_NORM_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar("batch_norm_axis", default=None)
-
-
-@contextlib.contextmanager
-def batch_norm_axis(axis_name: str | None) -> Iterator[None]:
-    """Within this block, every BatchNorm averages its batch statistics over the named device axis.
-
-    `jax.pmap` gives each device a slice of the batch; without this, each would normalise with its own
-    slice's statistics. (Under `jax.jit` over a mesh the batch is one global array and nothing is needed.)
-    """
-    token = _BATCH_NORM_AXIS.set(axis_name)
-    try:
-        yield
-    finally:
-        _BATCH_NORM_AXIS.reset(token)
 
 
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -52,17 +40,16 @@ def check_bn_order(order: str) -> str:
     return order
 
 
-def keras_batch_norm(train: bool, dtype: Dtype, name: str | None = None) -> nn.BatchNorm:
+def keras_batch_norm(train: bool, dtype: Dtype, axis_name: str | None = None, name: str | None = None) -> nn.BatchNorm:
     """BatchNorm with Keras's defaults, statistics kept in float32 whatever the compute dtype."""
-    return nn.BatchNorm(
-        use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=dtype, param_dtype=jnp.float32,
-        axis_name=_BATCH_NORM_AXIS.get() if train else None, name=name)
+    return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=dtype,
+                        param_dtype=jnp.float32, axis_name=axis_name, name=name)
 
 
 def keras_conv(features: int, kernel: int, strides: int = 1, padding: str = "SAME", dtype: Dtype = jnp.float32,
                name: str | None = None) -> nn.Conv:
     return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=padding,
-                   kernel_init=keras_kernel_init, dtype=dtype, conv_general_dilated=conv_general_dilated, name=name)
+                   kernel_init=keras_kernel_init, dtype=dtype, name=name)
 
 
 def keras_dense(features: int, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Dense:
@@ -70,10 +57,10 @@ def keras_dense(features: int, dtype: Dtype = jnp.float32, name: str | None = No
 
 
 def norm_and_activate(x: jax.Array, *, order: str, activation: str, train: bool, dtype: Dtype,
-                      name: str) -> jax.Array:
+                      bn_axis_name: str | None = None, name: str) -> jax.Array:
     """The tail of a conv_module or dense block: BN then activation, or activation then BN."""
     act = activation_fn(activation)
-    bn = keras_batch_norm(train, dtype, name=name)
+    bn = keras_batch_norm(train, dtype, bn_axis_name, name=name)
     return act(bn(x)) if check_bn_order(order) == "conv_bn_act" else bn(act(x))
 
 
@@ -88,6 +75,7 @@ class ConvModule(nn.Module):
     bn_order: str = "conv_bn_act"
     activation: str = "relu"
     dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -95,7 +83,7 @@ class ConvModule(nn.Module):
         if not self.batch_norm:
             return activation_fn(self.activation)(x)
         return norm_and_activate(x, order=self.bn_order, activation=self.activation, train=train,
-                                 dtype=self.dtype, name="bn")
+                                 dtype=self.dtype, bn_axis_name=self.bn_axis_name, name="bn")
 
 
 def _check_window(x: jax.Array, window: int, layer: str) -> None:
@@ -103,35 +91,46 @@ def _check_window(x: jax.Array, window: int, layer: str) -> None:
     if height < window or width < window:
         raise UserError(
             f"{layer}: a {height}x{width} feature map is smaller than its {window}x{window} window; "
-            "the input image is too small for this model (use a larger model.input_shape)")
+            "the input image is too small for this model (use a larger data.image_size or model.input_shape)")
+
+
+def _pooled(layer: "MaxPool | AvgPool", x: jax.Array, pool: Callable[..., jax.Array]) -> jax.Array:
+    """`pool(x, window, strides, padding)`, after checking that a 'VALID' window fits the feature map."""
+    if layer.padding == "VALID":
+        _check_window(x, layer.window, layer.name or type(layer).__name__)
+    return pool(x, layer.window, layer.strides, layer.padding)
+
+
+def _xla_max_pool(x: jax.Array, window: int, strides: int, padding: str) -> jax.Array:
+    return nn.max_pool(x, (window, window), (strides, strides), padding)
+
+
+def _keras_avg_pool(x: jax.Array, window: int, strides: int, padding: str) -> jax.Array:
+    """Like Keras, padded positions are left out of the mean."""
+    # Keywords: ONNX conversion (jax2onnx) swaps in an avg_pool that takes only these by name.
+    return nn.avg_pool(x, window_shape=(window, window), strides=(strides, strides), padding=padding,
+                       count_include_pad=False)
 
 
 class MaxPool(nn.Module):
     window: int
     strides: int
     padding: str = "VALID"
+    cpu_kernels: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.padding == "VALID":
-            _check_window(x, self.window, self.name or "max_pool")
-        return max_pool(x, self.window, self.strides, self.padding)
+        return _pooled(self, x, cpu_max_pool if self.cpu_kernels else _xla_max_pool)
 
 
 class AvgPool(nn.Module):
-    """Average pooling that, like Keras, leaves padded positions out of the mean."""
-
     window: int
     strides: int
     padding: str = "VALID"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.padding == "VALID":
-            _check_window(x, self.window, self.name or "avg_pool")
-        # Keywords: ONNX conversion (jax2onnx) swaps in an avg_pool that takes only these by name.
-        return nn.avg_pool(x, window_shape=(self.window, self.window), strides=(self.strides, self.strides),
-                           padding=self.padding, count_include_pad=False)
+        return _pooled(self, x, _keras_avg_pool)
 
 
 class GlobalAvgPool(nn.Module):
@@ -189,6 +188,8 @@ class Inception(nn.Module):
     bn_order: str = "conv_bn_act"
     activation: str = "relu"
     dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+    cpu_kernels: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -196,12 +197,14 @@ class Inception(nn.Module):
 
         def conv(features: int, kernel: int, name: str) -> ConvModule:
             return ConvModule(features, kernel, batch_norm=self.batch_norm, bn_order=self.bn_order,
-                              activation=self.activation, dtype=self.dtype, name=name)
+                              activation=self.activation, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                              name=name)
 
         branch1 = conv(n1x1, 1, "1x1")(x, train)
         branch2 = conv(n3x3, 3, "3x3")(conv(n3x3_reduce, 1, "3x3_reduce")(x, train), train)
         branch3 = conv(n5x5, 5, "5x5")(conv(n5x5_reduce, 1, "5x5_reduce")(x, train), train)
-        branch4 = conv(pool_proj, 1, "pool_proj")(MaxPool(3, 1, "SAME", name="pool")(x), train)
+        pooled = MaxPool(3, 1, "SAME", cpu_kernels=self.cpu_kernels, name="pool")(x)
+        branch4 = conv(pool_proj, 1, "pool_proj")(pooled, train)
         return jnp.concatenate([branch1, branch2, branch3, branch4], axis=-1)
 
 
@@ -213,10 +216,12 @@ class SmallInception(nn.Module):
     bn_order: str = "conv_bn_act"
     activation: str = "relu"
     dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        options = dict(bn_order=self.bn_order, activation=self.activation, dtype=self.dtype)
+        options = dict(bn_order=self.bn_order, activation=self.activation, dtype=self.dtype,
+                       bn_axis_name=self.bn_axis_name)
         branch1 = ConvModule(self.n1x1, 1, name="1x1", **options)(x, train)
         branch2 = ConvModule(self.n3x3, 3, name="3x3", **options)(x, train)
         return jnp.concatenate([branch1, branch2], axis=-1)
@@ -229,10 +234,12 @@ class Downsample(nn.Module):
     bn_order: str = "conv_bn_act"
     activation: str = "relu"
     dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+    cpu_kernels: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         conv = ConvModule(self.features, 3, strides=2, padding="VALID", bn_order=self.bn_order,
-                          activation=self.activation, dtype=self.dtype, name="3x3")
+                          activation=self.activation, dtype=self.dtype, bn_axis_name=self.bn_axis_name, name="3x3")
         _check_window(x, 3, self.name or "downsample")
-        return jnp.concatenate([conv(x, train), MaxPool(3, 2, name="pool")(x)], axis=-1)
+        return jnp.concatenate([conv(x, train), MaxPool(3, 2, cpu_kernels=self.cpu_kernels, name="pool")(x)], axis=-1)

@@ -20,18 +20,21 @@ class MiniVGG(nn.Module):
     bn_order: str = "conv_act_bn"
     activation: str = "relu"
     dtype: Any = jnp.float32
+    bn_axis_name: str | None = None  # set for jax.pmap by the code that runs the model
+    cpu_kernels: bool = False  # set for XLA's CPU backend by the code that runs the model
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        options = dict(bn_order=self.bn_order, activation=self.activation, dtype=self.dtype)
+        options = dict(bn_order=self.bn_order, activation=self.activation, dtype=self.dtype,
+                       bn_axis_name=self.bn_axis_name)
         for stage, features in enumerate(STAGES, start=1):
             x = ConvModule(features, 3, name=f"block{stage}_conv1", **options)(x, train)
             x = ConvModule(features, 3, name=f"block{stage}_conv2", **options)(x, train)
-            x = MaxPool(2, 2, name=f"block{stage}_pool")(x)
+            x = MaxPool(2, 2, cpu_kernels=self.cpu_kernels, name=f"block{stage}_pool")(x)
             x = nn.Dropout(0.25, deterministic=not train, name=f"block{stage}_dropout")(x)
         x = Flatten(name="flatten")(x)
         x = keras_dense(512, self.dtype, name="fc1")(x)
         x = norm_and_activate(x, order=self.bn_order, activation=self.activation, train=train, dtype=self.dtype,
-                              name="fc1_bn")
+                              bn_axis_name=self.bn_axis_name, name="fc1_bn")
         x = nn.Dropout(0.5, deterministic=not train, name="fc1_dropout")(x)
         return keras_dense(self.num_classes, self.dtype, name="predictions")(x)

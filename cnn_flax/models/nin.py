@@ -27,6 +27,7 @@ class NiN(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
+    cpu_kernels: bool = False  # set for XLA's CPU backend by the code that runs the model
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -38,7 +39,10 @@ class NiN(nn.Module):
             x = act(keras_conv(filters[2], 1, dtype=self.dtype, name=f"mlpconv{block}_cccp2")(x))
             if pool is None:
                 break
-            pool_layer = MaxPool if pool == "max" else AvgPool
-            x = pool_layer(3, 2, "SAME", name=f"mlpconv{block}_pool")(x)
+            name = f"mlpconv{block}_pool"
+            if pool == "max":
+                x = MaxPool(3, 2, "SAME", cpu_kernels=self.cpu_kernels, name=name)(x)
+            else:
+                x = AvgPool(3, 2, "SAME", name=name)(x)
             x = nn.Dropout(self.dropout_rate, deterministic=not train, name=f"mlpconv{block}_dropout")(x)
         return GlobalAvgPool(name="global_average_pooling")(x)

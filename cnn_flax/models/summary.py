@@ -75,8 +75,9 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Lay
         return output
 
     def init():
-        with nn.intercept_methods(record):
-            return init_traced(model, tuple(input_shape), jax.random.key(0))  # traced on every call
+        # Traced on every call; without nested jits (initialisers, jnp functions) it traces faster.
+        with nn.intercept_methods(record), jax.disable_jit():
+            return init_traced(model, tuple(input_shape), jax.random.key(0))
 
     variables = jax.eval_shape(init)
     rows, seen = [], set()

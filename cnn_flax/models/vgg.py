@@ -57,6 +57,7 @@ class VGG(nn.Module):
     dropout_rate: float = 0.5
     activation: str = "relu"
     dtype: Any = jnp.float32
+    cpu_kernels: bool = False  # set for XLA's CPU backend by the code that runs the model
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -69,7 +70,7 @@ class VGG(nn.Module):
         block, conv_in_block = 1, 0
         for layer in VGG_TABLE[self.variant]:
             if layer == "pool":
-                x = MaxPool(2, 2, name=f"block{block}_pool")(x)
+                x = MaxPool(2, 2, cpu_kernels=self.cpu_kernels, name=f"block{block}_pool")(x)
                 block, conv_in_block = block + 1, 0
             elif layer == "LRN":
                 x = LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, bias=2.0, name=f"block{block}_lrn")(x)

@@ -1,7 +1,8 @@
 """Images in, VGG inputs out, exactly as Keras prepares them for its ImageNet VGG16/VGG19 weights.
 
 The published weights come from Caffe: they expect BGR pixels with the ImageNet channel means
-subtracted and no scaling (Keras's preprocess_input, mode 'caffe'). Resizing follows
+subtracted and no scaling (Keras's preprocess_input, mode 'caffe': `data.preprocess.caffe_preprocess`,
+which the 'caffe' normalisation of training uses too). Resizing follows
 keras.utils.load_img(target_size=...): PIL, converted to RGB, nearest-neighbour by default, no aspect
 ratio kept, EXIF orientation ignored. Any other choice changes the logits enough to change top-5
 rankings against Keras.
@@ -10,13 +11,13 @@ rankings against Keras.
 import os
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cnn_flax.data.preprocess import CAFFE_BGR_MEAN
+from cnn_flax.data.preprocess import CAFFE_BGR_MEAN, caffe_preprocess
 from cnn_flax.errors import UserError
+
+__all__ = ["CAFFE_BGR_MEAN", "RESAMPLING", "caffe_preprocess", "load_images"]
 
 RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -50,10 +51,3 @@ def _load_one(path: str, width_height: tuple[int, int], resample: Image.Resampli
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise UserError(f"{path}: cannot be read as an image ({error}); give a JPEG, PNG or other "
                         "PIL-readable file") from None
-
-
-def caffe_preprocess(images: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
-    """float32 RGB→BGR minus the ImageNet means; numpy stays numpy, jax arrays (jit tracers too) stay jax."""
-    xp = jnp if isinstance(images, jax.Array) else np
-    bgr = xp.asarray(images).astype(xp.float32)[..., ::-1]
-    return bgr - xp.asarray(CAFFE_BGR_MEAN, dtype=xp.float32)

@@ -103,6 +103,11 @@ class PmapParallel:
         return np.asarray(multihost_utils.process_allgather(local, tiled=True))
 
 
+def batch_norm_axis(mode: str) -> str | None:
+    """The device axis a model's BatchNorm must average over under this mode (its `bn_axis_name`)."""
+    return PmapParallel.axis_name if mode == "pmap" else None
+
+
 def make_parallel(mode: str) -> JitParallel | PmapParallel:
     if mode == "jit":
         return JitParallel()

@@ -14,7 +14,6 @@ import time
 from typing import Any, TextIO
 
 import jax
-from clu import metric_writers, periodic_actions
 from tqdm import tqdm
 
 log = logging.getLogger("cnn_flax")
@@ -59,6 +58,8 @@ class Reporter:
 
     def __init__(self, workdir: str, total_steps: int, wandb_config: Any | None, run_config: dict[str, Any],
                  stream: TextIO | None = None, interactive: bool | None = None) -> None:
+        from clu import metric_writers, periodic_actions  # imports TensorFlow (seconds): only when a run starts
+
         self.is_writer = jax.process_index() == 0
         self._stream, self._interactive = stream, interactive
         self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_writer,

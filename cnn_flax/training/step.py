@@ -1,8 +1,11 @@
 """The pure train, eval and predict step functions; `parallel` decides how they are compiled.
 
-Each is `(state, batch, metrics) -> ...` with no Python state, so the same function runs under
+Each is `(state, batch, metrics) -> ...` (evaluation and prediction take the model's variables instead
+of the train state, so they serve any weights: a checkpoint's, or a second set kept beside training) with
+no Python state, so the same function runs under
 `jax.jit` over a device mesh (where the batch axis is sharded and XLA inserts the reductions) and
-under `jax.pmap` (where `axis_name` names the device axis for gradient, BatchNorm and metric means).
+under `jax.pmap` (where `axis_name` names the device axis for the gradient and metric means; the
+model's BatchNorm is told the same axis when the model is created, its `bn_axis_name` field).
 Dropout and augmentation keys are folded from the step number: a resumed run draws the same numbers.
 """
 
@@ -14,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cnn_flax.models.layers import batch_norm_axis
 from cnn_flax.training.metrics import EvalMetrics, TrainMetrics
 from cnn_flax.training.optim import l2_penalty
 from cnn_flax.training.param_groups import keep_frozen_stats
@@ -94,6 +96,13 @@ def join_micro_batches(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
 
 
+def _metrics_update(metrics_class: type, axis_name: str | None, **outputs: jax.Array):
+    """This step's metrics; under pmap gathered from every device (clu's collective form)."""
+    if axis_name is None:
+        return metrics_class.single_from_model_output(**outputs)
+    return metrics_class.gather_from_model_output(axis_name=axis_name, **outputs)
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preprocess: Preprocess, *, seed: int,
                     aux_weight: float = 0.3, l2: float = 0.0, label_smoothing: float = 0.0, accum_steps: int = 1,
                     ema_decay: float = 0.0, axis_name: str | None = None, mixing: Any = None,
@@ -111,11 +120,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preproce
     the running averages per optimizer step, as k separate forward passes in train mode would. With
     `ema_decay` > 0 the state's moving average of the weights and BatchNorm statistics follows every update.
     """
+    if getattr(model, "bn_axis_name", axis_name) != axis_name:  # each device would normalise its own slice
+        raise ValueError(f"the model's bn_axis_name={model.bn_axis_name!r} differs from the step's "
+                         f"axis_name={axis_name!r}; create the model with bn_axis_name={axis_name!r}")
 
     def loss_fn(params, batch_stats, images, rows, lam, dropout_key):
-        with batch_norm_axis(axis_name):
-            outputs, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
-                                           train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+        outputs, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                       train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
         logits, aux_logits = _split_outputs(outputs)
         targets = _targets(rows, lam, logits.shape[-1])
         loss = training_loss(logits, targets, label_smoothing).mean()
@@ -165,11 +176,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preproce
             ema = ema_update(ema, {"params": params, "batch_stats": batch_stats}, ema_decay)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
                                   ema=ema)
-        outputs = dict(loss=loss, logits=logits.astype(jnp.float32), labels=labels, step=state.step)
-        if axis_name is None:
-            update = TrainMetrics.single_from_model_output(**outputs)
-        else:
-            update = TrainMetrics.gather_from_model_output(axis_name=axis_name, **outputs)
+        update = _metrics_update(TrainMetrics, axis_name, loss=loss, logits=logits.astype(jnp.float32),
+                                 labels=labels, step=state.step)
         return new_state, metrics.merge(update)
 
     return train_step
@@ -185,19 +193,16 @@ def predict_logits(model: nn.Module, variables: dict[str, Any], images: jax.Arra
 
 
 def make_eval_step(model: nn.Module, preprocess: Preprocess, *, flip: bool = False, axis_name: str | None = None):
-    def eval_step(state: TrainState, batch: Batch, metrics: EvalMetrics) -> EvalMetrics:
-        logits = predict_logits(model, state.variables, preprocess(batch["image"], None), flip)
-        outputs = dict(loss=cross_entropy(logits, batch["label"]), logits=logits, labels=batch["label"],
-                       mask=batch["mask"])
-        if axis_name is None:
-            return metrics.merge(EvalMetrics.single_from_model_output(**outputs))
-        return metrics.merge(EvalMetrics.gather_from_model_output(axis_name=axis_name, **outputs))
+    def eval_step(variables: dict[str, Any], batch: Batch, metrics: EvalMetrics) -> EvalMetrics:
+        logits = predict_logits(model, variables, preprocess(batch["image"], None), flip)
+        return metrics.merge(_metrics_update(EvalMetrics, axis_name, loss=cross_entropy(logits, batch["label"]),
+                                             logits=logits, labels=batch["label"], mask=batch["mask"]))
 
     return eval_step
 
 
 def make_predict_step(model: nn.Module, preprocess: Preprocess, *, flip: bool = False):
-    def predict_step(state: TrainState, batch: Batch) -> jax.Array:
-        return predict_logits(model, state.variables, preprocess(batch["image"], None), flip)
+    def predict_step(variables: dict[str, Any], batch: Batch) -> jax.Array:
+        return predict_logits(model, variables, preprocess(batch["image"], None), flip)
 
     return predict_step
