@@ -12,10 +12,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/NAME.py[:ARG]).", lock_config=True)
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/NAME.py[:ARG]); --mode=report "
+                                "reads the workdir's config.json instead.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where the run writes everything (default: runs/<config name>).")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "summary", "prepare", "predict", "benchmark", "ablate",
-                                    "export"], "What to do.")
+                                    "export", "report"], "What to do.")
 flags.DEFINE_string("checkpoint", "latest", "--mode=evaluate: latest, all, or an epoch number; --mode=export: "
                     "latest or an epoch number.")
 flags.DEFINE_list("images", [], "--mode=predict: image files, or folders of them (searched recursively), to classify.")
@@ -33,6 +34,18 @@ flags.DEFINE_bool("verbose", False, "Show tracebacks and debug logs.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+
+
+def _log_to_workdir() -> None:
+    """Modes that write into the workdir keep their full log there (log.txt) too."""
+    if FLAGS.mode in ("summary", "prepare", "report") or (FLAGS.config is None and not FLAGS.workdir):
+        return
+    import jax
+
+    from cnn_flax.console import log_file_name, log_to_file
+
+    workdir = FLAGS.workdir or os.path.join("runs", FLAGS.config.name)
+    log_to_file(os.path.join(workdir, log_file_name(jax.process_index())))
 
 
 def _hide_gpus_from_tensorflow() -> None:
@@ -74,6 +87,14 @@ def run_export_folder() -> int:
 
 
 def run() -> int:
+    if FLAGS.mode == "report":
+        from cnn_flax.errors import UserError
+        from cnn_flax.run_report import rebuild_report
+
+        if FLAGS.config is None and not FLAGS.workdir:
+            raise UserError("--mode=report needs --workdir=runs/NAME (or --config to name runs/<config name>)")
+        print(rebuild_report(FLAGS.workdir or os.path.join("runs", FLAGS.config.name), FLAGS.config))
+        return 0
     if FLAGS.export_dir:
         return run_export_folder()
     from cnn_flax import modes
@@ -82,7 +103,8 @@ def run() -> int:
 
     config = FLAGS.config
     if config is None:
-        raise UserError("--config=configs/NAME.py is required (except for --mode=predict/benchmark --export_dir)")
+        raise UserError("--config=configs/NAME.py is required (except for --mode=report --workdir=DIR and "
+                        "--mode=predict/benchmark --export_dir)")
     if FLAGS.ema:
         config.ema_eval = True
     workdir = FLAGS.workdir or os.path.join("runs", config.name)
@@ -110,53 +132,32 @@ def run() -> int:
         print(run_ablation(config, workdir, FLAGS.variants or DECK_EXTENSIONS))
     else:
         result = train_and_evaluate(config, workdir)
-        if result.get("interrupted") or "rank1" not in result:  # stopped by a signal, or not process 0
-            return 0
-        print(f"Done: rank-1 {result['rank1']:.4f}  rank-5 {result['rank5']:.4f}  loss {result['loss']:.4f}  "
-              f"(reports in {workdir})")
+        if result.metrics is not None:  # None when a signal stopped the run, and on processes other than 0
+            metrics = result.metrics
+            print(f"Done: rank-1 {metrics['rank1']:.4f}  rank-5 {metrics['rank5']:.4f}  loss {metrics['loss']:.4f}  "
+                  f"(open {os.path.join(workdir, 'report.html')})")
     return 0
 
 
-def _config_flag_problem(argv: list[str], error: Exception) -> str:
-    """One line for a config flag absl/ml_collections could not take (their messages span many lines)."""
-    text = " ".join(str(error).split())
-    config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    if config_arg is None and "--config" in argv[:-1]:
-        config_arg = argv[argv.index("--config") + 1]
-    if config_arg and "No such file" in text:
-        path = config_arg.split(":")[0]
-        here = os.path.dirname(path) or "."
-        choices = sorted(f for f in os.listdir(here) if f.endswith(".py") and not f.startswith("_")) \
-            if os.path.isdir(here) else []
-        return f"config file {path} not found; use one of {', '.join(choices) or 'the files in configs/'}"
-    if isinstance(error, KeyError | AttributeError):
-        key = str(error).strip("\"' ")
-        given = next((a for a in argv if a.startswith("--config.") and f".{key}" in a.split("=")[0]), key)
-        return (f"{given.split('=')[0].lstrip('-')}: unknown config key {key!r}; see the config file or "
-                "--mode=summary for the keys that exist")
-    return text
-
-
 def parse_flags(argv: list[str]) -> list[str]:
+    from cnn_flax.config_args import check_config_flags
+    from cnn_flax.errors import UserError
+
     try:
+        check_config_flags(argv)
         return FLAGS(argv)
-    except Exception as error:  # noqa: BLE001 - any flag problem becomes one line
-        print(f"error: {_config_flag_problem(argv, error)}", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001 - a flag mistake is one line (--verbose shows the traceback)
+        text = str(error) if isinstance(error, UserError) else " ".join(str(error).split())
+        print(f"error: {text}", file=sys.stderr)
         if "--verbose" in argv:
             raise
         sys.exit(2)
 
 
-class _NoTracebacks(logging.Filter):
-    """Without --verbose, log records stay one line each, and errors that are raised again are not logged.
-
-    Orbax logs every exception of its background threads with a traceback, then raises it again in the
-    thread that waits for the checkpoint, where it becomes the run's one-line error (or a traceback).
-    """
+class _OneLineRecords(logging.Filter):
+    """Without --verbose, log records stay one line each: the error that ends a run is printed on its own."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "_SignalingThread.run() raised an exception" in record.getMessage():
-            return False
         record.exc_info = record.exc_text = record.stack_info = None
         return True
 
@@ -169,30 +170,28 @@ def _quiet_unraisable(unraisable: "sys.UnraisableHookArgs") -> None:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.basicConfig(level=logging.DEBUG if FLAGS.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("absl", "jax", "orbax", "tensorflow", "h5py", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if FLAGS.verbose else logging.WARNING)
+    from cnn_flax.console import configure_logging, quiet_native_start
+
+    terminal = configure_logging(FLAGS.verbose)  # warnings on the terminal; the full log in WORKDIR/log.txt
     if not FLAGS.verbose:
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(_NoTracebacks())
+        terminal.addFilter(_OneLineRecords())
         sys.unraisablehook = _quiet_unraisable
     from cnn_flax.runtime import tune_cpu, use_compile_cache
 
     log = logging.getLogger("cnn_flax")
     log.debug("CPU runtime settings applied: %s", tune_cpu())  # before JAX starts
     log.debug("compiled programs cached in %r", use_compile_cache())
-    if FLAGS.mode != "summary":  # importing TensorFlow costs seconds; only data-reading modes load it
-        _hide_gpus_from_tensorflow()
+    if FLAGS.mode not in ("summary", "report"):  # importing TensorFlow costs seconds; only data-reading modes
+        with quiet_native_start(FLAGS.verbose):
+            _hide_gpus_from_tensorflow()
     from cnn_flax.errors import UserError
 
     try:
-        try:
-            if FLAGS.config is not None:
-                FLAGS.config.get("name")
-        except OSError as error:  # ml_collections reports a config file it could not load only on first use
-            raise UserError(_config_flag_problem(sys.argv, error)) from error
         _start_distributed()
+        _log_to_workdir()
+        if FLAGS.mode in ("summary", "report"):  # quick modes that may import TensorFlow on the way
+            with quiet_native_start(FLAGS.verbose):
+                return run()
         return run()
     except UserError as error:
         if FLAGS.verbose:

@@ -5,15 +5,18 @@ The deck's extensions (CONV→ACT→BN order, ELU) are the default list. Each va
 """
 
 import ast
-import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 
+from cnn_flax.atomic import write_text
 from cnn_flax.errors import UserError
 from cnn_flax.evaluation import comparison_table, plot_comparison
+from cnn_flax.run_report import write_run_report
 from cnn_flax.train import train_and_evaluate
+from cnn_flax.training.history import History
 
 DECK_EXTENSIONS = "baseline:;conv_act_bn:model.bn_order=conv_act_bn;elu:model.activation=elu"
 
@@ -57,16 +60,18 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[tuple[str
 
 
 def run_ablation(config: ml_collections.ConfigDict, workdir: str, variants: str = DECK_EXTENSIONS) -> str:
+    """Train every variant (each resuming from its own checkpoints), then ablation.txt and ablation.png."""
     results, histories = {}, {}
     for name, overrides in parse_variants(variants).items():
         run_dir = os.path.join(workdir, name)
-        results[name] = train_and_evaluate(apply_overrides(config, overrides), run_dir)
-        if results[name].get("interrupted"):
+        result = train_and_evaluate(apply_overrides(config, overrides), run_dir)
+        if result.interrupted:
             raise UserError(f"the ablation stopped during variant {name!r}; run the same command to continue")
-        with open(os.path.join(run_dir, "history.json")) as handle:
-            histories[name] = json.load(handle)
+        results[name] = result.metrics or {}  # None on processes other than 0
+        histories[name] = History.load(os.path.join(run_dir, "history.json")).records
     table = comparison_table(results)
-    with open(os.path.join(workdir, "ablation.txt"), "w") as handle:
-        handle.write(table + "\n")
-    plot_comparison(histories, os.path.join(workdir, "ablation.png"))
+    if jax.process_index() == 0:  # the others have no metrics to compare (they write no reports)
+        write_text(os.path.join(workdir, "ablation.txt"), table + "\n")
+        plot_comparison(histories, os.path.join(workdir, "ablation.png"))
+        write_run_report(workdir, "ablate")
     return table

@@ -1,10 +1,11 @@
 """Throughput of a config's model on this machine: `--mode=benchmark` prints one line of figures.
 
 step: the bare compiled train step on a batch already on the device (the ceiling); loop: the real
-training loop (`Trainer.train`: input pipeline, device prefetch, on-device metrics with their periodic
-fetch, progress bar, stop checks) from the start of an epoch until its metrics are on the host, on the
-config's data or on synthetic data of the same shape when the dataset is absent; eval: inference on a
-device-resident batch; input: the host input pipeline alone, when the data exists.
+training loop (`train.fit` with every hook of a run: input pipeline, device prefetch, on-device metrics
+with their periodic fetch, progress bar, stop checks) from the start of an epoch until its metrics are on
+the host, timed by a hook of its own (`EpochTimer`), on the config's data or on synthetic data of the same
+shape when the dataset is absent; eval: inference on a device-resident batch; input: the host input
+pipeline alone, when the data exists.
 
 What an epoch costs besides its steps (fresh weights, the validation pass, history, plot, checkpoint)
 does not depend on the number of steps, so it is reported on its own as `epoch_extra_s` instead of
@@ -25,12 +26,16 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import ml_collections
 
 from cnn_flax.errors import UserError
+from cnn_flax.loop import Hook, LoopState
+
+if TYPE_CHECKING:
+    from cnn_flax.train import Trainer
 
 REPEATS = 3
 STEPS = 10  # per timed repetition, and the length of the timed loop's epoch
@@ -84,17 +89,15 @@ def benchmark_config(config: ml_collections.ConfigDict, steps: int, use_data: bo
 class _BareSteps:
     """The compiled train step applied again and again to one device-resident batch."""
 
-    def __init__(self, trainer: Any) -> None:
+    def __init__(self, trainer: "Trainer") -> None:
         from cnn_flax.experiment import initial_variables
         from cnn_flax.training.metrics import TrainMetrics
-        from cnn_flax.training.state import TrainState
 
         self.trainer = trainer
         parallel = trainer.parallel
-        first = next(iter(trainer.split_batches("train", shuffle=True, epoch=0, drop_remainder=True)))
+        first = next(iter(trainer.batches("train", shuffle=True, epoch=0, drop_remainder=True)))
         self.batch = parallel.put_batch(first)
-        self.state = parallel.put_replicated(TrainState.create(initial_variables(trainer.exp), trainer.tx,
-                                                               ema=bool(trainer.config.ema_decay)))
+        self.state = parallel.put_replicated(trainer.new_state(initial_variables(trainer.exp)))
         self.metrics = parallel.put_replicated(TrainMetrics.empty())
 
     def __call__(self, steps: int) -> float:
@@ -105,49 +108,39 @@ class _BareSteps:
         return time.perf_counter() - start
 
 
-class _LoopEpochs:
-    """Whole `Trainer.train` runs of one epoch, each in a fresh workdir, timed inside and out.
+class EpochTimer(Hook):
+    """Marks when an epoch starts and when its steps are done (its train metrics are on the host by then)."""
 
-    The epoch's steps end when the loop asks for the validation metrics (the train metrics have been
-    fetched to the host by then), so wrapping `evaluate_metrics` marks that moment without touching
-    the loop.
-    """
+    def __init__(self) -> None:
+        self.started = self.steps_done = 0.0
 
-    def __init__(self, trainer: Any, scratch: str) -> None:
-        self.trainer, self.scratch = trainer, scratch
-        self.marks: dict[str, float] = {}
-        evaluate = trainer.evaluate_metrics
+    def on_epoch_start(self, loop: LoopState) -> None:
+        self.started = time.perf_counter()
 
-        def marked_evaluate(*args: Any, **kwargs: Any) -> dict[str, float]:
-            self.marks.setdefault("steps_done", time.perf_counter())
-            return evaluate(*args, **kwargs)
+    def on_steps_done(self, loop: LoopState) -> None:
+        self.steps_done = time.perf_counter()
 
-        trainer.evaluate_metrics = marked_evaluate
+    @property
+    def steps_seconds(self) -> float:
+        return self.steps_done - self.started
 
-    def __call__(self) -> tuple[float, float]:
-        """(seconds of the epoch's steps, seconds of everything else in `Trainer.train`)."""
-        from cnn_flax.training.logging import Reporter
 
-        trainer, marks = self.trainer, self.marks
-        trainer.files = type(trainer.files)(tempfile.mkdtemp(dir=self.scratch))
-        reporter = Reporter(trainer.files.workdir, trainer.spe, None, {})
-        start_epoch = reporter.start_epoch
+def _timed_epoch(trainer: "Trainer", scratch: str) -> tuple[float, float]:
+    """One whole `fit` of one epoch in a fresh workdir: (seconds of its steps, seconds of everything else)."""
+    from cnn_flax.engine import RunFiles
+    from cnn_flax.train import fit
+    from cnn_flax.training.reporting import Reporter
 
-        def marked_start(*args: Any, **kwargs: Any) -> None:
-            marks["epoch_start"] = time.perf_counter()
-            start_epoch(*args, **kwargs)
-
-        reporter.start_epoch = marked_start
-        marks.clear()
-        start = time.perf_counter()
-        try:
-            with contextlib.redirect_stderr(io.StringIO()):  # keep progress bars out of the figures' output
-                trainer.train(reporter)
-        finally:
-            reporter.close()
-        total = time.perf_counter() - start
-        steps = marks["steps_done"] - marks["epoch_start"]
-        return steps, total - steps
+    files, timer = RunFiles(tempfile.mkdtemp(dir=scratch)), EpochTimer()
+    reporter = Reporter(files.workdir, trainer.spe, None, {})
+    start = time.perf_counter()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # keep progress bars out of the figures' output
+            fit(trainer, files, reporter, hooks=[timer])
+    finally:
+        reporter.close()
+    total = time.perf_counter() - start
+    return timer.steps_seconds, total - timer.steps_seconds
 
 
 def benchmark_figures(config: ml_collections.ConfigDict, steps: int = STEPS, repeats: int = REPEATS,
@@ -162,34 +155,34 @@ def benchmark_figures(config: ml_collections.ConfigDict, steps: int = STEPS, rep
                                    devices=jax.device_count(), steps=steps)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = Trainer(run_config, scratch)
+        trainer = Trainer(run_config)
         figures["model"] = trainer.exp.model_config.get("name", figures["model"])
         bare = _BareSteps(trainer)
         bare(1)
         figures["first_step_s"] = time.perf_counter() - start
         figures.update(step_memory(trainer.train_step, bare.state, bare.batch, bare.metrics))
         figures["step_img_per_s"] = _median_rate(lambda: (steps * batch_size, bare(steps)), repeats)
+        predict = trainer.evaluator.predict_step[False]
 
         def inference() -> int:
             out = None
             for _ in range(steps):
-                out = trainer.predict_step[False](bare.state, bare.batch)
+                out = predict(bare.state.variables, bare.batch)
             jax.block_until_ready(out)
             return steps * batch_size
 
         inference()
         figures["eval_img_per_s"] = _median_rate(_timed(inference), repeats)
 
-        loop = _LoopEpochs(trainer, scratch)
-        loop()
-        runs = [loop() for _ in range(repeats)]
+        _timed_epoch(trainer, scratch)
+        runs = [_timed_epoch(trainer, scratch) for _ in range(repeats)]
         figures["loop_img_per_s"] = statistics.median(steps * batch_size / inside for inside, _ in runs)
         figures["epoch_extra_s"] = statistics.median(outside for _, outside in runs)
         if has_data:
             from cnn_flax.data.bench import measure_input
 
             figures["input_img_per_s"] = measure_input(trainer.exp.source, "train", batch_size, input_seconds)
-        figures["compiles"] = trainer.train_step._cache_size()
+        figures["compiles"] = trainer.compile_count("train")
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     figures["data"] = "real" if has_data else "synthetic"
     figures["device"] = jax.devices()[0].device_kind.replace(" ", "_")
@@ -215,7 +208,8 @@ def _memory_fields(figures: dict[str, Any]) -> str:
 
 
 def format_line(figures: dict[str, Any]) -> str:
-    """SPEC.md's line, then the extras (epoch_extra_s, start-up and memory, data, device, steps, compiles)."""
+    """The figures every machine reports (model, batch, devices, rates), then the extras (epoch_extra_s,
+    start-up and memory, data, device, steps, compiles)."""
     keys = ["step_img_per_s", "loop_img_per_s", "eval_img_per_s"]
     keys += ["input_img_per_s"] if "input_img_per_s" in figures else []
     rates = " ".join(f"{key}={figures[key]:.1f}" for key in keys)

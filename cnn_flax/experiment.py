@@ -8,7 +8,6 @@ chosen here (fresh, a Keras .h5 file, or an Orbax checkpoint of another run).
 import dataclasses
 import logging
 import os
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +21,7 @@ import optax
 from cnn_flax.data import DatasetInfo, DataSource, make_preprocess, make_source
 from cnn_flax.errors import UserError
 from cnn_flax.models import create_model, init_variables
-from cnn_flax.training.checkpoint import Checkpoints
+from cnn_flax.training.checkpoint import load_variables
 from cnn_flax.training.optim import build_optimizer, build_schedule, check_accum_steps
 from cnn_flax.training.parallel import batch_norm_axis, check_batch_size, make_parallel
 from cnn_flax.training.param_groups import with_param_groups
@@ -43,12 +42,7 @@ class Experiment:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        if self.info is not None and self.info.name == "imagenet2012":
-            # TFDS names the classes by WordNet id (n01440764); reports read better with Keras's words
-            # (tench), which come in the same sorted-id order.
-            from cnn_flax.pretrained import imagenet_class_names
-
-            return imagenet_class_names()
+        """The data's names for the classes; their numbers when the data is not at hand (--mode=summary)."""
         if self.info is not None:
             return self.info.class_names
         return tuple(str(i) for i in range(self.model_config.get("num_classes", 0)))
@@ -75,7 +69,7 @@ def resolve_model_config(config: ml_collections.ConfigDict, info: DatasetInfo | 
             raise UserError(f"model.num_classes={model['num_classes']} but the {info.name} data has "
                             f"{info.num_classes} classes; set --config.model.num_classes=-1 to take it from the data")
     elif model["num_classes"] in (-1, None):
-        model["num_classes"] = NOMINAL_CLASSES.get(config.data.get("name"), 1000)
+        model["num_classes"] = NOMINAL_CLASSES.get(config.data.name, 1000)
     return model
 
 
@@ -113,7 +107,7 @@ def build_experiment(config: ml_collections.ConfigDict, need_data: bool = True) 
         raise UserError(f"data gives {info.image_shape} images but the model is built for {shape}; "
                         "set data.image_size to match")
     model_config = resolve_model_config(config, info)
-    dtype = jnp.bfloat16 if config.get("half_precision") else jnp.float32
+    dtype = jnp.bfloat16 if config.half_precision else jnp.float32
     model = create_model(model_config, dtype=dtype, bn_axis_name=batch_norm_axis(config.parallel),
                          cpu_kernels=jax.default_backend() == "cpu")
     return Experiment(config, model, model_config, shape, source, info)
@@ -121,7 +115,7 @@ def build_experiment(config: ml_collections.ConfigDict, need_data: bool = True) 
 
 def steps_per_epoch(config: ml_collections.ConfigDict, source: DataSource) -> int:
     available = source.num_batches("train", config.batch_size, drop_remainder=True)
-    wanted = int(config.get("steps_per_epoch", -1))
+    wanted = int(config.steps_per_epoch)
     if available == 0:
         raise UserError(f"the train split has fewer examples than batch_size={config.batch_size}; "
                         "lower --config.batch_size")
@@ -144,15 +138,15 @@ def preprocessors(exp: Experiment) -> Callable:
 def setup_parallel(config: ml_collections.ConfigDict):
     check_batch_size(config.batch_size)
     check_accum_steps(config.optimizer.accum_steps, config.batch_size, jax.device_count())
-    if config.data.get("on_device") and config.get("parallel", "jit") != "jit":
+    if config.data.on_device and config.parallel != "jit":
         raise UserError("data.on_device=True needs parallel='jit'; set --config.parallel=jit")
-    return make_parallel(config.get("parallel", "jit"))
+    return make_parallel(config.parallel)
 
 
 def initial_variables(exp: Experiment) -> dict[str, Any]:
     """Fresh weights from config.seed, or the weights named by config.init_from."""
     variables = init_variables(exp.model, jax.random.key(exp.config.seed), exp.input_shape)
-    source = exp.config.get("init_from", "")
+    source = exp.config.init_from
     if not source:
         return variables
     if not os.path.exists(source):
@@ -160,48 +154,10 @@ def initial_variables(exp: Experiment) -> dict[str, Any]:
     if source.endswith((".h5", ".hdf5", ".keras")):
         from cnn_flax.pretrained import load_keras_weights
 
-        skip = tuple(s for s in exp.config.get("init_skip", "").split(",") if s)
+        skip = tuple(s for s in exp.config.init_skip.split(",") if s)
         log.info("Initialising from Keras weights %s", source)
         return load_keras_weights(source, variables, skip=skip)
-    return _variables_from_checkpoint(source, variables)
-
-
-def _variables_from_checkpoint(path: str, template: dict[str, Any], ema: bool = False) -> dict[str, Any]:
-    """Parameters and BatchNorm statistics from another run's checkpoint (its optimizer state is dropped);
-    with `ema`, the moving average of them that the run kept."""
-    path = os.path.abspath(path)
-    match = re.fullmatch(r"epoch_(\d+)", os.path.basename(path))
-    directory = os.path.dirname(path) if match else os.path.join(path, "checkpoints")
-    checkpoints = Checkpoints(directory)
-    epochs = checkpoints.saved_epochs()
-    if not epochs:
-        raise UserError(f"init_from={path!r} holds no epoch checkpoints; point it at a workdir or at "
-                        "checkpoints/epoch_N")
-    epoch = int(match.group(1)) if match else epochs[-1]
-    import orbax.checkpoint as ocp
-
-    raw = checkpoints.epochs.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    raw_state = raw.get("state", raw)
-    if ema and "ema" not in raw_state:
-        raise UserError(f"{path} was trained without a moving average of the weights (ema_decay=0); "
-                        "drop --ema / ema_eval")
-    weights = raw_state["ema"] if ema else raw_state
-    loaded = {"params": weights["params"], "batch_stats": weights.get("batch_stats") or {}}
-    result = {}
-    for collection, tree in template.items():
-        source_tree = loaded.get(collection, {})
-        flat_source = {k: v for k, v in _flatten(source_tree)}
-        flat = []
-        for key, leaf in _flatten(tree):
-            if key not in flat_source or np.shape(flat_source[key]) != np.shape(leaf):
-                raise UserError(f"init_from={path!r}: {collection}/{'/'.join(key)} is missing or has another "
-                                "shape; the checkpoint is of a different model")
-            flat.append(jnp.asarray(flat_source[key], dtype=leaf.dtype))
-        result[collection] = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tree), flat)
-    log.info("Initialised from checkpoint %s (epoch %d)", directory, epoch)
-    return result
-
-
-def _flatten(tree: Any) -> list[tuple[tuple[str, ...], Any]]:
-    return [(tuple(str(getattr(k, "key", k)) for k in path), leaf)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
+    try:
+        return load_variables(source, variables)
+    except UserError as error:
+        raise UserError(f"init_from: {error}") from error

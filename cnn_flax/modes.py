@@ -9,17 +9,17 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
+from cnn_flax.engine import RunFiles
 from cnn_flax.errors import UserError
-from cnn_flax.evaluation import epoch_table, rank_accuracies, write_evaluation
+from cnn_flax.evaluation import epoch_table, write_evaluation
+from cnn_flax.evaluator import Evaluator
 from cnn_flax.experiment import NOMINAL_CLASSES, build_experiment, initial_variables
+from cnn_flax.models import init_variables
 from cnn_flax.models.summary import summary_text
-from cnn_flax.train import RunFiles, Trainer
-from cnn_flax.training.checkpoint import Checkpoints
-from cnn_flax.training.history import write_json_atomically
+from cnn_flax.run_report import write_run_report
+from cnn_flax.training.checkpoint import Checkpoints, load_variables
 from cnn_flax.training.optim import describe_optimizer, learning_rate_plan
-from cnn_flax.training.step import cross_entropy
 
 log = logging.getLogger("cnn_flax")
 # Train-split sizes, so the plan of a per-step schedule can be printed without the data.
@@ -29,17 +29,21 @@ NOMINAL_TRAIN_SIZE = {"digits": 1347, "cifar10": 50_000, "tiny_imagenet": 90_000
 def summary(config: ml_collections.ConfigDict) -> str:
     """Model table and totals, then the optimizer and the learning rate by epoch. Needs no data."""
     exp = build_experiment(config, need_data=False)
-    lines = [summary_text(exp.model, exp.input_shape, title=config.get("name"))]
+    lines = [summary_text(exp.model, exp.input_shape, title=config.name)]
     if "num_classes" not in exp.model_config:
         return lines[0]
-    spe = int(config.get("steps_per_epoch", -1))
+    return "\n".join([*lines, "", *optimizer_plan(config)])
+
+
+def optimizer_plan(config: ml_collections.ConfigDict) -> list[str]:
+    """The optimizer and the learning rate by epoch, as --mode=summary and report.html show them."""
+    spe = int(config.steps_per_epoch)
     if spe <= 0:
         spe = max(NOMINAL_TRAIN_SIZE.get(config.data.name, config.batch_size) // config.batch_size, 1)
-    lines += ["", f"Optimizer: {describe_optimizer(config.optimizer)}; batch {config.batch_size}; "
-                  f"{config.num_epochs} epochs of {spe} steps",
-              "Learning rate plan:"]
-    lines += [f"  {line}" for line in learning_rate_plan(config.optimizer, config.schedule, config.num_epochs, spe)]
-    return "\n".join(lines)
+    lines = [f"Optimizer: {describe_optimizer(config.optimizer)}; batch {config.batch_size}; "
+             f"{config.num_epochs} epochs of {spe} steps", "Learning rate plan:"]
+    return lines + [f"  {line}" for line in learning_rate_plan(config.optimizer, config.schedule, config.num_epochs,
+                                                                spe)]
 
 
 def prepare(config: ml_collections.ConfigDict, overwrite: bool = False) -> list[str]:
@@ -60,79 +64,78 @@ def prepare(config: ml_collections.ConfigDict, overwrite: bool = False) -> list[
     return written
 
 
-def _evaluate_state(trainer: Trainer, state: Any, split: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    logits, labels = trainer.predictions(trainer.parallel.put_replicated(state), split)
-    loss = float(np.mean(np.asarray(cross_entropy(logits, labels))))
-    return dict(loss=loss, **rank_accuracies(logits, labels)), logits, labels
-
-
-def _evaluated(config: ml_collections.ConfigDict, state: Any) -> Any:
-    """The weights to evaluate: the state's own, or with `ema_eval` its moving average alone."""
-    if not config.ema_eval:
-        return state
-    if not state.ema:
-        raise UserError("ema_eval (--ema): init_from weights carry no moving average; evaluate a checkpoint of "
-                        "this workdir or drop --ema")
-    return state.averaged().replace(ema={})
-
-
 def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "latest") -> dict[str, Any]:
-    """Evaluate the latest checkpoint, a given epoch, or every saved epoch ('all') on `eval_split`."""
+    """Evaluate the latest checkpoint, a given epoch, or every saved epoch ('all') on `eval_split`.
+
+    Only the weights are read from the checkpoints, so no optimizer is built and any optimizer's run works;
+    with `ema_eval`, the moving average of the weights that the run kept.
+    """
     if config.ema_eval and not config.ema_decay:
         raise UserError("ema_eval (--ema) needs the run's ema_decay: set --config.ema_decay to the value it was "
                         "trained with")
-    trainer = Trainer(config, workdir)
-    checkpoints = Checkpoints(trainer.files.checkpoints)
-    epochs = checkpoints.saved_epochs()
-    split = config.get("eval_split", "test")
-    template = trainer.template()
-    if checkpoint == "all":
-        if not epochs:
-            raise UserError(f"no epoch checkpoints in {checkpoints.directory}; train first")
-        rows = []
-        for epoch in epochs:
-            tree, _ = checkpoints.restore_epoch(epoch, template)
-            values, _, _ = _evaluate_state(trainer, _evaluated(config, tree["state"]), split)
-            rows.append(dict(epoch=epoch, **values))
-            log.info("epoch %d: rank-1 %.4f rank-5 %.4f loss %.4f", epoch, values["rank1"], values["rank5"],
-                     values["loss"])
-        table = epoch_table(rows)
-        print(table)
-        if trainer.files.is_writer:
-            write_json_atomically(trainer.files.path("checkpoints_evaluation.json"), rows)
-            with open(trainer.files.path("checkpoints_evaluation.txt"), "w") as handle:
-                handle.write(table + "\n")
-        return {"epochs": rows}
-    if checkpoint == "latest":
-        if epochs:
-            tree, _ = checkpoints.restore_epoch(epochs[-1], template)
-            state = tree["state"]
-        elif config.get("init_from"):
-            state = template["state"].replace(**initial_variables(trainer.exp), ema={})
+    evaluator, files = Evaluator.from_config(config), RunFiles(workdir)
+    exp = evaluator.engine.exp
+    template = jax.eval_shape(lambda: init_variables(exp.model, jax.random.key(0), exp.input_shape))
+    checkpoints = Checkpoints(files.checkpoints)
+    try:
+        epochs = checkpoints.saved_epochs()
+        if checkpoint == "all":
+            rows = _evaluate_every_epoch(evaluator, checkpoints, template, files)
+            write_run_report(workdir, "evaluate", config)
+            return rows
+        if checkpoint == "latest":
+            if epochs:
+                variables = checkpoints.restore_variables(epochs[-1], template, config.ema_eval)
+            elif config.init_from:
+                if config.ema_eval:
+                    raise UserError("ema_eval (--ema): init_from weights carry no moving average; evaluate a "
+                                    "checkpoint of this workdir or drop --ema")
+                variables = initial_variables(exp)
+            else:
+                raise UserError(f"no checkpoint in {checkpoints.directory} and no init_from; train first or set "
+                                "--config.init_from")
+        elif checkpoint.isdigit():
+            variables = checkpoints.restore_variables(int(checkpoint), template, config.ema_eval)
         else:
-            raise UserError(f"no checkpoint in {checkpoints.directory} and no init_from; train first or set "
-                            "--config.init_from")
-    else:
-        try:
-            tree, _ = checkpoints.restore_epoch(int(checkpoint), template)
-        except ValueError as error:
-            raise UserError(f"--checkpoint={checkpoint!r}: use latest, all or an epoch number") from error
-        state = tree["state"]
-    results = trainer.final_report(_evaluated(config, state))
-    print(f"{split}: rank-1 {results['rank1']:.4f}  rank-5 {results['rank5']:.4f}  loss {results['loss']:.4f}")
+            raise UserError(f"--checkpoint={checkpoint!r}: use latest, all or an epoch number")
+    finally:
+        checkpoints.close()
+    results = evaluator.report(evaluator.on_devices(variables), files)
+    if files.is_writer:
+        print(f"{config.eval_split}: rank-1 {results['rank1']:.4f}  rank-5 {results['rank5']:.4f}  "
+              f"loss {results['loss']:.4f}")
+    write_run_report(workdir, "evaluate", config)
     return results
+
+
+def _evaluate_every_epoch(evaluator: Evaluator, checkpoints: Checkpoints, template: dict[str, Any],
+                          files: RunFiles) -> dict[str, Any]:
+    """One row per saved epoch, as a table on the terminal and in checkpoints_evaluation.{json,txt}."""
+    epochs = checkpoints.saved_epochs()
+    if not epochs:
+        raise UserError(f"no epoch checkpoints in {checkpoints.directory}; train first")
+    rows = []
+    for epoch in epochs:
+        variables = evaluator.on_devices(checkpoints.restore_variables(epoch, template,
+                                                                       evaluator.engine.config.ema_eval))
+        values = evaluator.scores(variables, evaluator.engine.config.eval_split)
+        rows.append(dict(epoch=epoch, **values))
+        log.info("epoch %d: rank-1 %.4f rank-5 %.4f loss %.4f", epoch, values["rank1"], values["rank5"],
+                 values["loss"])
+    table = epoch_table(rows)
+    print(table)
+    files.write_json("checkpoints_evaluation.json", rows)
+    files.write_text("checkpoints_evaluation.txt", table + "\n")
+    return {"epochs": rows}
 
 
 def _inference_variables(config: ml_collections.ConfigDict, workdir: str, exp) -> dict[str, Any]:
     """The latest checkpoint of the workdir if there is one, else the weights of init_from."""
     directory = RunFiles(workdir).checkpoints
     if os.path.isdir(directory) and Checkpoints(directory).saved_epochs():
-        from cnn_flax.experiment import _variables_from_checkpoint
-        from cnn_flax.models import init_variables
-
         template = jax.eval_shape(lambda: init_variables(exp.model, jax.random.key(0), exp.input_shape))
-        return _variables_from_checkpoint(workdir, template, ema=config.ema_eval)
-    if config.get("init_from"):
+        return load_variables(workdir, template, ema=config.ema_eval)
+    if config.init_from:
         if config.ema_eval:
             raise UserError("ema_eval (--ema): init_from weights carry no moving average; drop --ema")
         return initial_variables(exp)
@@ -174,7 +177,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -
     from cnn_flax.predict import classify, format_predictions, model_probabilities, write_predictions
 
     files = _prediction_files(paths)
-    caffe = config.data.get("normalize") == "caffe"
+    caffe = config.data.normalize == "caffe"
     exp = build_experiment(config, need_data=not caffe or config.data.name == "folder")
     variables = _inference_variables(config, workdir, exp)
     if caffe and exp.info is None:

@@ -155,14 +155,14 @@ def profile(config: "ml_collections.ConfigDict", steps: int) -> dict[str, dict[s
 
     run_config = benchmark_config(config, steps, use_data=False)
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = Trainer(run_config, scratch)
+        trainer = Trainer(run_config)
         bare = _BareSteps(trainer)
-        predict = trainer.predict_step[False]
+        predict = trainer.evaluator.predict_step[False]
 
         def inference() -> None:
             out = None
             for _ in range(steps):
-                out = predict(bare.state, bare.batch)
+                out = predict(bare.state.variables, bare.batch)
             jax.block_until_ready(out)
 
         bare(1)
@@ -170,7 +170,7 @@ def profile(config: "ml_collections.ConfigDict", steps: int) -> dict[str, dict[s
         # The compiled module is one device's program: its images are that device's part of the batch.
         batch_size = jax.tree.leaves(bare.batch)[0].addressable_shards[0].data.shape[0]
         phases = {"train": (lambda: bare(steps), trainer.train_step, (bare.state, bare.batch, bare.metrics)),
-                  "inference": (inference, predict, (bare.state, bare.batch))}
+                  "inference": (inference, predict, (bare.state.variables, bare.batch))}
         columns = {}
         for phase, (run, step, args) in phases.items():
             categories = instruction_categories(step.lower(*args).compile().as_text(), batch_size)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn_flax.atomic import atomic_file, write_json
 from cnn_flax.errors import UserError
 
 # {'index': int, 'name': str, 'prob': float}: one ranked class, as written to predictions.json.
@@ -108,17 +109,12 @@ def classify(probabilities: Probabilities, paths: Sequence[str | os.PathLike], l
 
 def write_predictions(directory: str, ranked: Sequence[tuple[str, Sequence[Prediction]]]) -> tuple[str, str]:
     """predictions.json ([{image, top5}]) and predictions.csv (path, class, probability, top5), atomically."""
-    from cnn_flax.training.history import write_json_atomically
-
-    os.makedirs(directory, exist_ok=True)
     json_path = os.path.join(directory, "predictions.json")
-    write_json_atomically(json_path, [dict(image=path, top5=list(top)) for path, top in ranked])
+    write_json(json_path, [dict(image=path, top5=list(top)) for path, top in ranked])
     csv_path = os.path.join(directory, "predictions.csv")
-    tmp = f"{csv_path}.partial-{os.getpid()}"
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with atomic_file(csv_path, newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "class", "probability", "top5"])
         for path, top in ranked:
             writer.writerow([path, top[0]["name"], f"{top[0]['prob']:.6f}", ";".join(p["name"] for p in top)])
-    os.replace(tmp, csv_path)
     return json_path, csv_path

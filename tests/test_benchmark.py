@@ -7,8 +7,9 @@ from conftest import tiny_config
 
 from cnn_flax.benchmark import benchmark, benchmark_figures, format_line
 from cnn_flax.data import make_source
-from cnn_flax.train import Trainer
-from cnn_flax.training.logging import Reporter
+from cnn_flax.engine import RunFiles
+from cnn_flax.train import Trainer, fit
+from cnn_flax.training.reporting import Reporter
 
 BENCHMARK_LINE = re.compile(r"^benchmark model=(\w+) batch=(\d+) devices=(\d+) step_img_per_s=([\d.]+) "
                        r"loop_img_per_s=([\d.]+) eval_img_per_s=([\d.]+)( input_img_per_s=([\d.]+))? ")
@@ -22,7 +23,7 @@ def test_benchmark_line_on_real_data_and_one_compile(tmp_path):
     assert match.groups()[:3] == ("minivgg", "32", "8")
     assert all(float(v) > 0 for v in match.groups()[3:6]) and float(match.group(8)) > 0
     assert line.endswith("data=real device=cpu steps=3 compiles=1")
-    # Bare steps, warm-up and timed runs of Trainer.train (three fresh epochs) all used one compilation.
+    # Bare steps, warm-up and timed runs of train.fit (three fresh epochs) all used one compilation.
     assert figures["compiles"] == 1 and figures["epoch_extra_s"] > 0
     # The ahead-of-time compile behind the memory figures is not one of the step's compilations.
     assert 0 < figures["first_step_s"] and figures["peak_rss_mb"] > 100
@@ -56,9 +57,9 @@ def test_synthetic_source_is_deterministic_and_shaped(tmp_path):
 
 
 def test_train_step_compiles_once_over_epochs(tmp_path):
-    trainer = Trainer(tiny_config(num_epochs=2, steps_per_epoch=3), str(tmp_path))
+    trainer = Trainer(tiny_config(num_epochs=2, steps_per_epoch=3))
     reporter = Reporter(str(tmp_path), 2 * trainer.spe, None, {})
-    trainer.train(reporter)
+    fit(trainer, RunFiles(str(tmp_path)), reporter)
     reporter.close()
-    assert trainer.train_step._cache_size() == 1
-    assert trainer.eval_step._cache_size() == 1
+    assert trainer.compile_count("train") == 1
+    assert trainer.compile_count("eval") == 1

@@ -32,15 +32,17 @@ def trained(tmp_path_factory):
 
 
 def test_training_prepares_the_folder_and_learns(trained):
-    config, workdir, _, names, result = trained
+    config, workdir, root, names, result = trained
     assert os.path.isfile(os.path.join(config.data.dir, "skipped.txt"))
-    assert result["rank1"] >= 0.9, result
+    for row in json.load(open(os.path.join(workdir, "mistakes.json"))):  # named by file, in its class folder
+        assert os.path.isfile(os.path.join(root, row["file"])) and row["file"].split(os.sep)[0] == row["true"]
+    assert result.metrics["rank1"] >= 0.9, result
     report = open(os.path.join(workdir, "report.txt")).read()
     assert all(name in report for name in names)
     history = json.load(open(os.path.join(workdir, "history.json")))
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     evaluated = modes.evaluate(config, workdir)
-    assert evaluated["rank1"] == result["rank1"]
+    assert evaluated["rank1"] == result.metrics["rank1"]
 
 
 def test_predict_takes_files_and_folders_and_writes_json_and_csv(trained, capsys):

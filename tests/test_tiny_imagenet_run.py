@@ -24,7 +24,7 @@ def test_prepare_then_train_deeper_googlenet_on_a_small_tiny_imagenet(tmp_path):
     result = train_and_evaluate(config, workdir)
     metrics = json.load(open(os.path.join(workdir, "metrics.json")))
     assert metrics["num_examples"] == 6  # 2 carved per class from train, 3 classes
-    assert result["rank5"] == 1.0  # three classes: every label is within the top five
+    assert result.metrics["rank5"] == 1.0  # three classes: every label is within the top five
     saved = json.load(open(os.path.join(workdir, "config.json")))
     assert saved["model"]["num_classes"] == -1
     report = open(os.path.join(workdir, "report.txt")).read()

@@ -10,7 +10,8 @@ from conftest import tiny_config
 
 from cnn_flax import modes
 from cnn_flax.errors import UserError
-from cnn_flax.train import StopRequest, Trainer, train_and_evaluate
+from cnn_flax.hooks import StopRequest
+from cnn_flax.train import Trainer, train_and_evaluate
 
 HISTORY_KEYS = ("epoch", "learning_rate", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
@@ -21,10 +22,10 @@ def _history(workdir):
 
 
 def _params(workdir, epoch, **overrides):
-    trainer = Trainer(tiny_config(**overrides), workdir)
+    trainer = Trainer(tiny_config(**overrides))
     from cnn_flax.training.checkpoint import Checkpoints
 
-    tree, meta = Checkpoints(trainer.files.checkpoints).restore_epoch(epoch, trainer.template())
+    tree, meta = Checkpoints(os.path.join(workdir, "checkpoints")).restore_epoch(epoch, trainer.template())
     return tree["state"], meta
 
 
@@ -52,7 +53,7 @@ def test_a_run_leaves_every_documented_file(uninterrupted):
     metrics = json.load(open(os.path.join(workdir, "metrics.json")))
     assert metrics["split"] == "test" and metrics["num_examples"] == 64  # eval_steps=2 of 32
     assert 0.0 <= metrics["rank1"] <= metrics["rank5"] <= 1.0
-    assert result["rank1"] == metrics["rank1"]
+    assert result.metrics["rank1"] == metrics["rank1"] and not result.interrupted and result.is_writer
     history = _history(workdir)
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -80,7 +81,8 @@ def test_interrupted_mid_epoch_resumes_bit_exactly(uninterrupted, tmp_path, monk
         return calls["n"] >= 6  # epoch 2, after its second batch
 
     monkeypatch.setattr(StopRequest, "agreed", stop_after_six_steps)
-    assert train_and_evaluate(tiny_config(num_epochs=4), workdir) == {"interrupted": True}
+    result = train_and_evaluate(tiny_config(num_epochs=4), workdir)
+    assert result.interrupted and result.metrics is None
     assert os.listdir(os.path.join(workdir, "checkpoints", "interrupted")) == ["step_6"]
     assert [r["epoch"] for r in _history(workdir)] == [1]
     monkeypatch.undo()
@@ -133,7 +135,7 @@ def test_pmap_path_runs_the_whole_loop(tmp_path):
     result = train_and_evaluate(tiny_config(num_epochs=2, parallel="pmap"), workdir)
     history = _history(workdir)
     assert [r["epoch"] for r in history] == [1, 2] and all(np.isfinite(r["train_loss"]) for r in history)
-    assert 0.0 <= result["rank1"] <= 1.0
+    assert 0.0 <= result.metrics["rank1"] <= 1.0
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["epoch_1", "epoch_2", "interrupted"]
 
 
@@ -183,7 +185,7 @@ MODERN = {"ema_decay": 0.9, "optimizer.accum_steps": 2, "loss.label_smoothing": 
 
 
 def test_modern_switches_resume_bit_exactly_and_report_the_moving_average(tmp_path, monkeypatch, capsys):
-    from cnn_flax.experiment import _variables_from_checkpoint
+    from cnn_flax.training.checkpoint import load_variables
 
     reference, workdir = str(tmp_path / "reference"), str(tmp_path / "resumed")
     result = train_and_evaluate(tiny_config(num_epochs=2, **MODERN), reference)
@@ -194,7 +196,7 @@ def test_modern_switches_resume_bit_exactly_and_report_the_moving_average(tmp_pa
         return calls["n"] >= 6  # epoch 2, after its second batch
 
     monkeypatch.setattr(StopRequest, "agreed", stop_after_six_steps)
-    assert train_and_evaluate(tiny_config(num_epochs=2, **MODERN), workdir) == {"interrupted": True}
+    assert train_and_evaluate(tiny_config(num_epochs=2, **MODERN), workdir).interrupted
     monkeypatch.undo()
     train_and_evaluate(tiny_config(num_epochs=2, **MODERN), workdir)
     records = [[{k: v for k, v in r.items() if k != "seconds"} for r in json.load(open(f"{w}/history.json"))]
@@ -205,12 +207,12 @@ def test_modern_switches_resume_bit_exactly_and_report_the_moving_average(tmp_pa
     jax.tree_util.tree_map(np.testing.assert_array_equal, state.ema, resumed.ema)
 
     metrics = json.load(open(os.path.join(reference, "metrics.json")))
-    assert result["ema_rank1"] == metrics["ema_rank1"] and set(metrics) >= {"ema_rank5", "ema_loss"}
+    assert result.metrics["ema_rank1"] == metrics["ema_rank1"] and set(metrics) >= {"ema_rank5", "ema_loss"}
     assert json.load(open(os.path.join(reference, "ema_metrics.json")))["rank1"] == metrics["ema_rank1"]
     averaged = modes.evaluate(tiny_config(num_epochs=2, ema_eval=True, **MODERN), reference)
     assert averaged["rank1"] == metrics["ema_rank1"] and "ema_rank1" not in averaged
     template = jax.eval_shape(lambda: state.variables)
-    loaded = _variables_from_checkpoint(reference, template, ema=True)
+    loaded = load_variables(reference, template, ema=True)
     jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, state.ema)
     with pytest.raises(UserError, match="holds checkpoints with a moving average of the weights; keep ema_decay"):
         train_and_evaluate(tiny_config(num_epochs=3, **dict(MODERN, ema_decay=0.0)), reference)

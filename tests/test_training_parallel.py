@@ -70,7 +70,7 @@ def _run(parallel, devices=None, steps=2, modern=False):
         state, metrics = train(state, parallel.put_batch(_batch()), metrics)
     evaluate = parallel.compile_step(make_eval_step(model, preprocess, axis_name=parallel.axis_name), donate=())
     batch = dict(_batch(), mask=np.arange(16) < 13)
-    eval_metrics = evaluate(state, parallel.put_batch(batch), parallel.put_replicated(EvalMetrics.empty()))
+    eval_metrics = evaluate(state.variables, parallel.put_batch(batch), parallel.put_replicated(EvalMetrics.empty()))
     return parallel.fetch(state), parallel.fetch(metrics).compute(), parallel.fetch(eval_metrics).compute()
 
 

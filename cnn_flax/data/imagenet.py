@@ -28,6 +28,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from cnn_flax.data.core import BatchPlan, DatasetInfo, DataSource, check_split, finish_batch, one_line
+from cnn_flax.data.imagenet_classes import imagenet_class_names
 from cnn_flax.data.preprocess import CAFFE_BGR_MEAN
 from cnn_flax.data.tfds_common import import_tfds, shown_dir
 from cnn_flax.errors import UserError
@@ -115,7 +116,7 @@ class ImageNetSource(DataSource):
         return DatasetInfo(
             name=NAME,
             num_classes=labels.num_classes,
-            class_names=tuple(labels.names),  # WordNet ids; reports use Keras's words (cnn_flax.experiment)
+            class_names=imagenet_class_names(),  # Keras's words (tench) in TFDS's label order, not WordNet ids
             image_shape=(size, size, 3),
             split_sizes={split: int(splits[name].num_examples) for split, name in TFDS_SPLITS.items()},
             mean_rgb=mean_rgb,

@@ -1,57 +1,27 @@
-"""Atomic writes for everything the evaluation package leaves in a workdir.
+"""Figures for the evaluation package, written atomically like every other file of a run.
 
-Figures such as `training.png` are redrawn every epoch while a user may have them open, and `metrics.json`
-is read by other tools (comparison tables, W&B); a reader must never see a half-written file. Each write
-goes to a hidden temporary file in the destination folder and is then renamed over the target with
-`os.replace`, which is atomic on one filesystem.
+Figures such as `training.png` are redrawn every epoch while a user may have them open; they go through
+`cnn_flax.atomic` like the JSON and text files (re-exported here for the package's modules).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
+
+from cnn_flax.atomic import atomic_file, write_json, write_text
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-
-@contextlib.contextmanager
-def _atomic_target(path: str | os.PathLike, *, binary: bool) -> Iterator[IO[Any]]:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: its 0600 mode would survive the rename; open(..., "x") honours the umask like any file.
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "xb" if binary else "x", encoding=None if binary else "utf-8") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    with _atomic_target(path, binary=False) as handle:
-        handle.write(text)
-
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Strict JSON (no NaN/Infinity literals), so any JSON reader can load it."""
-    write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+__all__ = ["new_figure", "save_figure", "write_json", "write_text"]
 
 
 def save_figure(figure: Figure, path: str | os.PathLike, **savefig_kwargs: Any) -> None:
     """Render with the Agg canvas (no display needed) in the format the file name ends with."""
     fmt = Path(path).suffix.lstrip(".") or "png"
-    with _atomic_target(path, binary=True) as handle:
+    with atomic_file(path, binary=True) as handle:
         figure.savefig(handle, format=fmt, **savefig_kwargs)
 
 

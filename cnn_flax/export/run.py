@@ -15,12 +15,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from cnn_flax.errors import UserError
-from cnn_flax.experiment import _variables_from_checkpoint, build_experiment, initial_variables
+from cnn_flax.experiment import build_experiment, initial_variables
 from cnn_flax.export.function import build_inference_function
 from cnn_flax.export.predict import image_decoding
 from cnn_flax.export.write import check_destination, write_export
 from cnn_flax.models import create_model, init_traced
-from cnn_flax.training.checkpoint import Checkpoints
+from cnn_flax.training.checkpoint import Checkpoints, load_variables
 
 EXPORT_FOLDER = "export"
 
@@ -28,6 +28,8 @@ EXPORT_FOLDER = "export"
 def export_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "latest",
                overwrite: bool = False) -> dict[str, Any]:
     """Write WORKDIR/export from `checkpoint` ('latest' or an epoch number); returns the export.json content."""
+    if jax.process_count() > 1:
+        raise UserError("--mode=export writes one folder from one process; run it without --num_processes")
     directory = os.path.join(workdir, EXPORT_FOLDER)
     check_destination(directory, overwrite)  # before the slow part
     if "num_classes" not in config.model:
@@ -36,7 +38,9 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str 
     method = config.data.normalize
     caffe = method == "caffe"
     exp = build_experiment(config, need_data=not caffe or config.data.name == "folder")
-    model = create_model(exp.model_config, dtype=jnp.float32)  # see function.py: exports compute in float32
+    # float32 (see function.py), and without the CPU training kernels: XLA's own pooling, which every
+    # runtime and converter knows.
+    model = create_model(exp.model_config, dtype=jnp.float32, cpu_kernels=False)
     variables, source = _weights(config, workdir, exp, model, checkpoint)
     function = build_inference_function(model, variables, exp.input_shape, method, exp.info)
     if caffe and exp.info is None and exp.model_config["num_classes"] == 1000:
@@ -84,4 +88,4 @@ def _weights(config: ml_collections.ConfigDict, workdir: str, exp, model,
     source = {"checkpoint": os.path.abspath(path), "epoch": epoch}
     if config.ema_eval:  # --ema: the moving average of the weights the run kept
         source["weights"] = "moving average"
-    return _variables_from_checkpoint(path, template, ema=config.ema_eval), source
+    return load_variables(path, template, ema=config.ema_eval), source

@@ -8,14 +8,18 @@ favour of the previous good one; it is never used silently. Each checkpoint carr
 workdir belongs to the same model and knows exactly where in the data order to continue.
 """
 
+import contextlib
 import logging
 import os
+import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
 
@@ -51,6 +55,60 @@ def _storage_problem(error: Exception) -> str | None:
     return None
 
 
+class _HeldBack(logging.Filter):
+    """Holds back the error records logged (on absl's logger) while a save runs.
+
+    Orbax logs an exception of its writer threads with a full traceback and then raises the same exception
+    in the thread that waits for the save, where it becomes the run's one-line error; the log would only
+    repeat it. Records of any other exception are logged after the save as usual.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.exc_info:
+            self.records.append(record)
+            return False
+        return True
+
+
+def _chain(error: BaseException | None) -> list[BaseException]:
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+@contextlib.contextmanager
+def _raised_not_logged() -> Iterator[None]:
+    logger, held = logging.getLogger("absl"), _HeldBack()
+    logger.addFilter(held)
+    raised: BaseException | None = None
+    try:
+        yield
+    except BaseException as error:
+        raised = error
+        raise
+    finally:
+        logger.removeFilter(held)
+        for record in held.records:
+            if record.exc_info[1] not in _chain(raised):
+                logger.handle(record)
+
+
+class _OrbaxErrors(logging.Filter):
+    """Drops the error records Orbax's own modules log (used once a save has failed and been reported)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+_ORBAX_THREADS_AFTER_FAILURE = _OrbaxErrors()
+
+
 def write_checkpoint(manager: ocp.CheckpointManager, number: int, args: ocp.args.Composite) -> None:
     """Writes one checkpoint completely: the one place where checkpoint bytes go to disk (tests fail it here)."""
     manager.save(number, args=args, force=True)
@@ -80,13 +138,16 @@ class Checkpoints:
         args = ocp.args.Composite(state=ocp.args.StandardSave(serialization.to_state_dict(state)),
                                   meta=ocp.args.JsonSave(meta))
         try:
-            write_checkpoint(manager, number, args)
+            with _raised_not_logged():
+                write_checkpoint(manager, number, args)
         except Exception as error:
             reason = _storage_problem(error)
             if reason is None:
                 raise
             # Orbax's writer threads may still be finishing the half-written temporary folder; the next run
-            # removes it when it opens the checkpoints (cleanup_tmp_directories).
+            # removes it when it opens the checkpoints (cleanup_tmp_directories). They fail once more when the
+            # process exits under them, and would log that after the run's one-line error.
+            logging.getLogger("absl").addFilter(_ORBAX_THREADS_AFTER_FAILURE)
             raise UserError(f"could not write a checkpoint into {manager.directory} ({reason}); "
                             "free disk space or choose another --workdir, then run the same command again") from error
 
@@ -111,6 +172,39 @@ class Checkpoints:
         except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many types for a damaged file
             raise UserError(f"{self._name(self.epochs, epoch)} is corrupt or of another model "
                             f"({_first_line(error)}); use another epoch") from error
+
+    def restore_variables(self, epoch: int, template: dict[str, Any], ema: bool = False) -> dict[str, Any]:
+        """Parameters and BatchNorm statistics of a saved epoch, in the dtypes of `template`; no optimizer.
+
+        Needs no optimizer state to restore into, so evaluation and fine-tuning read checkpoints of any
+        optimizer. Every array is checked against `template` (another model's checkpoint is an error).
+        With `ema`, the moving average of the weights that the run kept instead of the weights themselves.
+        """
+        if epoch not in self.saved_epochs():
+            raise UserError(f"no checkpoint for epoch {epoch} in {self.directory}; saved epochs: "
+                            f"{', '.join(map(str, self.saved_epochs())) or 'none'}")
+        name = self._name(self.epochs, epoch)
+        try:
+            raw = self.epochs.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many types for a damaged file
+            raise UserError(f"{name} is corrupt ({_first_line(error)}); use another epoch") from error
+        raw_state = raw.get("state", raw)  # the train state, under the checkpoint's "state" entry
+        if ema and "ema" not in raw_state:
+            raise UserError(f"{name} was trained without a moving average of the weights (ema_decay=0); "
+                            "drop --ema / ema_eval")
+        weights = raw_state["ema"] if ema else raw_state
+        loaded = {"params": weights["params"], "batch_stats": weights.get("batch_stats") or {}}
+        result = {}
+        for collection, tree in template.items():
+            found = dict(_flatten(loaded.get(collection, {})))
+            leaves = []
+            for key, leaf in _flatten(tree):
+                if key not in found or np.shape(found[key]) != np.shape(leaf):
+                    raise UserError(f"{name}: {collection}/{'/'.join(key)} is missing or has another shape; "
+                                    "the checkpoint is of a different model")
+                leaves.append(jnp.asarray(found[key], dtype=leaf.dtype))
+            result[collection] = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tree), leaves)
+        return result
 
     def restore_latest(self, template: Any, max_epoch: int | None = None) -> tuple[Any, dict[str, Any]] | None:
         """The newest readable checkpoint by training step (epoch or interrupted), or None if there is none.
@@ -200,3 +294,27 @@ class Checkpoints:
     def close(self) -> None:
         self.epochs.close()
         self.interrupted.close()
+
+
+def _flatten(tree: Any) -> list[tuple[tuple[str, ...], Any]]:
+    return [(tuple(str(getattr(k, "key", k)) for k in path), leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def load_variables(path: str, template: dict[str, Any], ema: bool = False) -> dict[str, Any]:
+    """The variables of another run (their moving average with `ema`): `path` is its workdir (latest epoch)
+    or one `checkpoints/epoch_N`."""
+    path = os.path.abspath(path)
+    match = re.fullmatch(r"epoch_(\d+)", os.path.basename(path))
+    directory = os.path.dirname(path) if match else os.path.join(path, "checkpoints")
+    checkpoints = Checkpoints(directory)
+    try:
+        epochs = checkpoints.saved_epochs()
+        if not epochs:
+            raise UserError(f"{path} holds no epoch checkpoints; give a workdir or a checkpoints/epoch_N folder")
+        epoch = int(match.group(1)) if match else epochs[-1]
+        variables = checkpoints.restore_variables(epoch, template, ema)
+    finally:
+        checkpoints.close()
+    log.info("Read the weights of epoch %d in %s", epoch, directory)
+    return variables

@@ -9,16 +9,10 @@ import math
 import os
 from typing import Any
 
+from cnn_flax.atomic import write_json
+
 FIELDS = ("epoch", "learning_rate", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
 OPTIONAL_FIELDS = ("ema_val_loss", "ema_val_accuracy")  # runs with a moving average of the weights
-
-
-def write_json_atomically(path: str, payload: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=2, allow_nan=False)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 def _finite(value: Any) -> Any:
@@ -49,4 +43,4 @@ class History:
                              if key in FIELDS or key in record})
 
     def save(self) -> None:
-        write_json_atomically(self.path, self.records)
+        write_json(self.path, self.records)

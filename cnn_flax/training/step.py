@@ -1,6 +1,8 @@
 """The pure train, eval and predict step functions; `parallel` decides how they are compiled.
 
-Each is `(state, batch, metrics) -> ...` with no Python state, so the same function runs under
+Each is `(state, batch, metrics) -> ...` (evaluation and prediction take the model's variables instead
+of the train state, so they serve any weights: a checkpoint's, or a second set kept beside training) with
+no Python state, so the same function runs under
 `jax.jit` over a device mesh (where the batch axis is sharded and XLA inserts the reductions) and
 under `jax.pmap` (where `axis_name` names the device axis for the gradient and metric means; the
 model's BatchNorm is told the same axis when the model is created, its `bn_axis_name` field).
@@ -191,8 +193,8 @@ def predict_logits(model: nn.Module, variables: dict[str, Any], images: jax.Arra
 
 
 def make_eval_step(model: nn.Module, preprocess: Preprocess, *, flip: bool = False, axis_name: str | None = None):
-    def eval_step(state: TrainState, batch: Batch, metrics: EvalMetrics) -> EvalMetrics:
-        logits = predict_logits(model, state.variables, preprocess(batch["image"], None), flip)
+    def eval_step(variables: dict[str, Any], batch: Batch, metrics: EvalMetrics) -> EvalMetrics:
+        logits = predict_logits(model, variables, preprocess(batch["image"], None), flip)
         return metrics.merge(_metrics_update(EvalMetrics, axis_name, loss=cross_entropy(logits, batch["label"]),
                                              logits=logits, labels=batch["label"], mask=batch["mask"]))
 
@@ -200,7 +202,7 @@ def make_eval_step(model: nn.Module, preprocess: Preprocess, *, flip: bool = Fal
 
 
 def make_predict_step(model: nn.Module, preprocess: Preprocess, *, flip: bool = False):
-    def predict_step(state: TrainState, batch: Batch) -> jax.Array:
-        return predict_logits(model, state.variables, preprocess(batch["image"], None), flip)
+    def predict_step(variables: dict[str, Any], batch: Batch) -> jax.Array:
+        return predict_logits(model, variables, preprocess(batch["image"], None), flip)
 
     return predict_step
