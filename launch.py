@@ -12,10 +12,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/NAME.py[:ARG]).", lock_config=True)
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/NAME.py[:ARG]); --mode=report "
+                                "reads the workdir's config.json instead.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where the run writes everything (default: runs/<config name>).")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "summary", "prepare", "predict", "benchmark", "ablate",
-                                    "export"], "What to do.")
+                                    "export", "report"], "What to do.")
 flags.DEFINE_string("checkpoint", "latest", "--mode=evaluate: latest, all, or an epoch number; --mode=export: "
                     "latest or an epoch number.")
 flags.DEFINE_list("images", [], "--mode=predict: image files, or folders of them (searched recursively), to classify.")
@@ -33,6 +34,18 @@ flags.DEFINE_bool("verbose", False, "Show tracebacks and debug logs.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+
+
+def _log_to_workdir() -> None:
+    """Modes that write into the workdir keep their full log there (log.txt) too."""
+    if FLAGS.mode in ("summary", "prepare", "report") or (FLAGS.config is None and not FLAGS.workdir):
+        return
+    import jax
+
+    from cnn_flax.console import log_file_name, log_to_file
+
+    workdir = FLAGS.workdir or os.path.join("runs", FLAGS.config.name)
+    log_to_file(os.path.join(workdir, log_file_name(jax.process_index())))
 
 
 def _hide_gpus_from_tensorflow() -> None:
@@ -74,6 +87,14 @@ def run_export_folder() -> int:
 
 
 def run() -> int:
+    if FLAGS.mode == "report":
+        from cnn_flax.errors import UserError
+        from cnn_flax.run_report import rebuild_report
+
+        if FLAGS.config is None and not FLAGS.workdir:
+            raise UserError("--mode=report needs --workdir=runs/NAME (or --config to name runs/<config name>)")
+        print(rebuild_report(FLAGS.workdir or os.path.join("runs", FLAGS.config.name), FLAGS.config))
+        return 0
     if FLAGS.export_dir:
         return run_export_folder()
     from cnn_flax import modes
@@ -82,7 +103,8 @@ def run() -> int:
 
     config = FLAGS.config
     if config is None:
-        raise UserError("--config=configs/NAME.py is required (except for --mode=predict/benchmark --export_dir)")
+        raise UserError("--config=configs/NAME.py is required (except for --mode=report --workdir=DIR and "
+                        "--mode=predict/benchmark --export_dir)")
     if FLAGS.ema:
         config.ema_eval = True
     workdir = FLAGS.workdir or os.path.join("runs", config.name)
@@ -113,7 +135,7 @@ def run() -> int:
         if result.metrics is not None:  # None when a signal stopped the run, and on processes other than 0
             metrics = result.metrics
             print(f"Done: rank-1 {metrics['rank1']:.4f}  rank-5 {metrics['rank5']:.4f}  loss {metrics['loss']:.4f}  "
-                  f"(reports in {workdir})")
+                  f"(open {os.path.join(workdir, 'report.html')})")
     return 0
 
 
@@ -148,25 +170,28 @@ def _quiet_unraisable(unraisable: "sys.UnraisableHookArgs") -> None:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.basicConfig(level=logging.DEBUG if FLAGS.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("absl", "jax", "orbax", "tensorflow", "h5py", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if FLAGS.verbose else logging.WARNING)
+    from cnn_flax.console import configure_logging, quiet_native_start
+
+    terminal = configure_logging(FLAGS.verbose)  # warnings on the terminal; the full log in WORKDIR/log.txt
     if not FLAGS.verbose:
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(_OneLineRecords())
+        terminal.addFilter(_OneLineRecords())
         sys.unraisablehook = _quiet_unraisable
     from cnn_flax.runtime import tune_cpu, use_compile_cache
 
     log = logging.getLogger("cnn_flax")
     log.debug("CPU runtime settings applied: %s", tune_cpu())  # before JAX starts
     log.debug("compiled programs cached in %r", use_compile_cache())
-    if FLAGS.mode != "summary":  # importing TensorFlow costs seconds; only data-reading modes load it
-        _hide_gpus_from_tensorflow()
+    if FLAGS.mode not in ("summary", "report"):  # importing TensorFlow costs seconds; only data-reading modes
+        with quiet_native_start(FLAGS.verbose):
+            _hide_gpus_from_tensorflow()
     from cnn_flax.errors import UserError
 
     try:
         _start_distributed()
+        _log_to_workdir()
+        if FLAGS.mode in ("summary", "report"):  # quick modes that may import TensorFlow on the way
+            with quiet_native_start(FLAGS.verbose):
+                return run()
         return run()
     except UserError as error:
         if FLAGS.verbose:

@@ -14,6 +14,7 @@ import ml_collections
 from cnn_flax.atomic import write_text
 from cnn_flax.errors import UserError
 from cnn_flax.evaluation import comparison_table, plot_comparison
+from cnn_flax.run_report import write_run_report
 from cnn_flax.train import train_and_evaluate
 from cnn_flax.training.history import History
 
@@ -72,4 +73,5 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, variants: str 
     if jax.process_index() == 0:  # the others have no metrics to compare (they write no reports)
         write_text(os.path.join(workdir, "ablation.txt"), table + "\n")
         plot_comparison(histories, os.path.join(workdir, "ablation.png"))
+        write_run_report(workdir, "ablate")
     return table

@@ -18,17 +18,20 @@ from typing import IO, Any
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, *, binary: bool = False, newline: str | None = None) -> Iterator[IO[Any]]:
+def atomic_file(path: str | os.PathLike, *, binary: bool = False, newline: str | None = None,
+                errors: str | None = None) -> Iterator[IO[Any]]:
     """An open handle whose content replaces `path` only when the block ends without an error.
 
-    `newline` is open()'s (the csv module wants "").
+    `newline` and `errors` are open()'s (the csv module wants newline=""; file names that are not UTF-8
+    need errors="surrogateescape").
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Not mkstemp: its 0600 mode would survive the rename; open(..., "x") honours the umask like any file.
     tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        with open(tmp, "xb" if binary else "x", encoding=None if binary else "utf-8", newline=newline) as handle:
+        with open(tmp, "xb" if binary else "x", encoding=None if binary else "utf-8", newline=newline,
+                  errors=errors) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

@@ -129,7 +129,7 @@ def _timed_epoch(trainer: "Trainer", scratch: str) -> tuple[float, float]:
     """One whole `fit` of one epoch in a fresh workdir: (seconds of its steps, seconds of everything else)."""
     from cnn_flax.engine import RunFiles
     from cnn_flax.train import fit
-    from cnn_flax.training.logging import Reporter
+    from cnn_flax.training.reporting import Reporter
 
     files, timer = RunFiles(tempfile.mkdtemp(dir=scratch)), EpochTimer()
     reporter = Reporter(files.workdir, trainer.spe, None, {})

@@ -13,6 +13,7 @@ import numpy as np
 
 from cnn_flax.engine import Engine, RunFiles
 from cnn_flax.evaluation import rank_accuracies, write_evaluation
+from cnn_flax.evaluation.mistakes import WorstMistakes, write_mistakes
 from cnn_flax.training.metrics import EvalMetrics
 from cnn_flax.training.step import cross_entropy, make_eval_step, make_predict_step
 
@@ -49,9 +50,10 @@ class Evaluator:
             metrics = self.eval_step(variables, batch, metrics)
         return {k: float(v) for k, v in parallel.fetch(metrics).compute().items()}
 
-    def predictions(self, variables: Variables, split: str, flip: bool = False,
-                    num_images: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Logits, labels and the raw uint8 images of the first `num_images` examples, in one pass.
+    def predictions(self, variables: Variables, split: str, flip: bool = False, num_images: int = 0,
+                    worst: WorstMistakes | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Logits, labels and the raw uint8 images of the first `num_images` examples, in one pass
+        (which also feeds `worst`, the worst mistakes of the split, when given).
 
         The images come from the evaluated batches themselves, not from the source's arrays: a streamed
         dataset (ImageNet) has none, and this keeps each picture paired with its own prediction.
@@ -63,6 +65,9 @@ class Evaluator:
             mask = parallel.fetch_rows(batch["mask"]).astype(bool)
             logits.append(out[mask])
             labels.append(parallel.fetch_rows(batch["label"])[mask])
+            if worst is not None:  # same decision on every process: scores and labels are gathered
+                worst.update(logits[-1], labels[-1],
+                             lambda batch=batch, mask=mask: parallel.fetch_rows(batch["image"])[mask])
             if kept < num_images:  # every process takes part: fetch_rows gathers across processes
                 images.append(parallel.fetch_rows(batch["image"])[mask][:num_images - kept])
                 kept += len(images[-1])
@@ -88,15 +93,23 @@ class Evaluator:
         variants += [("ema_", False, averaged)] if averaged is not None else []
         for prefix, flip, weights in variants:
             # The first examples of the split, or as many as were evaluated (eval_steps may stop short).
-            logits, labels, images = self.predictions(weights, split, flip, 0 if prefix else SHOWN_IMAGES)
+            worst = None if prefix else WorstMistakes()
+            logits, labels, images = self.predictions(weights, split, flip, 0 if prefix else SHOWN_IMAGES, worst)
             if files.is_writer:
                 results[prefix or "plain"] = write_evaluation(
                     files.workdir, split=split, scores=logits, labels=labels, class_names=exp.class_names,
                     images=None if prefix else images, loss=_mean_loss(logits, labels), prefix=prefix)
+                if worst is not None:
+                    write_mistakes(files.workdir, worst, exp.class_names, self._file_names(split))
         if "ema_" in results:
             results["plain"].update({f"ema_{k}": results["ema_"][k] for k in ("rank1", "rank5", "loss")})
             files.write_json("metrics.json", results["plain"])
         return results.get("plain", {})
+
+    def _file_names(self, split: str) -> list[str] | None:
+        """The file of each example of `split` in order, for sources that know them (folder datasets)."""
+        image_paths = getattr(self.engine.exp.source, "image_paths", None)
+        return None if image_paths is None else list(image_paths(split))
 
 
 def _mean_loss(logits: np.ndarray, labels: np.ndarray) -> float:

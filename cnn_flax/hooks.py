@@ -18,8 +18,8 @@ from cnn_flax.evaluation import plot_history
 from cnn_flax.loop import Hook, LoopState
 from cnn_flax.training.checkpoint import Checkpoints
 from cnn_flax.training.history import History
-from cnn_flax.training.logging import Reporter
 from cnn_flax.training.metrics import NEVER
+from cnn_flax.training.reporting import Reporter
 
 if TYPE_CHECKING:
     from cnn_flax.train import Trainer

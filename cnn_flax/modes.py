@@ -17,6 +17,7 @@ from cnn_flax.evaluator import Evaluator
 from cnn_flax.experiment import NOMINAL_CLASSES, build_experiment, initial_variables
 from cnn_flax.models import init_variables
 from cnn_flax.models.summary import summary_text
+from cnn_flax.run_report import write_run_report
 from cnn_flax.training.checkpoint import Checkpoints, load_variables
 from cnn_flax.training.optim import describe_optimizer, learning_rate_plan
 
@@ -31,14 +32,18 @@ def summary(config: ml_collections.ConfigDict) -> str:
     lines = [summary_text(exp.model, exp.input_shape, title=config.name)]
     if "num_classes" not in exp.model_config:
         return lines[0]
+    return "\n".join([*lines, "", *optimizer_plan(config)])
+
+
+def optimizer_plan(config: ml_collections.ConfigDict) -> list[str]:
+    """The optimizer and the learning rate by epoch, as --mode=summary and report.html show them."""
     spe = int(config.steps_per_epoch)
     if spe <= 0:
         spe = max(NOMINAL_TRAIN_SIZE.get(config.data.name, config.batch_size) // config.batch_size, 1)
-    lines += ["", f"Optimizer: {describe_optimizer(config.optimizer)}; batch {config.batch_size}; "
-                  f"{config.num_epochs} epochs of {spe} steps",
-              "Learning rate plan:"]
-    lines += [f"  {line}" for line in learning_rate_plan(config.optimizer, config.schedule, config.num_epochs, spe)]
-    return "\n".join(lines)
+    lines = [f"Optimizer: {describe_optimizer(config.optimizer)}; batch {config.batch_size}; "
+             f"{config.num_epochs} epochs of {spe} steps", "Learning rate plan:"]
+    return lines + [f"  {line}" for line in learning_rate_plan(config.optimizer, config.schedule, config.num_epochs,
+                                                                spe)]
 
 
 def prepare(config: ml_collections.ConfigDict, overwrite: bool = False) -> list[str]:
@@ -75,7 +80,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = 
     try:
         epochs = checkpoints.saved_epochs()
         if checkpoint == "all":
-            return _evaluate_every_epoch(evaluator, checkpoints, template, files)
+            rows = _evaluate_every_epoch(evaluator, checkpoints, template, files)
+            write_run_report(workdir, "evaluate", config)
+            return rows
         if checkpoint == "latest":
             if epochs:
                 variables = checkpoints.restore_variables(epochs[-1], template, config.ema_eval)
@@ -97,6 +104,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = 
     if files.is_writer:
         print(f"{config.eval_split}: rank-1 {results['rank1']:.4f}  rank-5 {results['rank5']:.4f}  "
               f"loss {results['loss']:.4f}")
+    write_run_report(workdir, "evaluate", config)
     return results
 
 

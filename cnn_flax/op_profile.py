@@ -37,6 +37,7 @@ CATEGORIES = ("convolution forward", "convolution input gradient", _KERNEL_GRADI
               _OUTSIDE, "other")
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\(?[a-z]\w*\[[\d,]*\][^ ]*) ([\w\-]+)\((.*)$")
+_POOL_SCOPE = re.compile(r"^(max_|avg_)?pool\d*$")  # pool, pool2, avg_pool; not pool_proj
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _OPERANDS = re.compile(r"%([\w.\-]+)")
 
@@ -57,7 +58,7 @@ def categorize(op_name: str, opcode: str, shape: str, batch: int) -> str:
         if not backward:
             return "convolution forward"
         return "convolution input gradient" if _dims(shape)[:1] == [batch] else _KERNEL_GRADIENT
-    if "pool" in layer or opcode in ("reduce-window", "select-and-scatter"):
+    if any(_POOL_SCOPE.match(scope) for scope in scopes) or opcode in ("reduce-window", "select-and-scatter"):
         return "pooling"
     if "concatenate" in layer or opcode == "concatenate":
         return "concatenation"

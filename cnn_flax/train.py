@@ -31,10 +31,11 @@ from cnn_flax.experiment import initial_state, make_optimizer, steps_per_epoch
 from cnn_flax.hooks import FiniteLossCheck, Report, SaveCheckpoints, StopOnRequest, StopRequest, WriteHistory
 from cnn_flax.loop import Hook, LoopState, run_epochs
 from cnn_flax.models import init_variables
+from cnn_flax.run_report import write_run_report
 from cnn_flax.training.checkpoint import Checkpoints
 from cnn_flax.training.history import History
-from cnn_flax.training.logging import Reporter
 from cnn_flax.training.metrics import TrainMetrics
+from cnn_flax.training.reporting import Reporter
 from cnn_flax.training.state import TrainState
 from cnn_flax.training.step import make_train_step
 
@@ -164,6 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if files.is_writer:
             reporter.summary({f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)})
             reporter.images({name: files.path(f"{name}.png") for name in ("confusion_matrix", "predictions")})
+            write_run_report(workdir, "train", config)
         return TrainResult(workdir, interrupted=False, is_writer=files.is_writer,
                            metrics=metrics if files.is_writer else None)
     finally:

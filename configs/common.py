@@ -43,6 +43,7 @@ def base(name: str) -> ml_collections.ConfigDict:
     # Durations in epochs (fractions allowed); warmup_epochs goes in front of any schedule.
     config.schedule = ml_collections.ConfigDict(dict(
         name="constant", warmup_epochs=0.0,
+        power=1.0,  # polynomial: lr·(1 − epoch/num_epochs)**power
         final_rate=0.0,  # warmup_cosine: the rate the cosine ends at
         decay_rate=1.0, decay_epochs=1.0, staircase=False))  # exponential: ×decay_rate every decay_epochs
     config.loss = ml_collections.ConfigDict(dict(aux_weight=0.3, label_smoothing=0.0))

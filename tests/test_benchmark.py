@@ -9,7 +9,7 @@ from cnn_flax.benchmark import benchmark, benchmark_figures, format_line
 from cnn_flax.data import make_source
 from cnn_flax.engine import RunFiles
 from cnn_flax.train import Trainer, fit
-from cnn_flax.training.logging import Reporter
+from cnn_flax.training.reporting import Reporter
 
 BENCHMARK_LINE = re.compile(r"^benchmark model=(\w+) batch=(\d+) devices=(\d+) step_img_per_s=([\d.]+) "
                        r"loop_img_per_s=([\d.]+) eval_img_per_s=([\d.]+)( input_img_per_s=([\d.]+))? ")

@@ -12,6 +12,7 @@ from cnn_flax.evaluation.curves import (
     history_title,
     plot_comparison,
     plot_history,
+    rate_drops,
 )
 
 
@@ -28,35 +29,52 @@ def _entry(epoch, val=True):
 
 
 def _lines(figure):
-    return {line.get_label(): line for line in figure.axes[0].get_lines()}
+    return {line.get_label(): line for ax in figure.axes for line in ax.get_lines() if line.get_label()[0] != "_"}
 
 
-def test_history_figure_has_the_decks_title_axes_and_curves(tmp_path):
+def test_history_figure_has_the_decks_title_and_loss_and_accuracy_panels(tmp_path):
     history = [_entry(1), _entry(2, val=False), _entry(3)]
     path = tmp_path / "training.png"
     figure = plot_history(history, path)
-    ax = figure.axes[0]
+    loss_ax, accuracy_ax = figure.axes
     assert history_title(history) == "Training Loss and Accuracy [Epoch 3]"
-    assert ax.get_title() == "Training Loss and Accuracy [Epoch 3]"
-    assert (ax.get_xlabel(), ax.get_ylabel()) == ("Epoch #", "Loss/Accuracy")
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "train_loss",
-        "val_loss",
-        "train_accuracy",
-        "val_accuracy",
-    ]
+    assert figure.get_suptitle() == "Training Loss and Accuracy [Epoch 3]"
+    assert (loss_ax.get_xlabel(), loss_ax.get_ylabel()) == ("Epoch #", "Loss")
+    assert (accuracy_ax.get_xlabel(), accuracy_ax.get_ylabel()) == ("Epoch #", "Accuracy")
+    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["train_loss", "val_loss"]
+    assert [t.get_text() for t in accuracy_ax.get_legend().get_texts()] == ["train_accuracy", "val_accuracy"]
     lines = _lines(figure)
     np.testing.assert_allclose(lines["train_loss"].get_xydata(), [[1, 2.0], [2, 1.0], [3, 2 / 3]])
     # Epoch 2 had no validation: the curve joins epochs 1 and 3 rather than dropping to zero.
     np.testing.assert_allclose(lines["val_accuracy"].get_xydata(), [[1, 0.15], [3, 0.45]])
+    assert loss_ax.get_yscale() == "linear"  # losses within a factor of 20
     with Image.open(path) as image:
-        assert image.format == "PNG" and image.size == (800, 600)
+        assert image.format == "PNG" and image.size == (1100, 500)
+
+
+def test_a_huge_first_loss_turns_the_loss_axis_logarithmic_and_leaves_accuracy_alone(tmp_path):
+    history = [dict(_entry(e), val_loss=21.9 if e == 1 else 0.3) for e in (1, 2, 3)]
+    loss_ax, accuracy_ax = plot_history(history, tmp_path / "t.png").axes
+    assert loss_ax.get_yscale() == "log"
+    assert accuracy_ax.get_ylim()[1] < 1  # the accuracy panel spans the accuracies only
+
+
+def test_stepwise_rate_drops_are_marked_and_smooth_decay_is_not(tmp_path):
+    rates = [0.01] * 4 + [0.001] * 4 + [0.0001] * 2
+    history = [dict(_entry(e + 1), learning_rate=r) for e, r in enumerate(rates)]
+    assert rate_drops(history) == [(5, 0.01, 0.001), (9, 0.001, 0.0001)]
+    loss_ax, accuracy_ax = plot_history(history, tmp_path / "t.png").axes
+    for ax in (loss_ax, accuracy_ax):
+        assert [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"] == [5, 9]
+    assert [t.get_text() for t in loss_ax.texts] == ["lr 0.01→0.001", "lr 0.001→0.0001"]
+    decaying = [dict(_entry(e + 1), learning_rate=0.01 / (1 + 0.1 * e)) for e in range(10)]
+    assert rate_drops(decaying) == []
 
 
 def test_history_without_validation_and_with_custom_title(tmp_path):
     history = [{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5}]
     figure = plot_history(history, tmp_path / "t.png", title="MiniVGG")
-    assert figure.axes[0].get_title() == "MiniVGG"
+    assert figure.get_suptitle() == "MiniVGG"
     assert sorted(_lines(figure)) == ["train_accuracy", "train_loss"]
 
 

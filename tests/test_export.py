@@ -112,9 +112,10 @@ def zoo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A quickstart run (MiniVGG on digits, 16x16, two steps), exported from its checkpoint."""
+    """A quickstart run (MiniVGG on digits, 16x16, two steps), exported from its checkpoint (TFLite too)."""
     workdir = str(tmp_path_factory.mktemp("quickstart"))
     config = tiny_quickstart()
+    config.export.tflite = True
     train_and_evaluate(config, workdir)
     manifest = export_run(config, workdir)
     images = np.random.default_rng(7).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
@@ -186,7 +187,8 @@ def test_export_json_describes_the_folder(trained):
     folder = os.path.join(workdir, "export")
     with open(os.path.join(folder, "export.json")) as handle:
         assert json.load(handle) == manifest
-    assert manifest["formats"] == {"jax": "model.jax", "saved_model": "saved_model", "onnx": "model.onnx"}
+    assert manifest["formats"] == {"jax": "model.jax", "saved_model": "saved_model", "onnx": "model.onnx",
+                                   "tflite": "model.tflite"}
     assert manifest["input_shape"] == [16, 16, 3]
     assert manifest["class_names"] == [str(i) for i in range(10)]
     assert manifest["normalization"] == {"method": "scale"}
@@ -206,7 +208,7 @@ def test_export_json_describes_the_folder(trained):
 def test_predict_from_the_export_folder_matches_predict_on_the_run(trained, capsys):
     config, workdir, _, images, paths = trained
     from_run = modes.predict(config, workdir, paths)
-    for runtime in RUNTIMES:
+    for runtime in (*RUNTIMES, "tflite"):
         from_export = predict_from_export(os.path.join(workdir, "export"), paths, runtime=runtime)
         for a, b in zip(from_run, from_export, strict=True):
             assert a["image"] == b["image"]
@@ -266,8 +268,9 @@ def test_an_existing_export_folder_is_refused_unless_overwrite(trained):
         export_run(config, workdir, checkpoint="3", overwrite=True)
 
 
-def _tiny_function(min_pool: bool = False):
-    """A one-layer classifier (seconds to export); with `min_pool`, an operation ONNX converters lack."""
+def _tiny_function(min_pool: bool = False, sort: bool = False):
+    """A one-layer classifier (seconds to export); with `min_pool`, an operation jax2onnx lacks; with `sort`,
+    one TensorFlow Lite's converter lacks."""
     import flax.linen as nn
 
     class Tiny(nn.Module):
@@ -275,6 +278,8 @@ def _tiny_function(min_pool: bool = False):
         def __call__(self, x, train=False):
             if min_pool:
                 x = jax.lax.reduce_window(x, jnp.inf, jax.lax.min, (1, 2, 2, 1), (1, 1, 1, 1), "SAME")
+            if sort:
+                x = jnp.sort(x, axis=-1)
             return nn.Dense(3)(x.reshape((x.shape[0], -1)))
 
     model = Tiny()
@@ -346,3 +351,12 @@ def test_exporting_a_moving_average_the_run_did_not_keep_is_one_line(trained):
     _, workdir, _, _, _ = trained
     with pytest.raises(UserError, match="without a moving average of the weights"):
         export_run(tiny_quickstart(ema_eval=True), workdir, overwrite=True)
+
+
+def test_tflite_that_cannot_convert_is_one_line_after_the_other_formats(tmp_path):
+    folder = tmp_path / "export"
+    with pytest.raises(UserError, match=r"^model.tflite not written: TensorFlow Lite cannot convert this model "
+                                        r"\('vhlo.sort_v1' op is not part of the vhlo support yet.\); the other"):
+        write_export(_tiny_function(sort=True), str(folder), ["a", "b", "c"], {}, onnx="no", tflite=True)
+    with open(folder / "export.json") as handle:
+        assert json.load(handle)["formats"] == {"jax": "model.jax", "saved_model": "saved_model"}

@@ -32,8 +32,10 @@ def trained(tmp_path_factory):
 
 
 def test_training_prepares_the_folder_and_learns(trained):
-    config, workdir, _, names, result = trained
+    config, workdir, root, names, result = trained
     assert os.path.isfile(os.path.join(config.data.dir, "skipped.txt"))
+    for row in json.load(open(os.path.join(workdir, "mistakes.json"))):  # named by file, in its class folder
+        assert os.path.isfile(os.path.join(root, row["file"])) and row["file"].split(os.sep)[0] == row["true"]
     assert result.metrics["rank1"] >= 0.9, result
     report = open(os.path.join(workdir, "report.txt")).read()
     assert all(name in report for name in names)

@@ -16,7 +16,7 @@ from cnn_flax.evaluator import Evaluator
 from cnn_flax.experiment import initial_variables
 from cnn_flax.loop import Hook
 from cnn_flax.train import Trainer, fit
-from cnn_flax.training.logging import Reporter
+from cnn_flax.training.reporting import Reporter
 
 
 class Recorder(Hook):
@@ -108,7 +108,7 @@ def test_evaluation_needs_no_optimizer(monkeypatch, tmp_path):
 
 def test_benchmark_registers_a_hook_and_patches_nothing(monkeypatch):
     from cnn_flax import engine, evaluator, hooks, loop, train
-    from cnn_flax.training import logging as reporting
+    from cnn_flax.training import reporting
 
     modules = (engine, evaluator, hooks, loop, train, reporting)
     before = {m.__name__: dict(vars(m)) for m in modules}

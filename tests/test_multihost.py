@@ -93,11 +93,12 @@ def _params(workdir: str, epoch: int) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree["state"]["params"])]
 
 
-def _wait_for_first_step(path: str, process: subprocess.Popen) -> None:
-    """Process 0's progress bar shows 1/4 once the first (compiling) step of epoch 1 is done."""
+def _wait_for_first_step(path: str, process: subprocess.Popen, workdir: str) -> None:
+    """Process 0's log.txt shows step 1/4 once the first (compiling) step of epoch 1 is done."""
     deadline = time.monotonic() + TIMEOUT
+    log_txt = os.path.join(workdir, "log.txt")
     while time.monotonic() < deadline and process.poll() is None:
-        if re.search(r"Epoch 1/2:[^\n\r]*\b1/4\b", open(path).read()):
+        if os.path.exists(log_txt) and re.search(r"\] epoch 1 step 1/4:", open(log_txt).read()):
             return
         time.sleep(0.02)
     pytest.fail(f"process 0 never finished its first step:\n{open(path).read()[-3000:]}")
@@ -109,7 +110,7 @@ def test_two_processes_equal_one_process_stop_together_and_resume(tmp_path):
     single = [_start(reference, str(tmp_path), "single", 4, [])]
 
     first = _start_pair(workdir, str(tmp_path), "first")
-    _wait_for_first_step(first[0][1], first[0][0])
+    _wait_for_first_step(first[0][1], first[0][0], workdir)
     first[1][0].send_signal(signal.SIGTERM)  # only process 1 is told; process 0 must stop at the same step
     logs = _finish(first)
     # Both stop after the same batch of epoch 1 (or, if the signal came late, both after the whole epoch).

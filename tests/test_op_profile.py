@@ -20,6 +20,8 @@ ENTRY %main {
   %select_pad_fusion.7 = f32[8,16,16,64]{3,2,1,0} fusion(%a), metadata={op_name="jit(train_step)/transpose(jvp(Net))/block1/pool/transpose()/pad"}
   %slice_select_fusion.8 = f32[8,16,16,32]{3,2,1,0} fusion(%a), metadata={op_name="jit(train_step)/transpose(jvp(Net))/block1/select_n"}
   %add.9 = f32[32]{0} add(%w, %u), metadata={op_name="jit(train_step)/sgd/add"}
+  %maximum.11 = f32[8,8,8,64]{3,2,1,0} maximum(%a, %b), metadata={op_name="jit(predict_step)/Net/pool2/max"}
+  %maximum.10 = f32[8,16,16,32]{3,2,1,0} maximum(%a, %b), metadata={op_name="jit(train_step)/jvp(Net)/block1/pool_proj/relu/max"}
 }
 """
 
@@ -37,6 +39,8 @@ def test_categories_follow_layer_direction_and_shape():
         "select_pad_fusion.7": "pooling",
         "slice_select_fusion.8": "activation",
         "add.9": op_profile._OUTSIDE,
+        "maximum.11": "pooling",
+        "maximum.10": "activation",  # of the pooling branch's projection, not pooling
     }
     events = [dict(ph="X", name="conv.1", dur=3e6), dict(ph="X", name="convolution.4", dur=1e6),
               dict(ph="X", name="conv.1", dur=1e6), dict(ph="X", name="$python frame", dur=9e6),

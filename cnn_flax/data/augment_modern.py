@@ -21,6 +21,7 @@ from cnn_flax.data.augment_crop import random_resized_crop
 from cnn_flax.data.augment_erasing import ERASING_MODES, random_erasing
 from cnn_flax.data.augment_policy import randaugment, trivial_augment
 from cnn_flax.data.mixing import Mixing
+from cnn_flax.data.sources import with_defaults
 from cnn_flax.errors import UserError
 
 CROP_STREAM, POLICY_STREAM, ERASING_STREAM = 1, 2, 3  # mixing.py draws from stream 4
@@ -83,11 +84,11 @@ def _probability(augment, key: str) -> float:
 
 
 def modern_options(augment) -> ModernAugment:
-    """The per-image augmentations switched on in `data.augment` (a mapping; absent switches are off)."""
+    """The per-image augmentations switched on in `data.augment` (a mapping with every key of base()'s)."""
     crop = randaug = None
-    if augment.get("random_resized_crop", False):
+    if _read(augment, "random_resized_crop"):
         crop = (_range(augment, "rrc_scale", 1.0), _range(augment, "rrc_ratio", None))
-    layers = augment.get("randaugment_n", 0)
+    layers = _read(augment, "randaugment_n")
     if not isinstance(layers, int) or layers < 0:
         raise UserError(f"data.augment.randaugment_n={layers!r} must be an integer >= 0 (0 turns it off)")
     if layers:
@@ -95,10 +96,10 @@ def modern_options(augment) -> ModernAugment:
         if not isinstance(magnitude, int | float) or not 0 <= magnitude <= 10:
             raise UserError(f"data.augment.randaugment_m={magnitude!r} must be in [0, 10] (timm's scale)")
         randaug = (layers, float(magnitude))
-    trivial = bool(augment.get("trivial_augment", False))
+    trivial = bool(_read(augment, "trivial_augment"))
     if trivial and randaug:
         raise UserError("data.augment.randaugment_n and trivial_augment are both on; choose one")
-    erasing = _probability(augment, "random_erasing") if "random_erasing" in augment else 0.0
+    erasing = _probability(augment, "random_erasing")
     mode = _read(augment, "erasing_mode") if erasing else "pixel"
     if mode not in ERASING_MODES:
         raise UserError(f"data.augment.erasing_mode={mode!r} is unknown; use one of {', '.join(ERASING_MODES)}")
@@ -106,11 +107,11 @@ def modern_options(augment) -> ModernAugment:
 
 
 def make_mixing(data_config) -> Mixing | None:
-    """Mixup/CutMix of `data_config.augment`, or None when both alphas are 0 (or absent)."""
-    augment = data_config.get("augment", None) or {}
+    """Mixup/CutMix of `data_config.augment` (missing keys: base()'s defaults), or None when both alphas are 0."""
+    augment = with_defaults(data_config).augment
     alphas = {}
     for key in ("mixup_alpha", "cutmix_alpha"):
-        value = augment.get(key, 0.0)
+        value = augment[key]
         if not isinstance(value, int | float) or value < 0:
             raise UserError(f"data.augment.{key}={value!r} must be a number >= 0 (0 turns it off)")
         alphas[key] = float(value)

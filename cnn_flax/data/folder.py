@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from cnn_flax.atomic import atomic_file
 from cnn_flax.data.core import SPLITS, DatasetInfo
 from cnn_flax.data.folder_files import FolderScan, check_root, class_folders, scan
 from cnn_flax.data.hdf5 import SplitWriter
@@ -129,11 +130,8 @@ def _write_skipped_list(data_dir: str, found: FolderScan, paths: dict[str, str])
         with h5py.File(paths[split], "r") as f:
             if "skipped" in f:
                 entries += [(os.fsdecode(row[0]), row[1].decode()) for row in f["skipped"][()]]
-    target = os.path.join(data_dir, SKIPPED_FILE)
-    tmp = f"{target}.partial-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as handle:
+    with atomic_file(os.path.join(data_dir, SKIPPED_FILE), errors="surrogateescape") as handle:
         handle.writelines(f"{rel}\t{reason}\n" for rel, reason in sorted(entries))
-    os.replace(tmp, target)
     return len(entries)
 
 

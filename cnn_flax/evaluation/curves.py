@@ -18,8 +18,6 @@ from cnn_flax.evaluation._files import new_figure, save_figure
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-HISTORY_CURVES = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
-
 
 def _points(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[Any], list[float]]:
     """(epochs, values) for the epochs that have a value for `key` (missing or None are skipped)."""
@@ -34,28 +32,58 @@ def history_title(history: Sequence[Mapping[str, Any]]) -> str:
     return f"Training Loss and Accuracy [Epoch {history[-1]['epoch']}]"
 
 
+def rate_drops(history: Sequence[Mapping[str, Any]]) -> list[tuple[Any, float, float]]:
+    """(epoch, old rate, new rate) where a stepwise schedule lowers the learning rate.
+
+    A schedule that changes the rate almost every epoch (Keras's time decay, cosine) has no drops worth a
+    line each; only rates that stay constant between most changes are marked.
+    """
+    epochs, rates = _points(history, "learning_rate")
+    changes = [i for i in range(1, len(rates)) if rates[i] != rates[i - 1]]
+    if len(changes) > max(3, len(rates) // 3):
+        return []
+    return [(epochs[i], rates[i - 1], rates[i]) for i in changes if rates[i] < rates[i - 1]]
+
+
+def _mark_drops(ax: Any, drops: Sequence[tuple[Any, float, float]], label: bool) -> None:
+    for epoch, old, new in drops:
+        ax.axvline(epoch, color="#555555", linestyle="--", linewidth=1)
+        if label:
+            ax.annotate(f"lr {old:.3g}→{new:.3g}", xy=(epoch, 1), xycoords=("data", "axes fraction"),
+                        xytext=(3, -12), textcoords="offset points", fontsize=8, color="#333333")
+
+
 def plot_history(
     history: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str | None = None
 ) -> Figure:
-    """Save loss and accuracy against epoch on one axis (the deck's figure) and return the figure.
+    """Save the deck's curves, loss (left) and accuracy (right) in two panels, and return the figure.
 
+    Two panels, because a loss can be many times larger than 1 in the first epochs and would otherwise
+    flatten the accuracy curves to the floor; the loss axis turns logarithmic when the losses span more
+    than a factor of 20. Dashed lines mark the epochs where a stepwise schedule lowered the rate.
     Curves that have no value at any epoch (e.g. val_* when there is no validation set) are left out.
     """
     title = history_title(history) if title is None else title
+    drops = rate_drops(history)
     import matplotlib.style
 
     with matplotlib.style.context("ggplot"):
-        figure = new_figure(figsize=(8, 6), layout="constrained")
-        ax = figure.add_subplot()
-        for key in HISTORY_CURVES:
-            epochs, values = _points(history, key)
-            if epochs:
-                ax.plot(epochs, values, label=key, marker="o" if len(epochs) < 3 else None)
-        ax.set_title(title)
-        ax.set_xlabel("Epoch #")
-        ax.set_ylabel("Loss/Accuracy")
-        if ax.lines:
-            ax.legend()
+        figure = new_figure(figsize=(11, 5), layout="constrained")
+        loss_ax, accuracy_ax = figure.subplots(1, 2)
+        for ax, kind in ((loss_ax, "loss"), (accuracy_ax, "accuracy")):
+            for key in (f"train_{kind}", f"val_{kind}"):
+                epochs, values = _points(history, key)
+                if epochs:
+                    ax.plot(epochs, values, label=key, marker="o" if len(epochs) < 3 else None)
+            ax.set_xlabel("Epoch #")
+            ax.set_ylabel(kind.capitalize())
+            if ax.lines:
+                ax.legend()
+            _mark_drops(ax, drops, label=ax is loss_ax)
+        losses = [y for key in ("train_loss", "val_loss") for y in _points(history, key)[1] if y > 0]
+        if losses and max(losses) > 20 * min(losses):
+            loss_ax.set_yscale("log")
+        figure.suptitle(title)
         save_figure(figure, path, dpi=100)
     return figure
 

@@ -124,10 +124,13 @@ def plot_predictions(
     class_names: Sequence[str],
     path: str | os.PathLike,
     max_images: int = 25,
+    notes: Sequence[str] | None = None,
+    title: str = "Predictions",
 ) -> None:
     """Save a grid of the first `max_images` images titled "pred: X / true: Y", mistakes red, hits green.
 
     images: uint8 [N, H, W, 3] (or [N, H, W] / [N, H, W, 1] grayscale), the raw pixels, not normalised.
+    notes: an optional second title line per image (a file name, a probability).
     """
     images = np.asarray(images)
     labels, predictions, names = _check_predictions(labels, predictions, class_names)
@@ -150,12 +153,11 @@ def plot_predictions(
         image = images[i].squeeze(-1) if images.ndim == 4 and images.shape[-1] == 1 else images[i]
         ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
         correct = predictions[i] == labels[i]
-        ax.set_title(
-            f"pred: {_short_name(names[predictions[i]])} / true: {_short_name(names[labels[i]])}",
-            color="green" if correct else "red",
-            fontsize=7,
-        )
-    figure.suptitle("Predictions")
+        caption = f"pred: {_short_name(names[predictions[i]])} / true: {_short_name(names[labels[i]])}"
+        if notes is not None and notes[i]:
+            caption += f"\n{notes[i]}"
+        ax.set_title(caption, color="green" if correct else "red", fontsize=7)
+    figure.suptitle(title)
     save_figure(figure, path, dpi=100)
 
 

@@ -28,6 +28,8 @@ EXPORT_FOLDER = "export"
 def export_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "latest",
                overwrite: bool = False) -> dict[str, Any]:
     """Write WORKDIR/export from `checkpoint` ('latest' or an epoch number); returns the export.json content."""
+    if jax.process_count() > 1:
+        raise UserError("--mode=export writes one folder from one process; run it without --num_processes")
     directory = os.path.join(workdir, EXPORT_FOLDER)
     check_destination(directory, overwrite)  # before the slow part
     if "num_classes" not in config.model:
@@ -36,7 +38,9 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str 
     method = config.data.normalize
     caffe = method == "caffe"
     exp = build_experiment(config, need_data=not caffe or config.data.name == "folder")
-    model = create_model(exp.model_config, dtype=jnp.float32)  # see function.py: exports compute in float32
+    # float32 (see function.py), and without the CPU training kernels: XLA's own pooling, which every
+    # runtime and converter knows.
+    model = create_model(exp.model_config, dtype=jnp.float32, cpu_kernels=False)
     variables, source = _weights(config, workdir, exp, model, checkpoint)
     function = build_inference_function(model, variables, exp.input_shape, method, exp.info)
     if caffe and exp.info is None and exp.model_config["num_classes"] == 1000:

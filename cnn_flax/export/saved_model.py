@@ -8,7 +8,11 @@ SavedModel (not constants), as TensorFlow Serving expects. The signature `servin
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+from collections.abc import Iterator
 
 from cnn_flax.errors import UserError
 from cnn_flax.export.function import TOP_K, InferenceFunction
@@ -37,17 +41,41 @@ def export_saved_model(function: InferenceFunction, directory: str) -> None:
         directory)
 
 
+class TfliteUnsupported(UserError):
+    """TensorFlow Lite's converter refused the SavedModel; the other formats are unaffected."""
+
+
 def convert_to_tflite(saved_model_dir: str, path: str) -> None:
-    """model.tflite from the SavedModel (TensorFlow's converter, float32, TensorFlow ops where needed)."""
+    """model.tflite from the SavedModel (TensorFlow's converter, float32, TensorFlow ops where needed).
+
+    The converter reads the StableHLO inside the SavedModel and covers only part of it (no sort, no
+    gathers with a dynamic batch); its native code prints a diagnostic per operation, which is kept out
+    of the terminal and cut to its first error.
+    """
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[SIGNATURE])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
     try:
-        flatbuffer = converter.convert()
+        with _native_stderr_silenced():
+            flatbuffer = converter.convert()
     except Exception as error:  # noqa: BLE001 - the converter raises many types, all meaning "cannot convert"
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{os.path.basename(path)}: TensorFlow Lite cannot convert the SavedModel ({first}); "
-                        "set --config.export.tflite=False") from None
+        found = re.search(r"error: (.*?)(\n|$)", str(error))
+        reason = found.group(1) if found else (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise TfliteUnsupported(f"model.tflite not written: TensorFlow Lite cannot convert this model ({reason}); "
+                                "the other formats were written (or set --config.export.tflite=False)") from None
     with open(path, "wb") as handle:
         handle.write(flatbuffer)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

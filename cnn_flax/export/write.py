@@ -63,7 +63,7 @@ def write_export(function: InferenceFunction, directory: str, class_names: Seque
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
     try:
-        formats, notes, unsupported = _write_formats(function, partial, onnx, tflite)
+        formats, notes, failed = _write_formats(function, partial, onnx, tflite)
         manifest.write_labels(partial, class_names)
         written = manifest.write_manifest(partial, {
             **facts, "inputs": {"images": f"uint8 [N, {', '.join(map(str, function.input_shape))}]"},
@@ -75,18 +75,19 @@ def write_export(function: InferenceFunction, directory: str, class_names: Seque
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    if unsupported is not None:
-        if onnx == "yes":
-            raise unsupported
-        log.warning("%s", unsupported)
+    for runtime, error in failed.items():  # the requested formats that could not be written, after the others
+        if runtime == "tflite" or onnx == "yes":
+            raise error
+        log.warning("%s", error)
     return written
 
 
 def _write_formats(function: InferenceFunction, directory: str, onnx: str,
-                   tflite: bool) -> tuple[dict[str, str], dict[str, Any], OnnxUnsupported | None]:
-    from cnn_flax.export.saved_model import convert_to_tflite, export_saved_model
+                   tflite: bool) -> tuple[dict[str, str], dict[str, Any], dict[str, UserError]]:
+    """Each format in turn; ONNX and TFLite may fail alone (why goes to `notes`, the error is returned)."""
+    from cnn_flax.export.saved_model import TfliteUnsupported, convert_to_tflite, export_saved_model
 
-    formats, notes, unsupported = {}, {}, None
+    formats, notes, failed = {}, {}, {}
     steps = [("jax", lambda path: export_jax_program(function, path)),
              ("saved_model", lambda path: export_saved_model(function, path))]
     if onnx != "no" and onnx_available():
@@ -102,14 +103,14 @@ def _write_formats(function: InferenceFunction, directory: str, onnx: str,
         start = time.perf_counter()
         try:
             write(os.path.join(directory, name))
-        except OnnxUnsupported as error:
-            notes["onnx"] = str(error)
-            unsupported = error
+        except (OnnxUnsupported, TfliteUnsupported) as error:
+            notes[runtime] = str(error)
+            failed[runtime] = error
             continue
         formats[runtime] = name
         notes[f"{runtime}_seconds"] = round(time.perf_counter() - start, 2)
         log.info("export: %s written in %.1f s", name, notes[f"{runtime}_seconds"])
-    return formats, notes, unsupported
+    return formats, notes, failed
 
 
 def _replace(partial: str, directory: str) -> None:

@@ -101,13 +101,13 @@ def _pooled(layer: "MaxPool | AvgPool", x: jax.Array, pool: Callable[..., jax.Ar
     return pool(x, layer.window, layer.strides, layer.padding)
 
 
+# Keywords in both poolings: ONNX conversion (jax2onnx) swaps in versions that take only these by name.
 def _xla_max_pool(x: jax.Array, window: int, strides: int, padding: str) -> jax.Array:
-    return nn.max_pool(x, (window, window), (strides, strides), padding)
+    return nn.max_pool(x, window_shape=(window, window), strides=(strides, strides), padding=padding)
 
 
 def _keras_avg_pool(x: jax.Array, window: int, strides: int, padding: str) -> jax.Array:
     """Like Keras, padded positions are left out of the mean."""
-    # Keywords: ONNX conversion (jax2onnx) swaps in an avg_pool that takes only these by name.
     return nn.avg_pool(x, window_shape=(window, window), strides=(strides, strides), padding=padding,
                        count_include_pad=False)
 

@@ -99,6 +99,16 @@ def _raised_not_logged() -> Iterator[None]:
                 logger.handle(record)
 
 
+class _OrbaxErrors(logging.Filter):
+    """Drops the error records Orbax's own modules log (used once a save has failed and been reported)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+_ORBAX_THREADS_AFTER_FAILURE = _OrbaxErrors()
+
+
 def write_checkpoint(manager: ocp.CheckpointManager, number: int, args: ocp.args.Composite) -> None:
     """Writes one checkpoint completely: the one place where checkpoint bytes go to disk (tests fail it here)."""
     manager.save(number, args=args, force=True)
@@ -135,7 +145,9 @@ class Checkpoints:
             if reason is None:
                 raise
             # Orbax's writer threads may still be finishing the half-written temporary folder; the next run
-            # removes it when it opens the checkpoints (cleanup_tmp_directories).
+            # removes it when it opens the checkpoints (cleanup_tmp_directories). They fail once more when the
+            # process exits under them, and would log that after the run's one-line error.
+            logging.getLogger("absl").addFilter(_ORBAX_THREADS_AFTER_FAILURE)
             raise UserError(f"could not write a checkpoint into {manager.directory} ({reason}); "
                             "free disk space or choose another --workdir, then run the same command again") from error
 

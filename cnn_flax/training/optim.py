@@ -50,7 +50,7 @@ def build_schedule(optimizer: Mapping[str, Any], schedule: Mapping[str, Any], nu
 
 def _base_schedule(optimizer: Mapping[str, Any], schedule: Mapping[str, Any], num_epochs: int,
                    steps_per_epoch: int) -> Schedule:
-    name = schedule.get("name", "constant")
+    name = schedule["name"]
     base = float(optimizer["learning_rate"])
     if name == "constant":
         return lambda step: jnp.full((), base, jnp.float32)
@@ -63,7 +63,7 @@ def _base_schedule(optimizer: Mapping[str, Any], schedule: Mapping[str, Any], nu
         edges = jnp.asarray(boundaries, jnp.int32)
         return lambda step: table[jnp.searchsorted(edges, _epoch(step, steps_per_epoch), side="right")]
     if name == "polynomial":
-        power = float(schedule.get("power", 1.0))
+        power = float(schedule["power"])
         return lambda step: base * (1.0 - _epoch(step, steps_per_epoch) / num_epochs) ** power
     if name == "keras_time_decay":
         decay = float(schedule["decay"])
@@ -130,7 +130,7 @@ def build_optimizer(optimizer: Mapping[str, Any], learning_rate: Schedule) -> op
 
 
 def _update_rule(optimizer: Mapping[str, Any], learning_rate: Schedule) -> optax.GradientTransformation:
-    name = optimizer.get("name", "sgd")
+    name = optimizer["name"]
     if optimizer["keras"]:  # Keras's own update rules (training/keras_optim.py says how they differ)
         from cnn_flax.training.keras_optim import build_keras_optimizer
 
@@ -140,11 +140,11 @@ def _update_rule(optimizer: Mapping[str, Any], learning_rate: Schedule) -> optax
         raise UserError(f"optimizer.weight_decay={weight_decay:g} is decoupled weight decay, used by adamw and "
                         f"lars; with {name} use optimizer.l2 (Keras's penalty in the loss) or set it to 0")
     if name == "sgd":
-        return optax.sgd(learning_rate, momentum=optimizer.get("momentum", 0.0) or None,
-                         nesterov=bool(optimizer.get("nesterov", False)))
+        return optax.sgd(learning_rate, momentum=optimizer["momentum"] or None,
+                         nesterov=bool(optimizer["nesterov"]))
     if name == "adam":  # Keras's defaults, epsilon included, so results transfer
-        return optax.adam(learning_rate, b1=optimizer.get("b1", 0.9), b2=optimizer.get("b2", 0.999),
-                          eps=optimizer.get("eps", 1e-7))
+        return optax.adam(learning_rate, b1=optimizer["b1"], b2=optimizer["b2"],
+                          eps=optimizer["eps"])
     if name == "adamw":  # w ← w − lr·(adam_direction + weight_decay·w), the decay on kernels only
         return optax.adamw(learning_rate, b1=optimizer["b1"], b2=optimizer["b2"], eps=optimizer["eps"],
                            weight_decay=weight_decay, mask=kernel_mask)
@@ -165,11 +165,11 @@ def l2_penalty(params: Any, weight: float) -> jax.Array:
 
 
 def describe_optimizer(optimizer: Mapping[str, Any]) -> str:
-    name = optimizer.get("name", "sgd")
+    name = optimizer["name"]
     parts = [f"lr {optimizer['learning_rate']:g}"]
-    if name in ("sgd", "lars") and optimizer.get("momentum"):
-        parts.append(f"momentum {optimizer['momentum']:g}" + (", nesterov" if optimizer.get("nesterov") else ""))
-    if optimizer.get("l2"):
+    if name in ("sgd", "lars") and optimizer["momentum"]:
+        parts.append(f"momentum {optimizer['momentum']:g}" + (", nesterov" if optimizer["nesterov"] else ""))
+    if optimizer["l2"]:
         parts.append(f"L2 {optimizer['l2']:g} on kernels")
     if optimizer["weight_decay"]:
         parts.append(f"weight decay {optimizer['weight_decay']:g} on kernels")
