@@ -92,13 +92,11 @@ def keras_adam(learning_rate: Schedule, b1: float = 0.9, b2: float = 0.999,
 
 def build_keras_optimizer(optimizer: Mapping[str, Any], learning_rate: Schedule) -> optax.GradientTransformation:
     """The Keras-exact form of the configured optimizer (optimizer.keras=True)."""
-    name = optimizer.get("name", "sgd")
+    name = optimizer["name"]
     if name == "sgd":
-        return keras_sgd(learning_rate, float(optimizer.get("momentum", 0.0) or 0.0),
-                         bool(optimizer.get("nesterov", False)))
+        return keras_sgd(learning_rate, float(optimizer["momentum"] or 0.0), bool(optimizer["nesterov"]))
     if name == "adam":
-        return keras_adam(learning_rate, float(optimizer.get("b1", 0.9)), float(optimizer.get("b2", 0.999)),
-                          float(optimizer.get("eps", 1e-7)))
+        return keras_adam(learning_rate, float(optimizer["b1"]), float(optimizer["b2"]), float(optimizer["eps"]))
     raise UserError(f"optimizer.keras=True exists for sgd and adam, not optimizer.name={name!r}; "
                     "set --config.optimizer.keras=False")
 
