@@ -8,7 +8,7 @@ because it also changes the targets). Each draws from its own stream of the step
 they were and a resumed run, which restarts from the same step, draws the same numbers.
 
 A switch absent from `data.augment` is off; the parameters of a switch that is on are read from the
-config (their defaults live in configs/common.py).
+config (their defaults live in cnn_flax/defaults.py).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class ModernAugment:
 
 def _read(augment, key: str):
     if key not in augment:
-        raise UserError(f"data.augment.{key} is missing; its default is in configs/common.py base()")
+        raise UserError(f"data.augment.{key} is missing; its default is in cnn_flax/defaults.py base()")
     return augment[key]
 
 

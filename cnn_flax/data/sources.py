@@ -1,7 +1,7 @@
 """The datasets `config.data.name` can name, each registered with the `config.data` keys it reads.
 
 `config.data` is one flat section holding every dataset's keys (so each can be set from the command
-line), with its defaults in one place, `configs/common.py::base()`. A key the chosen dataset does not
+line), with its defaults in one place, `cnn_flax/defaults.py::base()`. A key the chosen dataset does not
 read, set to anything but its default, is an error naming the keys that dataset does read, rather
 than silently ignored. Adding a dataset is one decorated builder here:
 
@@ -44,8 +44,8 @@ def register_source(name: str, keys: tuple[str, ...] | None) -> Callable:
 
 
 def base_data_config() -> ml_collections.ConfigDict:
-    """`config.data` of `configs/common.py::base()`: the one home of its defaults."""
-    from configs.common import base
+    """`config.data` of `cnn_flax.defaults.base()`: the one home of its defaults."""
+    from cnn_flax.defaults import base
 
     return base("defaults").data
 
