@@ -15,11 +15,12 @@ to stderr as they arrive; the table goes to stdout.
 
 import argparse
 import dataclasses
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -71,16 +72,42 @@ def parse_line(output: str, prefix: str) -> dict[str, float | str]:
     return values
 
 
+def _peak_rss_mb(pid: int) -> float | None:
+    """VmHWM of a running process: the peak of its own address space, which exec starts afresh."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
 def run_measured(command: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str, str, float]:
-    """(exit code, stdout, stderr, peak RSS in MB) of a fresh process running `command`."""
+    """(exit code, stdout, stderr, peak RSS in MB) of a fresh process running `command`.
+
+    The peak is polled from /proc while the process runs. The rusage of wait4 would be simpler, but Linux
+    carries the parent's peak into the child across fork and exec, so a child of a large process (a test
+    worker, a notebook) would report the parent's memory.
+    """
+    peak = [0.0]
     with tempfile.TemporaryFile(mode="w+") as errors:
         process = subprocess.Popen(list(command), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
+
+        def watch() -> None:
+            while process.poll() is None:
+                peak[0] = max(peak[0], _peak_rss_mb(process.pid) or 0.0)
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         stdout = process.stdout.read()
         process.stdout.close()
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
+        process.wait()
+        watcher.join()
         errors.seek(0)
-        return process.returncode, stdout, errors.read(), usage.ru_maxrss / 1024  # Linux reports KiB
+        return process.returncode, stdout, errors.read(), peak[0]
 
 
 def plan(models: Sequence[str], rounds: int, peers: Path | None, half_precision: bool) -> list[tuple[int, str, str]]:

@@ -142,31 +142,6 @@ def _inference_variables(config: ml_collections.ConfigDict, workdir: str, exp) -
     raise UserError(f"no checkpoint in {directory} and no init_from; train first or set --config.init_from")
 
 
-def _image_loader(config: ml_collections.ConfigDict, size: tuple[int, int]):
-    """How predict decodes a file: as prepare did for folder data, else as Keras's load_img (ImageNet weights)."""
-    if config.data.name == "folder":
-        from cnn_flax.image_decode import load_square
-
-        return lambda path: load_square(path, size[0], config.data.resize)
-    from cnn_flax.pretrained.predict import keras_loader
-
-    return keras_loader(size)
-
-
-def _prediction_files(paths: list[str]) -> list[str]:
-    from cnn_flax.data.folder_files import image_files
-
-    if not paths:
-        raise UserError("--mode=predict needs --images=a.jpg,photos/ (image files, or folders of them)")
-    missing = [p for p in paths if not os.path.exists(p)]
-    if missing:
-        raise UserError(f"--images: {missing[0]} not found; give image files or folders")
-    files = image_files(paths)
-    if not files:
-        raise UserError(f"--images={','.join(paths)}: no image files there (.jpg .jpeg .png .bmp .gif .webp)")
-    return files
-
-
 def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -> list[dict[str, Any]]:
     """Top-5 classes of image files and of every image under folders, into predictions.json and .csv.
 
@@ -174,9 +149,9 @@ def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -
     names (and the decoding its prepare used) for folder configs.
     """
     from cnn_flax.data import make_preprocess
-    from cnn_flax.predict import classify, format_predictions, model_probabilities, write_predictions
+    from cnn_flax.predict import image_decoding, image_files, image_loader, model_probabilities, predict_files
 
-    files = _prediction_files(paths)
+    files = image_files(paths)
     caffe = config.data.normalize == "caffe"
     exp = build_experiment(config, need_data=not caffe or config.data.name == "folder")
     variables = _inference_variables(config, workdir, exp)
@@ -189,22 +164,9 @@ def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -
         data_preprocess = make_preprocess(config.data, exp.info)
         preprocess = lambda images: data_preprocess(images, None)  # noqa: E731
         names = exp.class_names
-    ranked, skipped = classify(model_probabilities(exp.model, variables, preprocess), files,
-                               _image_loader(config, exp.input_shape[:2]), names, batch_size=config.batch_size)
-    for path, reason in skipped:
-        log.warning("skipped %s: %s", path, reason)
-    if not ranked:
-        raise UserError(f"none of the {len(files)} files could be read (first: {skipped[0][0]}: {skipped[0][1]})")
-    results = [dict(image=path, top5=top) for path, top in ranked]
-    if RunFiles(workdir).is_writer:
-        json_path, csv_path = write_predictions(workdir, ranked)
-        log.info("predictions of %d images in %s and %s", len(ranked), json_path, csv_path)
-    if len(ranked) <= 20:
-        print(format_predictions([p for p, _ in ranked], [t for _, t in ranked]))
-    else:
-        print(f"{len(ranked)} images classified ({len(skipped)} unreadable); predictions.json and predictions.csv "
-              f"in {workdir}")
-    return results
+    load = image_loader(image_decoding(config.data), exp.input_shape[:2])
+    return predict_files(model_probabilities(exp.model, variables, preprocess), files, load, names,
+                         workdir, batch_size=config.batch_size, write=RunFiles(workdir).is_writer)
 
 
 __all__ = ["evaluate", "predict", "prepare", "summary", "write_evaluation"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -105,6 +106,62 @@ def classify(probabilities: Probabilities, paths: Sequence[str | os.PathLike], l
             ranked += list(zip([p for p, _ in good], top_k_predictions(probs, class_names, min(k, probs.shape[1])),
                                strict=True))
     return ranked, skipped
+
+
+def image_files(paths: Sequence[str]) -> list[str]:
+    """The image files named by `--images` (files, and every image under folders), or a one-line error."""
+    from cnn_flax.data.folder_files import image_files as files_under
+
+    if not paths:
+        raise UserError("--mode=predict needs --images=a.jpg,photos/ (image files, or folders of them)")
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise UserError(f"--images: {missing[0]} not found; give image files or folders")
+    files = files_under(list(paths))
+    if not files:
+        raise UserError(f"--images={','.join(paths)}: no image files there (.jpg .jpeg .png .bmp .gif .webp)")
+    return files
+
+
+def image_decoding(data_config: Any) -> dict[str, Any]:
+    """How a run decodes a file for prediction: as prepare did for folder data, else as Keras's load_img.
+
+    Recorded in an export's export.json, so predicting from the export decodes exactly as the run did.
+    """
+    if data_config.name == "folder":
+        return {"kind": "folder", "resize": data_config.resize}
+    return {"kind": "keras_load_img", "interpolation": "nearest"}
+
+
+def image_loader(decoding: Mapping[str, Any], size: tuple[int, int]) -> Loader:
+    """`load(path)` for a decoding described by `image_decoding`."""
+    if decoding.get("kind") == "folder":
+        from cnn_flax.image_decode import load_square
+
+        return lambda path: load_square(path, size[0], decoding["resize"])
+    from cnn_flax.pretrained.predict import keras_loader
+
+    return keras_loader(size, decoding.get("interpolation", "nearest"))
+
+
+def predict_files(probabilities: Probabilities, files: Sequence[str], load: Loader, class_names: Sequence[str],
+                  workdir: str, *, batch_size: int = 64, write: bool = True) -> list[dict[str, Any]]:
+    """`classify`, then what a user sees: skipped files as warnings, the files written, the table printed."""
+    ranked, skipped = classify(probabilities, files, load, class_names, batch_size=batch_size)
+    log = logging.getLogger("cnn_flax")
+    for path, reason in skipped:
+        log.warning("skipped %s: %s", path, reason)
+    if not ranked:
+        raise UserError(f"none of the {len(files)} files could be read (first: {skipped[0][0]}: {skipped[0][1]})")
+    if write:
+        json_path, csv_path = write_predictions(workdir, ranked)
+        log.info("predictions of %d images in %s and %s", len(ranked), json_path, csv_path)
+    if len(ranked) <= 20:
+        print(format_predictions([p for p, _ in ranked], [t for _, t in ranked]))
+    else:
+        print(f"{len(ranked)} images classified ({len(skipped)} unreadable); predictions.json and predictions.csv "
+              f"in {workdir}")
+    return [dict(image=path, top5=list(top)) for path, top in ranked]
 
 
 def write_predictions(directory: str, ranked: Sequence[tuple[str, Sequence[Prediction]]]) -> tuple[str, str]:

@@ -90,7 +90,8 @@ def test_parse_line_takes_numbers_and_words():
 
 def test_measured_process_reports_its_own_peak_memory(tmp_path):
     code, out, err, rss = bench_table.run_measured(
-        ["python3", "-c", "import sys; b = bytearray(200 * 2**20); print('peer=x ok=1'); sys.stderr.write('e')"],
+        ["python3", "-c", "import sys, time; b = bytearray(200 * 2**20); time.sleep(0.5); print('peer=x ok=1'); "
+         "sys.stderr.write('e')"],
         tmp_path)
     assert (code, out, err) == (0, "peer=x ok=1\n", "e")
     assert 200 <= rss < 2000

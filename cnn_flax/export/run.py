@@ -17,9 +17,9 @@ import ml_collections
 from cnn_flax.errors import UserError
 from cnn_flax.experiment import build_experiment, initial_variables
 from cnn_flax.export.function import build_inference_function
-from cnn_flax.export.predict import image_decoding
 from cnn_flax.export.write import check_destination, write_export
 from cnn_flax.models import create_model, init_traced
+from cnn_flax.predict import image_decoding
 from cnn_flax.training.checkpoint import Checkpoints, load_variables
 
 EXPORT_FOLDER = "export"
