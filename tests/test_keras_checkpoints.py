@@ -284,3 +284,35 @@ def test_every_format_with_an_optimizer_restores_keras_slots(saved):
         assert (checkpoint.optimizer.name, checkpoint.optimizer.iterations) == (saved.case.optimizer["name"], 2)
         for slot, array in saved.head_slots.items():
             np.testing.assert_array_equal(checkpoint.optimizer.slots[slot][head]["kernel"], array)
+
+
+# The networks without BatchNorm: weights only (their optimizer path is the one tested above), in the two
+# formats the book's code writes. Random Keras weights suffice: every kernel and bias is distinct.
+PLAIN = {
+    "nin": (dict(name="nin", num_classes=10), lambda k: keras_models.nin(k, (32, 32, 3), 10, dropout=False), 32),
+    "vgg_a": (dict(name="vgg", variant="A", num_classes=10),
+              lambda k: keras_models.vgg(k, "A", (32, 32, 3), 10, dropout=False), 32),
+    "googlenet_aux": (dict(name="googlenet", num_classes=10, aux_heads=True),
+                      lambda k: keras_models.googlenet(k, 10, aux_heads=True, dropout=False), 224),
+    "googlenet": (dict(name="googlenet", num_classes=10, aux_heads=False),
+                  lambda k: keras_models.googlenet(k, 10, aux_heads=False, dropout=False), 224),
+}
+
+
+@pytest.mark.parametrize("name", list(PLAIN))
+def test_networks_without_batch_norm_load_from_keras_files(name, tmp_path):
+    config, build, size = PLAIN[name]
+    keras.utils.set_random_seed(3)
+    keras_model = build(keras)
+    images, _ = digits(size, seed=5, count=2)
+    expected = np.asarray(keras_model(images, training=False)[0] if isinstance(keras_model.outputs, list)
+                          and len(keras_model.outputs) > 1 else keras_model(images, training=False))
+    model = create_model(config)
+    shape = (size, size, 3)
+    template = init_variables(model, jax.random.key(0), shape)
+    for suffix in ("h5", "keras"):
+        path = str(tmp_path / f"{name}.{suffix}")
+        keras_model.save(path)
+        variables = load_keras_weights(path, model, template, shape)
+        got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
+        assert_close(got, expected, 1e-4)
