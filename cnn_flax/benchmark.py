@@ -21,6 +21,7 @@ analysis (`step_*_mb`) and the process's peak resident memory (`peak_rss_mb`).
 
 import contextlib
 import io
+import logging
 import resource
 import statistics
 import tempfile
@@ -58,12 +59,20 @@ def _timed(run: Callable[[], int]) -> Callable[[], tuple[int, float]]:
     return timed
 
 
-def _data_available(config: ml_collections.ConfigDict) -> bool:
+def _data_available(config: ml_collections.ConfigDict, steps: int) -> bool:
+    """True when the config's data is here and its train split gives the loop's `steps` batches."""
     from cnn_flax.data import make_source
 
     try:
-        make_source(config.data).info  # noqa: B018 - reading the facts is the check
+        source = make_source(config.data)
+        source.info  # noqa: B018 - reading the facts is the check
     except UserError:
+        return False
+    available = source.num_batches("train", config.batch_size, drop_remainder=True)
+    if available < steps:
+        logging.getLogger("cnn_flax").warning(
+            "the train split gives %d batches of %d, fewer than the %d the timed loop needs: timing on random "
+            "images of the same shape instead", available, config.batch_size, steps)
         return False
     return True
 
@@ -148,7 +157,7 @@ def benchmark_figures(config: ml_collections.ConfigDict, steps: int = STEPS, rep
     """The figures of `benchmark` as a dict."""
     from cnn_flax.train import Trainer
 
-    has_data = _data_available(config)
+    has_data = _data_available(config, steps)
     run_config = benchmark_config(config, steps, has_data)
     batch_size = run_config.batch_size
     figures: dict[str, Any] = dict(model=run_config.model.get("name", "?"), batch=batch_size,

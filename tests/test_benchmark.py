@@ -5,7 +5,7 @@ import re
 import numpy as np
 from conftest import tiny_config
 
-from cnn_flax.benchmark import benchmark, benchmark_figures, format_line
+from cnn_flax.benchmark import _data_available, benchmark, benchmark_figures, format_line
 from cnn_flax.data import make_source
 from cnn_flax.engine import RunFiles
 from cnn_flax.train import Trainer, fit
@@ -41,6 +41,12 @@ def test_benchmark_falls_back_to_synthetic_data(tmp_path):
     assert BENCHMARK_LINE.match(line), line
     assert " data=synthetic " in line and "input_img_per_s" not in line
     assert not (tmp_path / "bench").exists()
+
+
+def test_a_train_split_shorter_than_the_timed_loop_falls_back_to_synthetic_data():
+    """A small folder of photos must not stop the benchmark: its loop then runs on random images."""
+    assert _data_available(tiny_config(), steps=3)
+    assert not _data_available(tiny_config(batch_size=512), steps=3)  # 1,347 digits: 2 batches of 512
 
 
 def test_synthetic_source_is_deterministic_and_shaped(tmp_path):
