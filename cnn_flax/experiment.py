@@ -69,8 +69,17 @@ def resolve_model_config(config: ml_collections.ConfigDict, info: DatasetInfo | 
             raise UserError(f"model.num_classes={model['num_classes']} but the {info.name} data has "
                             f"{info.num_classes} classes; set --config.model.num_classes=-1 to take it from the data")
     elif model["num_classes"] in (-1, None):
-        model["num_classes"] = NOMINAL_CLASSES.get(config.data.name, 1000)
+        model["num_classes"] = nominal_classes(config.data)
     return model
+
+
+def nominal_classes(data_config: ml_collections.ConfigDict) -> int:
+    """The class count without reading the data: the dataset's, or a photo folder's class subfolders."""
+    if data_config.name == "folder" and data_config.root and os.path.isdir(data_config.root):
+        from cnn_flax.data.folder_files import class_folders
+
+        return len(class_folders(os.path.abspath(os.path.expanduser(data_config.root)))) or 1000
+    return NOMINAL_CLASSES.get(data_config.name, 1000)
 
 
 def data_info(source: DataSource) -> DatasetInfo:

@@ -190,3 +190,13 @@ def test_bad_folders_are_one_line_errors_and_write_nothing(tmp_path):
     config.model.num_classes = 5
     _one_line_error(lambda: modes.prepare(config), f"model.num_classes=5 but {junk} has 3 class folders")
     assert not os.path.exists(out) or os.listdir(out) == []
+
+
+def test_summary_sizes_the_head_by_the_class_folders_without_reading_images(tmp_path):
+    from cnn_flax.experiment import build_experiment
+
+    for name in ("roses", "tulips", "daisy"):
+        (tmp_path / "photos" / "train" / name).mkdir(parents=True)
+    config = folder_config.get_config()
+    config.data.root = str(tmp_path / "photos")
+    assert build_experiment(config, need_data=False).model_config["num_classes"] == 3
