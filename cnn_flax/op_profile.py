@@ -160,10 +160,7 @@ def profile(config: "ml_collections.ConfigDict", steps: int) -> dict[str, dict[s
         predict = trainer.evaluator.predict_step[False]
 
         def inference() -> None:
-            out = None
-            for _ in range(steps):
-                out = predict(bare.state.variables, bare.batch)
-            jax.block_until_ready(out)
+            bare.infer(steps)
 
         bare(1)
         inference()
