@@ -71,12 +71,11 @@ class Reporter:
         self.epoch_started = 0.0
         self.epoch_seconds: list[float] = []  # epochs run by this process, for the ETA
         self.wandb = None
-        if self.is_writer and wandb_config is not None and wandb_config.get("enabled"):
+        if self.is_writer and wandb_config is not None and wandb_config.enabled:
             import wandb  # optional dependency: `pip install cnn_flax[wandb]`
 
-            self.wandb = wandb.init(project=wandb_config.get("project") or "cnn_flax",
-                                    name=wandb_config.get("name") or None, config=run_config, dir=workdir,
-                                    mode=wandb_config.get("mode") or None, reinit=True)
+            self.wandb = wandb.init(project=wandb_config.project, name=wandb_config.name or None,
+                                    config=run_config, dir=workdir, mode=wandb_config.mode or None, reinit=True)
 
     @property
     def stream(self) -> TextIO:
