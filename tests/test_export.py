@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_config
 from PIL import Image
 
 from cnn_flax import modes
@@ -30,7 +31,6 @@ from cnn_flax.export.run import export_run
 from cnn_flax.export.write import write_export
 from cnn_flax.models import create_model, init_traced
 from cnn_flax.train import train_and_evaluate
-from configs import quickstart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNTIMES = ("jax", "saved_model", "onnx")
@@ -80,16 +80,8 @@ def flax_probabilities(model, variables, images, method, info) -> np.ndarray:
 
 
 def tiny_quickstart(**overrides):
-    config = quickstart.get_config()
-    config.data.image_size = 16
-    config.num_epochs = 1
-    config.steps_per_epoch = 2
-    config.eval_steps = 1
-    config.checkpoint_every_epochs = 1
-    for key, value in overrides.items():
-        section, name = key.split(".") if "." in key else (None, key)
-        (config[section] if section else config)[name] = value
-    return config
+    """`tiny_config` cut to one epoch of two steps: enough for a checkpoint to export."""
+    return tiny_config(**{"num_epochs": 1, "steps_per_epoch": 2, "eval_steps": 1, **overrides})
 
 
 @pytest.fixture(scope="module")
