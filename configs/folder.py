@@ -12,19 +12,13 @@ photos, 17 classes): about 0.70 test accuracy after 100 epochs with this augment
 images per class of clean, centred objects (digits), a few epochs reach 0.9 and above.
 """
 
-from configs.common import base
+from configs.common import base, photo_folder
 
 
 def get_config():
-    config = base("folder")
+    config = photo_folder(base("folder"), image_size=64, normalize="scale", data_dir="data/folder_hdf5")
     config.num_epochs = 100
-    config.batch_size = 32
     config.checkpoint_every_epochs = 10
-    config.log_every_steps = 20
-    config.data.update(dict(name="folder", root="", dir="data/folder_hdf5", image_size=64, normalize="scale",
-                            resize="aspect", val_fraction=0.1, test_fraction=0.1))
-    config.data.augment.update(dict(rotation=30.0, zoom=0.2, width_shift=0.1, height_shift=0.1, shear=0.2,
-                                    horizontal_flip=True))
     config.model.update(dict(name="minivgg", num_classes=-1, bn_order="conv_act_bn", activation="relu"))
     config.optimizer.update(dict(name="sgd", learning_rate=0.05, momentum=0.0))
     config.schedule.update(dict(name="keras_time_decay", decay=0.05 / config.num_epochs))

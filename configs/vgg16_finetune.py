@@ -19,7 +19,7 @@ warm-up and about 0.95 after fine-tuning; each phase takes minutes on a GPU (VGG
 heavy for a 2-core CPU).
 """
 
-from configs.common import base
+from configs.common import base, photo_folder
 
 PHASES = ("head", "body")
 
@@ -27,14 +27,9 @@ PHASES = ("head", "body")
 def get_config(phase: str = "head"):
     if phase not in PHASES:
         raise ValueError(f"configs/vgg16_finetune.py:{phase}: use :head (phase 1) or :body (phase 2)")
-    config = base(f"vgg16_finetune_{phase}")
-    config.batch_size = 32
+    config = photo_folder(base(f"vgg16_finetune_{phase}"), image_size=224, normalize="caffe",
+                          data_dir="data/folder_224_hdf5")
     config.checkpoint_every_epochs = 5
-    config.log_every_steps = 20
-    config.data.update(dict(name="folder", root="", dir="data/folder_224_hdf5", image_size=224, normalize="caffe",
-                            resize="aspect", val_fraction=0.1, test_fraction=0.1))
-    config.data.augment.update(dict(rotation=30.0, zoom=0.2, width_shift=0.1, height_shift=0.1, shear=0.2,
-                                    horizontal_flip=True))
     config.model.update(dict(name="vgg", variant="D", num_classes=-1))
     if phase == "head":
         config.num_epochs = 25
