@@ -88,13 +88,6 @@ class KerasFile:
 
 
 @contextlib.contextmanager
-def open_keras_weights(path: str | os.PathLike) -> Iterator[tuple[str, list[FileLayer]]]:
-    """Yield (layout, layers with weights) for a Keras weight file; UserError when it is not one."""
-    with open_keras_file(path) as keras_file:
-        yield keras_file.layout, keras_file.layers
-
-
-@contextlib.contextmanager
 def open_keras_file(path: str | os.PathLike) -> Iterator[KerasFile]:
     """Yield everything a Keras weight or model file holds; UserError when it is not one or is damaged."""
     path = os.fspath(path)
