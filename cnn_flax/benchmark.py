@@ -9,7 +9,9 @@ when the data exists. `loop_over_step` is the loop's rate over the bare step's, 
 
 Every phase is time-based (`bench_phases.Phase`): after compiling, it warms up until the rate holds
 still, then times `benchmark.seconds` in windows of a fixed step count and reports the median window.
-The loop is one `fit` whose windows (`LoopWindows`) start where the bare step's ended; a window stops
+The loop is one `fit` timed in windows (`LoopWindows`) of the bare step's length, and after each of its
+timed windows a window of bare steps runs, so the two alternate and `loop_over_step` (the median of the
+pairs' ratios) holds on a machine whose load changes. A loop window stops
 its clock at an epoch's end and restarts it when the next epoch starts, so what an epoch costs besides
 its steps (the validation pass, history, plot, checkpoint when due) is reported on its own as
 `epoch_extra_s` (the median over the epoch ends the loop crossed; absent when it crossed none) instead
@@ -135,12 +137,13 @@ class LoopWindows(Hook):
     A window's clock runs from an epoch's start to its steps' end (the metric fetch that ends them
     included) and is stopped in between, where `epoch_extras` collects each epoch end's seconds. At the end
     of a window the hook waits for the last step's result (`sync`), a wait the loop itself would make at
-    its next metric fetch anyway.
+    its next metric fetch anyway, then calls `between` off the clock: the benchmark times a window of bare
+    steps there, so that loop and bare step alternate and a change in the machine's load hits both.
     """
 
     def __init__(self, phase: Phase, sync: Callable[[Any], Any] = jax.block_until_ready,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
-        self.phase, self.sync, self.clock = phase, sync, clock
+                 clock: Callable[[], float] = time.perf_counter, between: Callable[[], None] = lambda: None) -> None:
+        self.phase, self.sync, self.clock, self.between = phase, sync, clock, between
         self.steps = 0  # in the running window
         self.counted = 0.0  # the running window's seconds in epochs already ended
         self.since: float | None = None  # when the clock last started
@@ -160,7 +163,8 @@ class LoopWindows(Hook):
         self.sync(loop.state)
         now = self.clock()
         self.phase.record(self.counted + now - self.since)
-        self.steps, self.counted, self.since = 0, 0.0, now
+        self.between()
+        self.steps, self.counted, self.since = 0, 0.0, self.clock()
         loop.stop = self.phase.done
 
     def on_steps_done(self, loop: LoopState) -> None:
@@ -182,13 +186,13 @@ def _quiet_fit() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _timed_loop(trainer: "Trainer", scratch: str, phase: Phase) -> LoopWindows:
-    """One `fit` in a fresh workdir, timed in `phase`'s windows until they are done."""
+def _timed_loop(trainer: "Trainer", scratch: str, phase: Phase, between: Callable[[], None]) -> LoopWindows:
+    """One `fit` in a fresh workdir, timed in `phase`'s windows until they are done, `between` after each."""
     from cnn_flax.engine import RunFiles
     from cnn_flax.train import fit
     from cnn_flax.training.reporting import Reporter
 
-    files, windows = RunFiles(tempfile.mkdtemp(dir=scratch)), LoopWindows(phase)
+    files, windows = RunFiles(tempfile.mkdtemp(dir=scratch)), LoopWindows(phase, between=between)
     reporter = Reporter(files.workdir, trainer.spe, None, {})
     try:
         with _quiet_fit():
@@ -198,11 +202,34 @@ def _timed_loop(trainer: "Trainer", scratch: str, phase: Phase) -> LoopWindows:
     return windows
 
 
-def _phase_after_one(seconds: float, window: Callable[[int], float]) -> Phase:
-    """A phase whose first window is sized from one timed step (the compiling one ran before)."""
+def _phase_after_one(seconds: float, window: Callable[[int], float], warm_up_only: bool = False) -> Phase:
+    """A phase whose first window is sized from one timed step (the compiling one ran before), run until
+    done, or only until its warm-up is over."""
     phase = Phase(seconds, WINDOWS)
     phase.start(window(1))
-    return run_phase(phase, window)
+    while not (phase.steady if warm_up_only else phase.done):
+        phase.record(window(phase.steps))
+    return phase
+
+
+def _loop_and_step(trainer: "Trainer", bare: _BareSteps, scratch: str, seconds: float) -> dict[str, Any]:
+    """Loop and bare step alternating: the bare step warms up alone, then each timed window of the loop is
+    followed by a window of bare steps of the same count; loop/step is the median of these pairs' ratios."""
+    step = _phase_after_one(seconds, bare, warm_up_only=True)
+    loop, paired = Phase(seconds, WINDOWS, steps=step.steps), []
+
+    def bare_window() -> None:
+        if len(loop.timed_seconds) > len(paired):
+            paired.append(bare(loop.steps))
+
+    windows = _timed_loop(trainer, scratch, loop, bare_window)
+    figures = dict(step_img_per_s=statistics.median(loop.steps / s for s in paired) * trainer.config.batch_size,
+                   loop_img_per_s=loop.steps_per_second * trainer.config.batch_size,
+                   loop_over_step=statistics.median(b / s for b, s in zip(paired, loop.timed_seconds, strict=True)),
+                   steps=loop.steps * len(paired), loop_steps=loop.timed_steps)
+    if windows.epoch_extras:
+        figures["epoch_extra_s"] = statistics.median(windows.epoch_extras)
+    return figures
 
 
 def benchmark_figures(config: ml_collections.ConfigDict, seconds: float | None = None,
@@ -226,19 +253,9 @@ def benchmark_figures(config: ml_collections.ConfigDict, seconds: float | None =
         bare(1)
         figures["first_step_s"] = time.perf_counter() - start
         figures.update(step_memory(trainer.train_step, bare.state, bare.batch, bare.metrics))
-        step = _phase_after_one(seconds, bare)
-        figures["step_img_per_s"] = step.steps_per_second * batch_size
-        figures["steps"] = step.timed_steps
         bare.infer(1)
         figures["eval_img_per_s"] = _phase_after_one(seconds, bare.infer).steps_per_second * batch_size
-
-        loop = Phase(seconds, WINDOWS, steps=step.steps)
-        windows = _timed_loop(trainer, scratch, loop)
-        figures["loop_img_per_s"] = loop.steps_per_second * batch_size
-        figures["loop_steps"] = loop.timed_steps
-        figures["loop_over_step"] = figures["loop_img_per_s"] / figures["step_img_per_s"]
-        if windows.epoch_extras:
-            figures["epoch_extra_s"] = statistics.median(windows.epoch_extras)
+        figures.update(_loop_and_step(trainer, bare, scratch, seconds))
         if has_data:
             from cnn_flax.data.bench import measure_input
 

@@ -69,10 +69,17 @@ class FakeClock:
 
 
 def test_loop_windows_stop_their_clock_between_epochs_and_end_the_run():
-    """Epochs of 3 steps of 1 s; each epoch end spends 10 s (validation, plot, checkpoint) off the clock."""
+    """Epochs of 3 steps of 1 s; each epoch end spends 10 s (validation, plot, checkpoint) off the clock, and
+    so does the 100 s `between` call after each window."""
     clock, synced = FakeClock(), []
     phase = Phase(seconds=8.0, windows=2, max_warmup=1, steps=4)  # one warm-up window, then 2 of 4 steps
-    windows = LoopWindows(phase, sync=synced.append, clock=clock)
+    between = []  # what runs off the clock after each window: the benchmark's bare-step windows
+
+    def bare_window():
+        between.append(len(phase.timed_seconds))
+        clock.now += 100.0
+
+    windows = LoopWindows(phase, sync=synced.append, clock=clock, between=bare_window)
     loop = LoopState(epoch=1, batch=0, num_epochs=100, steps_per_epoch=3, state="state", metrics=None)
     steps_run = 0
     while not loop.stop:
@@ -93,3 +100,4 @@ def test_loop_windows_stop_their_clock_between_epochs_and_end_the_run():
     assert phase.warmup_rates == [4 / 4.5]
     assert phase.timed_seconds == [4.5, 4.5] and phase.steps == 4
     assert windows.epoch_extras == [10.0, 10.0, 10.0]
+    assert between == [0, 1, 2]  # after the warm-up window and after each timed one, never on the clock
