@@ -73,7 +73,7 @@ def check(case: dict) -> dict:
     images, expected = np.load(case["images"]), np.load(case["expected"])
     results = {}
     for runtime in (r for r in RUNNERS if r in formats):
-        start = time.perf_counter()
+        began = time.perf_counter()
         run = RUNNERS[runtime](case["dir"])
         worst, same_top5, outputs = 0.0, True, set()
         for batch in case["batches"]:
@@ -87,7 +87,7 @@ def check(case: dict) -> dict:
                     same_top5 &= bool(np.array_equal(got["top5"], top5(want)))
                 same_top5 &= got["probabilities"].dtype == np.float32
         results[runtime] = {"max_abs_difference": worst, "same_top5": same_top5, "outputs": sorted(outputs),
-                            "seconds": round(time.perf_counter() - start, 2)}
+                            "seconds": round(time.perf_counter() - began, 2)}
     if "tflite" in results:
         results["tflite"]["input"] = tflite_input(case["dir"])
     return results

@@ -239,17 +239,20 @@ def test_predict_from_the_export_folder_matches_predict_on_the_run(trained, caps
     assert direct["probabilities"].shape == (3, 10) and direct["top5"].dtype == np.int32
 
 
-def _launch(*args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
-
-
 def test_launch_predicts_from_an_export_folder_without_a_config(trained, tmp_path):
+    """launch.py's flags and dispatch, run in this process: a new one would only add JAX's and TensorFlow's
+    start-up (the folder alone is what it reads either way)."""
+    import launch
+
     _, workdir, _, _, paths = trained
-    done = _launch("--mode=predict", f"--export_dir={workdir}/export", f"--images={','.join(paths)}",
-                   f"--workdir={tmp_path}")
-    assert done.returncode == 0, done.stderr
+    launch.FLAGS.unparse_flags()  # every flag at its default: no --config
+    try:
+        launch.parse_flags(["launch.py", "--mode=predict", f"--export_dir={workdir}/export",
+                            f"--images={','.join(paths)}", f"--workdir={tmp_path}", "--export_runtime=tflite"])
+        assert launch.FLAGS.config is None
+        assert launch.run() == 0
+    finally:
+        launch.FLAGS.unparse_flags()
     with open(tmp_path / "predictions.json") as handle:
         from_launch = json.load(handle)
     with open(os.path.join(workdir, "predictions.json")) as handle:
