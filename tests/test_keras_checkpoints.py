@@ -274,6 +274,30 @@ def test_wrong_architecture_and_damaged_files_are_one_line_errors(saved, tmp_pat
         assert "params" not in message
 
 
+def test_every_format_of_another_network_or_truncated_is_a_one_line_error(saved, tmp_path):
+    """.hdf5, .keras and .weights.h5 alike (the MiniVGG case writes all three)."""
+    case = saved.case
+    if "weights" not in case.formats:
+        pytest.skip("the case with every format is enough")
+    shape = (case.size, case.size, 3)
+    other = create_model(dict(case.model, num_classes=7))
+    other_template = jax.eval_shape(lambda: init_variables(other, jax.random.key(0), shape))
+    model, template, _ = ours(case)
+    for fmt, path in saved.files.items():
+        with pytest.raises(UserError) as error:
+            load_keras_weights(path, other, other_template, shape)
+        assert re.fullmatch(re.escape(f"{path}: layer predictions (the file's ") + r"dense_\d+" + re.escape(
+            ") has kernel (512, 10) in the file but (512, 7) in the model; the file classifies 10 classes: set "
+            "model.num_classes=10 or skip this layer (init_skip=predictions)"), str(error.value)), (fmt, error.value)
+        truncated = str(tmp_path / f"truncated_{os.path.basename(path)}")
+        with open(path, "rb") as source, open(truncated, "wb") as target:
+            target.write(source.read()[: os.path.getsize(path) // 2])
+        with pytest.raises(UserError) as error:
+            load_keras_weights(truncated, model, template, shape)
+        message = str(error.value)
+        assert message.startswith(truncated) and "truncated or damaged" in message and "\n" not in message, fmt
+
+
 def test_every_format_with_an_optimizer_restores_keras_slots(saved):
     """The classifier's slots against Keras's own optimizer variables for it, as they were when saved."""
     model, template, shape = ours(saved.case)
