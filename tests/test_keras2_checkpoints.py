@@ -7,10 +7,10 @@ the file goes through `init_from` as a user's would, into the logits, one more t
 restored optimizer, `--mode=evaluate` and `--mode=predict`, each against tf.keras's own numbers.
 
 The older layouts are that same file with its optimizer_weights group rewritten as each Keras version wrote
-it (same arrays, their names and order from the sources of keras-team/keras at tags 2.0.8, 2.1.2, 2.1.3, 2.2.4, 2.3.1 —
-keras/optimizers.py and the saving code — and from tf.keras's OptimizerV2, today tf_keras.optimizers.legacy,
-whose files were inspected as tf_keras 2.21 writes them). Restored, each must give the state the original
-file gives.
+it: same arrays, their names and order from the sources of keras-team/keras at tags 2.0.8, 2.1.2, 2.1.3,
+2.2.4 and 2.3.1 (keras/optimizers.py and the saving code), and from tf.keras's OptimizerV2 (today
+tf_keras.optimizers.legacy), whose files were inspected as tf_keras 2.21 writes them. Restored, each must
+give the state the original file gives.
 """
 
 import json
