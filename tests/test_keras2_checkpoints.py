@@ -7,10 +7,10 @@ the file goes through `init_from` as a user's would, into the logits, one more t
 restored optimizer, `--mode=evaluate` and `--mode=predict`, each against tf.keras's own numbers.
 
 The older layouts are that same file with its optimizer_weights group rewritten as each Keras version wrote
-it (same arrays, their names and order from the sources of keras-team/keras at tags 2.0.8, 2.2.4, 2.3.1 —
-keras/optimizers.py and the saving code — and from tf.keras's OptimizerV2, today tf_keras.optimizers.legacy,
-whose files were inspected as tf_keras 2.21 writes them). Restored, each must give the state the original
-file gives.
+it: same arrays, their names and order from the sources of keras-team/keras at tags 2.0.8, 2.1.2, 2.1.3,
+2.2.4 and 2.3.1 (keras/optimizers.py and the saving code), and from tf.keras's OptimizerV2 (today
+tf_keras.optimizers.legacy), whose files were inspected as tf_keras 2.21 writes them. Restored, each must
+give the state the original file gives.
 """
 
 import json
@@ -193,10 +193,10 @@ def keras2_layout(version: str, optimizer: str) -> tuple[list[tuple[str, np.ndar
             entries += [(f"{optimizer}/{var}/{slot}:0", array) for (var, _), array in zip(momentum, arrays,
                                                                                          strict=True)]
         return entries, dict(class_name=optimizer, config=dict(name=optimizer, **settings))
-    if optimizer == "Adam":  # ms, vs, then vhats: one-element zeros without amsgrad (2.1.3 on)
+    if optimizer == "Adam" and version != "Keras 2.0-2.1.2":  # then vhats: one-element zeros without amsgrad
         lists.append([np.zeros(1, np.float32) for _ in lists[0]])
     arrays = [array for group in lists for array in group]
-    if version == "Keras 2.0-2.2":  # K.zeros without a name in the 'training/<Optimizer>' scope
+    if version != "Keras 2.3":  # K.zeros without a name in the 'training/<Optimizer>' scope
         names = [f"training/{optimizer}/Variable{'' if i == 0 else f'_{i}'}:0" for i in range(len(arrays))]
     else:  # Keras 2.3 named them
         prefixes = ("moment",) if optimizer == "SGD" else ("m", "v", "vhat")
@@ -235,12 +235,13 @@ def reference() -> dict:
     return checkpoint.optimizer.slots["momentum"]
 
 
-@pytest.mark.parametrize("version", ["tf.keras 2.0-2.10", "Keras 2.0-2.2", "Keras 2.3"])
-@pytest.mark.parametrize("optimizer", ["SGD", "Adam"])
+@pytest.mark.parametrize("version, optimizer", [
+    ("tf.keras 2.0-2.10", "SGD"), ("tf.keras 2.0-2.10", "Adam"), ("Keras 2.0-2.2", "SGD"), ("Keras 2.0-2.1.2", "Adam"),
+    ("Keras 2.1.3-2.2", "Adam"), ("Keras 2.3", "SGD"), ("Keras 2.3", "Adam")])
 def test_older_keras2_optimizer_layouts_restore_the_same_state(version, optimizer, reference, tmp_path):
     path = str(tmp_path / "epoch_10.hdf5")
     entries, optimizer_config = keras2_layout(version, optimizer)
-    write_layout(path, entries, optimizer_config, bare_sequential=version == "Keras 2.0-2.2")
+    write_layout(path, entries, optimizer_config, bare_sequential=version == "Keras 2.0-2.1.2")
     model, template = minivgg()
     checkpoint = read_keras_checkpoint(path, model, template, SHAPE)
     assert checkpoint.optimizer is not None, checkpoint.optimizer_note
@@ -251,6 +252,19 @@ def test_older_keras2_optimizer_layouts_restore_the_same_state(version, optimize
     assert set(checkpoint.optimizer.slots) == set(expected)
     for slot, tree in expected.items():
         jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.optimizer.slots[slot], tree)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.variables,
+                           load_keras_weights(FILE, model, template, SHAPE))
+
+
+def test_tf_keras2_file_saved_without_its_optimizer_loads_its_weights(tmp_path):
+    path = str(tmp_path / "epoch_10.hdf5")
+    shutil.copy(FILE, path)
+    with h5py.File(path, "r+") as handle:  # what model.save(path, include_optimizer=False) leaves out
+        del handle["optimizer_weights"]
+        del handle.attrs["training_config"]
+    model, template = minivgg()
+    checkpoint = read_keras_checkpoint(path, model, template, SHAPE)
+    assert (checkpoint.optimizer, checkpoint.optimizer_note) == (None, "")
     jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.variables,
                            load_keras_weights(FILE, model, template, SHAPE))
 

@@ -363,7 +363,8 @@ MORE = {
 MISFITS = {
     "deeper_4a_4e_conv_bn_act": (dict(stage4=False), r"layer logits is a Dense with kernel \(480, 10\) but the file "
                                  r"has a Conv2D \(conv2d(_\d+)?\) with kernel \(1, 1, 480, 192\) at its place; the "
-                                 r"file is for another network or configuration$"),
+                                 r"file is for another network or configuration \(with inception 4a-4e: set "
+                                 r"model.stage4=True\)$"),
     "deeper_4a_4e_conv_act_bn": (dict(bn_order="conv_bn_act"), r"the file's network puts BatchNormalization in the "
                                  r"order conv_act_bn where the model has conv_bn_act; set "
                                  r"--config.model.bn_order=conv_act_bn$"),

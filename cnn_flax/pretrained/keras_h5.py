@@ -90,7 +90,7 @@ def _pair(path: str, keras_file: KerasFile, ours: list[ModelLayer], variables: M
                         f"{re.sub(r'((.weights)?.(h5|hdf5))?$', '', path, count=1)}.json")
     if not any(layer.kind == "dense" for layer in ours):  # a classifier the model was built without
         theirs = [layer for layer in theirs if layer.kind != "dense"]
-    pairs = []
+    pairs, stage4 = [], _stage4_hint(model, len(theirs), len(ours))
     for index, layer in enumerate(ours):  # in order, so the error names the first layer that does not fit
         if index >= len(theirs):
             raise UserError(f"{path}: layer {layer.label} of the model is not in the file; "
@@ -101,7 +101,7 @@ def _pair(path: str, keras_file: KerasFile, ours: list[ModelLayer], variables: M
                             f"{layer.leaves[0][1]} {tuple(layer.template(variables, layer.leaves[0]).shape)} but the "
                             f"file has a {_KIND_WORDS.get(file_layer.kind, file_layer.kind)} ({file_layer.label}) "
                             f"with {_first_weight(file_layer)} at its place; the file is for another network or "
-                            "configuration")
+                            f"configuration{stage4}")
         if layer.path[0] not in skip:
             _check_shapes(path, layer, file_layer, variables, keras_file.layers, (type(model).__name__, input_side))
         pairs.append((layer, file_layer))
@@ -109,8 +109,16 @@ def _pair(path: str, keras_file: KerasFile, ours: list[ModelLayer], variables: M
         extra = theirs[len(ours)]
         raise UserError(f"{path}: the file ({keras_file.layout} layout) has layer {extra.label} with "
                         f"{_first_weight(extra)} that the model lacks; the file is for another network or "
-                        f"configuration{_variant_hint(type(model).__name__)}")
+                        f"configuration{_variant_hint(type(model).__name__)}{stage4}")
     return pairs
+
+
+def _stage4_hint(model: nn.Module, file_count: int, model_count: int) -> str:
+    """DeeperGoogLeNet with or without inception 4a-4e: told by the number of layers with weights."""
+    stage4 = getattr(model, "stage4", None)
+    if stage4 is None or file_count == model_count or (file_count > model_count) == stage4:
+        return ""
+    return f" (with{'' if file_count > model_count else 'out'} inception 4a-4e: set model.stage4={not stage4})"
 
 
 _KIND_WORDS = {"conv": "Conv2D", "dense": "Dense", "bn": "BatchNormalization"}
