@@ -6,7 +6,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import optimized_compiles, tiny_config
 
 from cnn_flax import modes
 from cnn_flax.errors import UserError
@@ -184,6 +184,7 @@ MODERN = {"ema_decay": 0.9, "optimizer.accum_steps": 2, "loss.label_smoothing": 
           "data.augment.cutmix_alpha": 1.0}
 
 
+@optimized_compiles()
 def test_modern_switches_resume_bit_exactly_and_report_the_moving_average(tmp_path, monkeypatch, capsys):
     from cnn_flax.training.checkpoint import load_variables
 

@@ -48,9 +48,12 @@ class TfliteUnsupported(UserError):
 def convert_to_tflite(saved_model_dir: str, path: str) -> None:
     """model.tflite from the SavedModel (TensorFlow's converter, float32, TensorFlow ops where needed).
 
-    The converter reads the StableHLO inside the SavedModel and covers only part of it (no sort, no
-    gathers with a dynamic batch); its native code prints a diagnostic per operation, which is kept out
-    of the terminal and cut to its first error.
+    The converter reads the StableHLO inside the SavedModel and covers only part of it: no sort (hence
+    the top-5 in TensorFlow, see `export_saved_model`) and no gather with a symbolic batch dimension
+    (hence `flip` for Keras's RGB→BGR, see `caffe_preprocess`); every architecture of the zoo converts.
+    The model keeps the batch dimension symbolic: `tf.lite.Interpreter` resizes it to the batch given.
+    Its native code prints a diagnostic per operation, which is kept out of the terminal and cut to its
+    first error.
     """
     import tensorflow as tf
 
