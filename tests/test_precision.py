@@ -3,14 +3,19 @@ moves BatchNorm's running statistics by the batch's own statistics, as float32 d
 
 These guard the two places a half-precision evaluation could go wrong without training noticing: the
 inference path (BatchNorm with its running statistics, the logits) and the statistics the train step
-accumulates for it. Tiny MiniVGG on digits, 16x16.
+accumulates for it. Tiny MiniVGG on digits, 16x16. Also the line of `python -m cnn_flax.bench_precision`.
 """
+
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import tiny_config
 
+from cnn_flax.bench_precision import format_line, precision_figures
+from cnn_flax.errors import UserError
 from cnn_flax.experiment import build_experiment, initial_variables, preprocessors
 from cnn_flax.train import Trainer
 from cnn_flax.training.metrics import TrainMetrics
@@ -65,3 +70,15 @@ def test_bfloat16_train_step_moves_running_statistics_by_the_batch_statistics():
         moved = stepped["block1_conv1"]["bn"][name] - 0.99 * old[name]
         np.testing.assert_allclose(moved, 0.01 * batch_value, rtol=0.03, atol=1e-4)
         np.testing.assert_allclose(stepped["block1_conv1"]["bn"][name], expected, rtol=1e-3)
+
+
+def test_precision_line_alternates_both_precisions_in_one_process():
+    """The bf16/f32 comparison's line, from a run of a fraction of a second per phase (no speed is judged)."""
+    figures = precision_figures(tiny_config(), seconds=0.1)
+    line = format_line(figures)
+    assert re.fullmatch(r"precision model=minivgg batch=32 (step|eval)_f32_img_per_s=[\d.]+ .*compiles=1", line), line
+    for kind in ("step", "eval"):
+        assert figures[f"{kind}_f32_img_per_s"] > 0 and figures[f"{kind}_bf16_img_per_s"] > 0
+        assert figures[f"{kind}_bf16_over_f32"] > 0
+    with pytest.raises(UserError, match="--seconds 0: give the positive"):
+        precision_figures(tiny_config(), seconds=0)
