@@ -60,7 +60,7 @@ def convert_to_tflite(saved_model_dir: str, path: str) -> None:
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[SIGNATURE])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
     try:
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             flatbuffer = converter.convert()
     except Exception as error:  # noqa: BLE001 - the converter raises many types, all meaning "cannot convert"
         found = re.search(r"error: (.*?)(\n|$)", str(error))
@@ -72,7 +72,8 @@ def convert_to_tflite(saved_model_dir: str, path: str) -> None:
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
+def native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null: for TensorFlow's native code, which Python's own redirection misses."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:
