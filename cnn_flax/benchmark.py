@@ -193,7 +193,7 @@ def _timed_loop(trainer: "Trainer", scratch: str, phase: Phase, between: Callabl
     from cnn_flax.training.reporting import Reporter
 
     files, windows = RunFiles(tempfile.mkdtemp(dir=scratch)), LoopWindows(phase, between=between)
-    reporter = Reporter(files.workdir, trainer.spe, None, {})
+    reporter = Reporter(files.workdir, None, {})
     try:
         with _quiet_fit():
             fit(trainer, files, reporter, hooks=[windows])

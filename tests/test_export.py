@@ -67,7 +67,7 @@ FAMILIES = {
     "vgg_imagenet:A-LRN": Family(dict(name="vgg", variant="A-LRN", num_classes=4), 32, "caffe"),
 }
 # One batch size per network: each size is one more compile for JAX and TensorFlow. The export checks ONNX
-# at batch 2 and TFLite stores batch 1; the quickstart's folder is also run at batch 1 (and resized back).
+# at batch 2 and TFLite stores batch 1; the quickstart's files also run batches 1 and 3 in turn, one load each.
 ZOO_BATCHES, QUICKSTART_BATCHES = [3], [1, 3]
 
 
