@@ -21,6 +21,7 @@ from typing import Any
 import ml_collections
 
 from cnn_flax.benchmark import WINDOWS, _BareSteps, _phase_after_one, benchmark_config, synthetic_steps
+from cnn_flax.defaults import base
 from cnn_flax.errors import UserError
 
 PRECISIONS = {"f32": False, "bf16": True}
@@ -70,7 +71,8 @@ def format_line(figures: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="a config file, e.g. configs/minivgg_cifar10.py")
-    parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds of each precision and phase")
+    parser.add_argument("--seconds", type=float, default=base("precision").benchmark.seconds,
+                        help="timed seconds of each precision and phase (the benchmark's default)")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
     from cnn_flax.config_args import load_config

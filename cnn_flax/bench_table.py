@@ -11,9 +11,9 @@ count, so each is given the steps that last about as long at its own rate (its m
 rounds; in the first, our loop's rate of the same round). The table gives the median of the rounds
 and the ratios ours/peer for the training loop and for inference (ratios are what carries from one
 machine to another, absolute figures are not), and loop/step, the median of each of our processes'
-own ratio. Each process's peak resident memory is taken from the
-kernel's accounting of that child (`os.wait4`), the same way for every framework. The raw lines go
-to stderr as they arrive; the table goes to stdout.
+own ratio. Each process's peak resident memory is the kernel's high-water mark of that child
+(VmHWM, polled from /proc), the same way for every framework. The raw lines go to stderr as they
+arrive; the table goes to stdout.
 """
 
 import argparse
