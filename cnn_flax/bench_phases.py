@@ -15,6 +15,7 @@ with made-up durations.
 import dataclasses
 import math
 import statistics
+from collections.abc import Callable
 
 
 def steps_for(seconds: float, step_seconds: float) -> int:
@@ -81,3 +82,11 @@ class Phase:
     @property
     def timed_steps(self) -> int:
         return self.steps * len(self.timed_seconds)
+
+
+def run_phase(phase: Phase, window: Callable[[int], float], warm_up_only: bool = False) -> Phase:
+    """Drive `phase` with `window(steps)`, which runs that many steps and returns their seconds, until its
+    timed windows are done (or, with `warm_up_only`, until its warm-up is over)."""
+    while not (phase.steady if warm_up_only else phase.done):
+        phase.record(window(phase.steps))
+    return phase

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import ml_collections
 
-from cnn_flax.bench_phases import Phase
+from cnn_flax.bench_phases import Phase, run_phase
 from cnn_flax.errors import UserError
 from cnn_flax.loop import Hook, LoopState
 
@@ -90,13 +90,6 @@ def benchmark_config(config: ml_collections.ConfigDict, steps: int, use_data: bo
     config.update(dict(num_epochs=LOOP_EPOCHS, eval_steps=1, init_from="", resume_epoch=-1))
     config.wandb.enabled = False
     return config
-
-
-def run_phase(phase: Phase, window: Callable[[int], float]) -> Phase:
-    """Drive `phase` with `window(steps)`, which runs that many steps and returns their seconds."""
-    while not phase.done:
-        phase.record(window(phase.steps))
-    return phase
 
 
 class _BareSteps:
@@ -207,9 +200,7 @@ def _phase_after_one(seconds: float, window: Callable[[int], float], warm_up_onl
     done, or only until its warm-up is over."""
     phase = Phase(seconds, WINDOWS)
     phase.start(window(1))
-    while not (phase.steady if warm_up_only else phase.done):
-        phase.record(window(phase.steps))
-    return phase
+    return run_phase(phase, window, warm_up_only)
 
 
 def _loop_and_step(trainer: "Trainer", bare: _BareSteps, scratch: str, seconds: float) -> dict[str, Any]:

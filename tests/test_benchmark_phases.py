@@ -2,8 +2,8 @@
 
 import pytest
 
-from cnn_flax.bench_phases import Phase, steps_for
-from cnn_flax.benchmark import LoopWindows, run_phase
+from cnn_flax.bench_phases import Phase, run_phase, steps_for
+from cnn_flax.benchmark import LoopWindows
 from cnn_flax.loop import LoopState
 
 
@@ -36,6 +36,14 @@ def test_warm_up_runs_until_two_windows_agree_then_times_frozen_windows():
     assert steps.calls == [1, 1, 1, 2, 2, 2, 2]  # the sizing step, three warm-up windows, three timed
     assert phase.timed_seconds == [0.5, 0.5, 0.5] and phase.steps_per_second == 4.0
     assert phase.timed_steps == 6 and phase.done
+
+
+def test_warm_up_only_stops_where_the_timed_windows_would_start():
+    steps = FakeSteps(cold=[1.0] * 2 + [0.5] * 3, steady=0.25)
+    phase = Phase(seconds=3.0, windows=3)
+    phase.start(steps(1))
+    run_phase(phase, steps, warm_up_only=True)
+    assert phase.steady and phase.timed_seconds == [] and phase.steps == 2
 
 
 def test_a_machine_that_never_settles_starts_timing_after_max_warmup():
