@@ -26,7 +26,7 @@ class MiniVGG(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         options = dict(bn_order=self.bn_order, activation=self.activation, dtype=self.dtype,
-                       bn_axis_name=self.bn_axis_name)
+                       bn_axis_name=self.bn_axis_name, cpu_kernels=self.cpu_kernels)
         for stage, features in enumerate(STAGES, start=1):
             x = ConvModule(features, 3, name=f"block{stage}_conv1", **options)(x, train)
             x = ConvModule(features, 3, name=f"block{stage}_conv2", **options)(x, train)
@@ -35,6 +35,6 @@ class MiniVGG(nn.Module):
         x = Flatten(name="flatten")(x)
         x = keras_dense(512, self.dtype, name="fc1")(x)
         x = norm_and_activate(x, order=self.bn_order, activation=self.activation, train=train, dtype=self.dtype,
-                              bn_axis_name=self.bn_axis_name, name="fc1_bn")
+                              bn_axis_name=self.bn_axis_name, cpu_kernels=self.cpu_kernels, name="fc1_bn")
         x = nn.Dropout(0.5, deterministic=not train, name="fc1_dropout")(x)
         return keras_dense(self.num_classes, self.dtype, name="predictions")(x)
