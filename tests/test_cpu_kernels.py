@@ -141,6 +141,16 @@ def test_batch_norm_equals_flax_values_statistics_and_gradients():
     # Gradients by other formulas (Σg·x − mean·Σg for Σg·(x − mean)): equal within float32 rounding.
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5), grads, expected_grads)
 
+    # Initialisation and inference are Flax's own code path: the same variables and the same outputs.
+    inference = {"params": {"scale": jnp.linspace(0.5, 1.5, 8), "bias": jnp.zeros(8)}, "batch_stats": stats}
+    for train in (True, False):
+        variables = [kind(use_running_average=not train).init(jax.random.key(0), x)
+                     for kind in (cpu_kernels.BatchNorm, nn.BatchNorm)]
+        jax.tree.map(np.testing.assert_array_equal, *variables)
+    outputs = [kind(use_running_average=True, epsilon=1e-3).apply(inference, x)
+               for kind in (cpu_kernels.BatchNorm, nn.BatchNorm)]
+    np.testing.assert_array_equal(*outputs)
+
     half = x.astype(jnp.bfloat16)  # half_precision: bfloat16 in and out, float32 statistics
     ours_half = _batch_norm_outputs(cpu_kernels.BatchNorm, half, dtype=jnp.bfloat16)
     theirs_half = _batch_norm_outputs(nn.BatchNorm, half, dtype=jnp.bfloat16)

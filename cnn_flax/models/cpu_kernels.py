@@ -6,12 +6,16 @@ windows read the input where it lies: each window offset is a strided slice of t
 window hangs over the border, a gather whose out-of-range rows repeat the nearest border row, which
 leaves every maximum unchanged (a window that reaches past the border also holds the border row). For
 the gradient, the forward pass records which window position held the maximum (int8, the first one in
-row-major order among the positions inside the input, as select-and-scatter picks) and the backward
-pass collects, for each input element, the gradients of the windows that chose it: one elementwise
-pass per stride phase, reading the recorded positions at a few shifts. Measured on DeeperGoogLeNet and
-MiniGoogLeNet: the README's "Where the time goes". Models use it when created with `cpu_kernels=True`
-(the experiment does that on a CPU backend). Convolutions need nothing here once
-`cnn_flax.runtime.tune_cpu` has moved them from YNNPACK to XLA's Eigen kernels.
+row-major order, the padding counting as -inf, as select-and-scatter picks) and the backward pass
+collects, for each input element, the gradients of the windows that chose it: one elementwise pass per
+stride phase, reading the recorded positions at a few shifts.
+
+BatchNorm in training: Flax's values, with a gradient that makes fewer full-size passes over memory
+(`batch_norm_train`).
+
+Measured on DeeperGoogLeNet and MiniGoogLeNet: the README's "Where the time goes". Models use both when
+created with `cpu_kernels=True` (the experiment does that on a CPU backend). Convolutions need nothing
+here once `cnn_flax.runtime.tune_cpu` has moved them from YNNPACK to XLA's Eigen kernels.
 """
 
 import functools
