@@ -48,16 +48,6 @@ def _log_to_workdir() -> None:
     log_to_file(os.path.join(workdir, log_file_name(jax.process_index())))
 
 
-def _hide_gpus_from_tensorflow() -> None:
-    """TensorFlow only feeds data here; left alone it would reserve the accelerator memory JAX needs."""
-    try:
-        import tensorflow as tf
-
-        tf.config.set_visible_devices([], "GPU")
-    except (ImportError, RuntimeError):
-        pass
-
-
 def _start_distributed() -> None:
     import jax
 
@@ -181,9 +171,6 @@ def main(argv: list[str]) -> int:
     log = logging.getLogger("cnn_flax")
     log.debug("CPU runtime settings applied: %s", tune_cpu())  # before JAX starts
     log.debug("compiled programs cached in %r", use_compile_cache())
-    if FLAGS.mode not in ("summary", "report"):  # importing TensorFlow costs seconds; only data-reading modes
-        with quiet_native_start(FLAGS.verbose):
-            _hide_gpus_from_tensorflow()
     from cnn_flax.errors import UserError
 
     try:

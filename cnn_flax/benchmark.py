@@ -149,7 +149,7 @@ def _timed_epoch(trainer: "Trainer", scratch: str) -> tuple[float, float]:
     from cnn_flax.training.reporting import Reporter
 
     files, timer = RunFiles(tempfile.mkdtemp(dir=scratch)), EpochTimer()
-    reporter = Reporter(files.workdir, trainer.spe, None, {})
+    reporter = Reporter(files.workdir, None, {})
     start = time.perf_counter()
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # keep progress bars out of the figures' output

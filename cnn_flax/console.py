@@ -25,6 +25,7 @@ NATIVE_NOISE = ("All log messages before absl::InitializeLog() is called", "oneD
                 "This TensorFlow binary is optimized to use available CPU instructions",
                 "To enable the following instructions", "Unable to register cu", "Could not find cuda drivers",
                 "failed call to cuInit")
+_settings = {"verbose": False}  # what launch.py asked for, for blocks that run long after it configured logging
 FULL_FORMAT = "%(levelname).1s%(asctime)s.%(msecs)03d %(process)d %(filename)s:%(lineno)d] %(message)s"
 FULL_DATE = "%m%d %H:%M:%S"
 
@@ -62,6 +63,7 @@ def configure_logging(verbose: bool) -> logging.Handler:
     """Replace absl's stderr handler by the terminal handler; return it (launch.py adds its filters)."""
     from absl import logging as absl_logging
 
+    _settings["verbose"] = verbose
     root = logging.getLogger()
     for handler in list(root.handlers):  # absl's, and any plain terminal handler a library added early
         if handler is absl_logging.get_absl_handler() or (
@@ -99,10 +101,10 @@ def log_file_name(process_index: int) -> str:
 
 
 @contextlib.contextmanager
-def quiet_native_start(verbose: bool) -> Iterator[None]:
+def quiet_native_start(verbose: bool | None = None) -> Iterator[None]:
     """Hold back what native libraries print to file descriptor 2 inside the block; afterwards pass on every
-    line but TensorFlow's known start-up notices (all of them with --verbose)."""
-    if verbose:
+    line but TensorFlow's known start-up notices (all of them with --verbose; `None`: as logging was configured)."""
+    if _settings["verbose"] if verbose is None else verbose:
         yield
         return
     sys.stderr.flush()

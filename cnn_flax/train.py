@@ -155,7 +155,7 @@ def fit(trainer: Trainer, files: RunFiles, reporter: Reporter, hooks: Sequence[H
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     """Train `config` in `workdir` (resuming if it holds checkpoints), then evaluate and write reports."""
     trainer, files = Trainer(config), RunFiles(workdir)
-    reporter = Reporter(workdir, config.num_epochs * trainer.spe, config.wandb, config.to_dict())
+    reporter = Reporter(workdir, config.wandb, config.to_dict())
     try:
         loop = fit(trainer, files, reporter)
         if loop.stop:

@@ -1,5 +1,6 @@
 """Test-wide settings (eight fake CPU devices, fast XLA compiles) and the helpers several test files share."""
 
+import contextlib
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -23,6 +24,17 @@ jax.config.update("jax_platforms", "cpu")
 # Tests build the same small networks many times: keep compiled programs across tests and processes.
 jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@contextlib.contextmanager
+def optimized_compiles():
+    """XLA's optimizing compiles for steps that run convolutions inside a loop (gradient accumulation's
+    `lax.scan`): without optimizations XLA:CPU runs those ~10x slower, far more than the compile saves."""
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", True)
 
 
 def tiny_config(**overrides):

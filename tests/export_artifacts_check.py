@@ -5,13 +5,16 @@
 SPEC.json lists cases {"name", "dir", "images" (.npy, uint8 [N, H, W, 3]), "expected" (.npy, the Flax
 model's float32 probabilities for those images), "batches"}. For each runtime whose artifact the folder
 holds, the images go through in each batch size; printed (JSON): per case and runtime, the largest
-difference from the expected probabilities and whether the top-5 agree. Only TensorFlow, onnxruntime
-and JAX are used, as the README shows; the last line checks that neither cnn_flax nor Flax was loaded.
+difference from the expected probabilities, whether the top-5 agree and the seconds it took (loading and
+compiling included), and for TFLite the input's stored shape. Only TensorFlow (with its TFLite
+interpreter), onnxruntime and JAX are used, as the README shows; the last line checks that neither
+cnn_flax nor Flax was loaded.
 """
 
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -44,7 +47,24 @@ def onnx_runner(folder: str):
     return lambda images: {"probabilities": session.run(["probabilities"], {"images": images})[0]}
 
 
-RUNNERS = {"jax": jax_runner, "saved_model": saved_model_runner, "onnx": onnx_runner}
+def tflite_runner(folder: str):
+    """The signature runner resizes the input to each batch given (tf.lite.Interpreter.resize_tensor_input)."""
+    import tensorflow as tf
+
+    runner = tf.lite.Interpreter(model_path=os.path.join(folder, "model.tflite")).get_signature_runner(
+        "serving_default")
+    return lambda images: runner(images=images)
+
+
+def tflite_input(folder: str) -> dict:
+    """The input's stored shape and its shape signature (-1: a dimension resizable at run time)."""
+    import tensorflow as tf
+
+    (detail,) = tf.lite.Interpreter(model_path=os.path.join(folder, "model.tflite")).get_input_details()
+    return {"shape": detail["shape"].tolist(), "shape_signature": detail["shape_signature"].tolist()}
+
+
+RUNNERS = {"jax": jax_runner, "saved_model": saved_model_runner, "onnx": onnx_runner, "tflite": tflite_runner}
 
 
 def check(case: dict) -> dict:
@@ -53,6 +73,7 @@ def check(case: dict) -> dict:
     images, expected = np.load(case["images"]), np.load(case["expected"])
     results = {}
     for runtime in (r for r in RUNNERS if r in formats):
+        began = time.perf_counter()
         run = RUNNERS[runtime](case["dir"])
         worst, same_top5, outputs = 0.0, True, set()
         for batch in case["batches"]:
@@ -65,7 +86,10 @@ def check(case: dict) -> dict:
                 if "top5" in got:
                     same_top5 &= bool(np.array_equal(got["top5"], top5(want)))
                 same_top5 &= got["probabilities"].dtype == np.float32
-        results[runtime] = {"max_abs_difference": worst, "same_top5": same_top5, "outputs": sorted(outputs)}
+        results[runtime] = {"max_abs_difference": worst, "same_top5": same_top5, "outputs": sorted(outputs),
+                            "seconds": round(time.perf_counter() - began, 2)}
+    if "tflite" in results:
+        results["tflite"]["input"] = tflite_input(case["dir"])
     return results
 
 

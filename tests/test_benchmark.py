@@ -64,7 +64,7 @@ def test_synthetic_source_is_deterministic_and_shaped(tmp_path):
 
 def test_train_step_compiles_once_over_epochs(tmp_path):
     trainer = Trainer(tiny_config(num_epochs=2, steps_per_epoch=3))
-    reporter = Reporter(str(tmp_path), 2 * trainer.spe, None, {})
+    reporter = Reporter(str(tmp_path), None, {})
     fit(trainer, RunFiles(str(tmp_path)), reporter)
     reporter.close()
     assert trainer.compile_count("train") == 1

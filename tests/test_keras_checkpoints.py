@@ -274,6 +274,30 @@ def test_wrong_architecture_and_damaged_files_are_one_line_errors(saved, tmp_pat
         assert "params" not in message
 
 
+def test_every_format_of_another_network_or_truncated_is_a_one_line_error(saved, tmp_path):
+    """.hdf5, .keras and .weights.h5 alike (the MiniVGG case writes all three)."""
+    case = saved.case
+    if "weights" not in case.formats:
+        pytest.skip("the case with every format is enough")
+    shape = (case.size, case.size, 3)
+    other = create_model(dict(case.model, num_classes=7))
+    other_template = jax.eval_shape(lambda: init_variables(other, jax.random.key(0), shape))
+    model, template, _ = ours(case)
+    for fmt, path in saved.files.items():
+        with pytest.raises(UserError) as error:
+            load_keras_weights(path, other, other_template, shape)
+        assert re.fullmatch(re.escape(f"{path}: layer predictions (the file's ") + r"dense_\d+" + re.escape(
+            ") has kernel (512, 10) in the file but (512, 7) in the model; the file classifies 10 classes: set "
+            "model.num_classes=10 or skip this layer (init_skip=predictions)"), str(error.value)), (fmt, error.value)
+        truncated = str(tmp_path / f"truncated_{os.path.basename(path)}")
+        with open(path, "rb") as source, open(truncated, "wb") as target:
+            target.write(source.read()[: os.path.getsize(path) // 2])
+        with pytest.raises(UserError) as error:
+            load_keras_weights(truncated, model, template, shape)
+        message = str(error.value)
+        assert message.startswith(truncated) and "truncated or damaged" in message and "\n" not in message, fmt
+
+
 def test_every_format_with_an_optimizer_restores_keras_slots(saved):
     """The classifier's slots against Keras's own optimizer variables for it, as they were when saved."""
     model, template, shape = ours(saved.case)
@@ -316,3 +340,76 @@ def test_networks_without_batch_norm_load_from_keras_files(name, tmp_path):
         variables = load_keras_weights(path, model, template, shape)
         got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
         assert_close(got, expected, 1e-4)
+
+
+# The deck's remaining structures, weights only: DeeperGoogLeNet with inception 4a-4e in both BatchNorm orders,
+# VGG B and C (C's 1x1 convs) without the classifier that A tests. Every weight is made random, BatchNorm's
+# statistics included, so a weight in the wrong place shows; the inputs are the smallest the networks take.
+MORE = {
+    "deeper_4a_4e_conv_bn_act": (dict(name="deepergooglenet", num_classes=10, stage4=True, bn_order="conv_bn_act"),
+                                 lambda k: keras_models.deepergooglenet(k, (64, 64, 3), 10, stage4=True,
+                                                                        bn_order="conv_bn_act", dropout=False),
+                                 64, "keras"),
+    "deeper_4a_4e_conv_act_bn": (dict(name="deepergooglenet", num_classes=10, stage4=True, bn_order="conv_act_bn"),
+                                 lambda k: keras_models.deepergooglenet(k, (64, 64, 3), 10, stage4=True,
+                                                                        bn_order="conv_act_bn", dropout=False),
+                                 64, "h5"),
+    "vgg_b": (dict(name="vgg", variant="B", include_top=False),
+              lambda k: keras_models.vgg(k, "B", (32, 32, 3), include_top=False), 32, "h5"),
+    "vgg_c": (dict(name="vgg", variant="C", include_top=False),
+              lambda k: keras_models.vgg(k, "C", (32, 32, 3), include_top=False), 32, "keras"),
+}
+# What each file must not load into: another configuration of the same network, and the one-line error it gives.
+MISFITS = {
+    "deeper_4a_4e_conv_bn_act": (dict(stage4=False), r"layer logits is a Dense with kernel \(480, 10\) but the file "
+                                 r"has a Conv2D \(conv2d(_\d+)?\) with kernel \(1, 1, 480, 192\) at its place; the "
+                                 r"file is for another network or configuration \(with inception 4a-4e: set "
+                                 r"model.stage4=True\)$"),
+    "deeper_4a_4e_conv_act_bn": (dict(bn_order="conv_bn_act"), r"the file's network puts BatchNormalization in the "
+                                 r"order conv_act_bn where the model has conv_bn_act; set "
+                                 r"--config.model.bn_order=conv_act_bn$"),
+    "vgg_b": (dict(variant="A"), r"layer block2_conv1 \(the file's conv2d(_\d+)?\) has kernel \(3, 3, 64, 64\) in the "
+              r"file but \(3, 3, 64, 128\) in the model; the file is for another network or configuration"),
+    "vgg_c": (dict(variant="D"), r"layer block3_conv3 \(the file's conv2d(_\d+)?\) has kernel \(1, 1, 256, 256\) in "
+              r"the file but \(3, 3, 256, 256\) in the model; the file is for another network or "
+              r"configuration \(VGG16 is model.variant='D', VGG19 'E'\)$"),
+}
+
+
+def randomized(keras_model, seed: int):
+    """Every weight random: He-scaled kernels, small biases, BatchNorm gamma/beta/mean/variance around 1/0/0/1."""
+    rng = np.random.default_rng(seed)
+    for layer in keras_model.layers:
+        weights = layer.get_weights()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shape = weights[0].shape
+            layer.set_weights([rng.uniform(0.8, 1.2, shape), rng.normal(0, 0.1, shape), rng.normal(0, 0.1, shape),
+                               rng.uniform(0.5, 1.5, shape)])
+        elif weights:
+            kernel, bias = weights
+            fan_in = int(np.prod(kernel.shape[:-1]))
+            layer.set_weights([rng.standard_normal(kernel.shape) * np.sqrt(2.0 / fan_in),
+                               rng.normal(0, 0.05, bias.shape)])
+    return keras_model
+
+
+@pytest.mark.parametrize("name", list(MORE))
+def test_deeper_googlenet_4a_4e_and_vgg_b_c_load_from_keras_files(name, tmp_path):
+    config, build, size, suffix = MORE[name]
+    keras.utils.set_random_seed(4)
+    keras_model = randomized(build(keras), seed=len(name))
+    images, _ = digits(size, seed=6, count=2)
+    expected = keras_logits(keras_model, images)
+    path = str(tmp_path / f"{name}.{suffix}")
+    keras_model.save(path)
+    model = create_model(config)
+    shape = (size, size, 3)
+    template = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), shape))
+    variables = load_keras_weights(path, model, template, shape)
+    assert_close(np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)), expected, 1e-4)
+    changes, message = MISFITS[name]
+    other = create_model(dict(config, **changes))
+    with pytest.raises(UserError) as error:
+        load_keras_weights(path, other, jax.eval_shape(lambda: init_variables(other, jax.random.key(0), shape)), shape)
+    assert str(error.value).startswith(path) and "\n" not in str(error.value)
+    assert re.search(message, str(error.value)), str(error.value)

@@ -48,7 +48,7 @@ def trainer():
 
 
 def _fit(trainer, workdir, hook):
-    reporter = Reporter(workdir, 2 * trainer.spe, None, {})
+    reporter = Reporter(workdir, None, {})
     try:
         return fit(trainer, RunFiles(workdir), reporter, hooks=[hook])
     finally:

@@ -6,7 +6,9 @@ import os
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import optimized_compiles, tiny_config
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.util.tensor_util import make_ndarray
 
 from cnn_flax import modes
 from cnn_flax.errors import UserError
@@ -47,7 +49,12 @@ def test_a_run_leaves_every_documented_file(uninterrupted):
     for name in ("config.json", "history.json", "training.png", "metrics.json", "report.txt",
                  "confusion_matrix.png", "predictions.png"):
         assert os.path.getsize(os.path.join(workdir, name)) > 0, name
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+    events, = [name for name in os.listdir(workdir) if name.startswith("events.out.tfevents")]
+    val_accuracy = {event.step: make_ndarray(value.tensor).item()  # as TensorBoard reads it
+                    for event in EventFileLoader(os.path.join(workdir, events)).Load()
+                    for value in event.summary.value if value.tag == "val_accuracy"}
+    history = json.load(open(os.path.join(workdir, "history.json")))
+    assert val_accuracy == {4 * r["epoch"]: pytest.approx(r["val_accuracy"]) for r in history}  # steps_per_epoch=4
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
         "epoch_1", "epoch_2", "epoch_3", "epoch_4", "interrupted"]
     metrics = json.load(open(os.path.join(workdir, "metrics.json")))
@@ -184,6 +191,7 @@ MODERN = {"ema_decay": 0.9, "optimizer.accum_steps": 2, "loss.label_smoothing": 
           "data.augment.cutmix_alpha": 1.0}
 
 
+@optimized_compiles()
 def test_modern_switches_resume_bit_exactly_and_report_the_moving_average(tmp_path, monkeypatch, capsys):
     from cnn_flax.training.checkpoint import load_variables
 

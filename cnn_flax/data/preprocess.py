@@ -24,9 +24,12 @@ CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 
 def caffe_preprocess(images: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
-    """float32 RGB→BGR minus the ImageNet means; numpy stays numpy, jax arrays (jit tracers too) stay jax."""
+    """float32 RGB→BGR minus the ImageNet means; numpy stays numpy, jax arrays (jit tracers too) stay jax.
+
+    The channels are reversed with `flip` (a `rev` op), not `[..., ::-1]`: with a symbolic batch
+    dimension (an exported program) JAX lowers that slice to a gather, which TensorFlow Lite cannot convert."""
     xp = jnp if isinstance(images, jax.Array) else np
-    bgr = xp.asarray(images).astype(xp.float32)[..., ::-1]
+    bgr = xp.flip(xp.asarray(images).astype(xp.float32), axis=-1)
     return bgr - xp.asarray(CAFFE_BGR_MEAN, dtype=xp.float32)
 
 

@@ -1,7 +1,6 @@
 """TensorFlow Datasets as a file reader only, shared by the TFDS-backed sources (CIFAR-10, ImageNet).
 
-TensorFlow is imported lazily (it costs seconds, and `--mode=summary` needs none of it) and hidden from
-every GPU before anything can allocate there, so that JAX keeps the accelerator's memory to itself.
+TensorFlow is imported on first use, through `cnn_flax.tensorflow_cpu`, which keeps it off every GPU.
 """
 
 import os
@@ -9,12 +8,9 @@ import os
 
 def import_tfds():
     """tensorflow_datasets, with TensorFlow kept on the CPU."""
-    import tensorflow as tf
+    from cnn_flax.tensorflow_cpu import import_tensorflow
 
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except (RuntimeError, ValueError):  # devices already initialised, or no GPU support in this build
-        pass
+    import_tensorflow()
     import tensorflow_datasets as tfds
 
     return tfds

@@ -13,6 +13,7 @@ import io
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -59,12 +60,39 @@ def _quiet_converter() -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
+# jax2onnx's plugin folders for the libraries an exported function is written in (see _load_plugins).
+PLUGIN_LIBRARIES = ("jax", "flax")
+
+
+def _load_plugins() -> None:
+    """Import the JAX and Flax conversion plugins only.
+
+    On its first conversion jax2onnx imports the plugins of every library it supports, and those of
+    Equinox alone (which import Equinox) cost about 5 s of CPU; the exported function is plain JAX with
+    Flax modules. Marking the registry as filled keeps jax2onnx from importing the rest. Should a future
+    jax2onnx lay its plugins out differently, it falls back to importing them all, as before.
+    """
+    try:
+        from jax2onnx.plugins import plugin_system
+    except ImportError:
+        return
+    if getattr(plugin_system, "_already_imported_plugins", True) or not hasattr(plugin_system, "_import_tree"):
+        return
+    root = Path(plugin_system.__file__).parent
+    if not all((root / library).is_dir() for library in PLUGIN_LIBRARIES):
+        return
+    for library in PLUGIN_LIBRARIES:
+        plugin_system._import_tree(root / library, f"jax2onnx.plugins.{library}")
+    plugin_system._already_imported_plugins = True
+
+
 def export_onnx(function: InferenceFunction, path: str, check_images: np.ndarray) -> float:
     """Write `path`; returns the largest difference from JAX's probabilities on `check_images`."""
     import jax2onnx
 
     try:
         with _quiet_converter():
+            _load_plugins()
             model = jax2onnx.to_onnx(function.bound_probabilities(), [function.image_spec("batch")],
                                      model_name="cnn_flax", opset=OPSET, input_names=["images"],
                                      output_names=["probabilities"])
@@ -88,7 +116,9 @@ def check_onnx(serialized: bytes, function: InferenceFunction, images: np.ndarra
     onnx.checker.check_model(onnx.load_model_from_string(serialized))
     session = onnxruntime.InferenceSession(serialized, providers=["CPUExecutionProvider"])
     (got,) = session.run(["probabilities"], {"images": images})
-    expected = np.asarray(jax.jit(function.bound_probabilities())(images))
+    # The weights as arguments, not constants: XLA compiles a network with its weights folded in several
+    # times slower (seconds for VGG), and the numbers are the same.
+    expected = np.asarray(jax.jit(function.probabilities)(function.variables, images))
     difference = float(np.max(np.abs(got - expected)))
     if not difference <= CHECK_TOLERANCE:
         raise UserError(f"model.onnx not written: onnxruntime's probabilities differ from JAX's by {difference:.2g} "

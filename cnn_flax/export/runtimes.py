@@ -75,10 +75,10 @@ def _jax(path: str) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _saved_model(path: str) -> Callable[[np.ndarray], np.ndarray]:
-    import tensorflow as tf
-
     from cnn_flax.export.saved_model import SIGNATURE
+    from cnn_flax.tensorflow_cpu import import_tensorflow
 
+    tf = import_tensorflow()
     serve = tf.saved_model.load(path).signatures[SIGNATURE]
     return lambda images: serve(images=tf.constant(images))["probabilities"].numpy()
 
@@ -95,13 +95,19 @@ def _onnx(path: str) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _tflite(path: str) -> Callable[[np.ndarray], np.ndarray]:
-    import tensorflow as tf
+    from cnn_flax.export.saved_model import SIGNATURE, native_stderr_silenced
+    from cnn_flax.tensorflow_cpu import import_tensorflow
 
-    from cnn_flax.export.saved_model import SIGNATURE
-
+    tf = import_tensorflow()
     with warnings.catch_warnings():  # tf.lite.Interpreter announces its move to the ai_edge_litert package
         warnings.simplefilter("ignore", UserWarning)
-        runner = tf.lite.Interpreter(model_path=path).get_signature_runner(SIGNATURE)
+        interpreter = tf.lite.Interpreter(model_path=path)
+    runner = interpreter.get_signature_runner(SIGNATURE)
+    # The first call prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." from native code: made
+    # here, silenced, on zeros of the stored shape; later calls resize the batch as they need.
+    (stored,) = interpreter.get_input_details()
+    with native_stderr_silenced():
+        runner(images=np.zeros(stored["shape"], np.uint8))
     return lambda images: runner(images=images)["probabilities"]
 
 

@@ -24,7 +24,9 @@ SIGNATURE = "serving_default"
 def export_saved_model(function: InferenceFunction, directory: str) -> None:
     """The probabilities come from JAX; the top-5 is TensorFlow's `top_k` on them (ties: lower index first,
     as in the other formats), which TensorFlow Lite can convert where it cannot convert a StableHLO sort."""
-    import tensorflow as tf
+    from cnn_flax.tensorflow_cpu import import_tensorflow
+
+    tf = import_tensorflow()  # before orbax-export imports it: kept off the GPUs
     from orbax.export import ExportManager, JaxModule, ServingConfig
 
     height, width, channels = function.input_shape
@@ -48,16 +50,20 @@ class TfliteUnsupported(UserError):
 def convert_to_tflite(saved_model_dir: str, path: str) -> None:
     """model.tflite from the SavedModel (TensorFlow's converter, float32, TensorFlow ops where needed).
 
-    The converter reads the StableHLO inside the SavedModel and covers only part of it (no sort, no
-    gathers with a dynamic batch); its native code prints a diagnostic per operation, which is kept out
-    of the terminal and cut to its first error.
+    The converter reads the StableHLO inside the SavedModel and covers only part of it: no sort (hence
+    the top-5 in TensorFlow, see `export_saved_model`) and no gather with a symbolic batch dimension
+    (hence `flip` for Keras's RGB→BGR, see `caffe_preprocess`); every architecture of the zoo converts.
+    The model keeps the batch dimension symbolic: `tf.lite.Interpreter` resizes it to the batch given.
+    Its native code prints a diagnostic per operation, which is kept out of the terminal and cut to its
+    first error.
     """
-    import tensorflow as tf
+    from cnn_flax.tensorflow_cpu import import_tensorflow
 
+    tf = import_tensorflow()
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[SIGNATURE])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
     try:
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             flatbuffer = converter.convert()
     except Exception as error:  # noqa: BLE001 - the converter raises many types, all meaning "cannot convert"
         found = re.search(r"error: (.*?)(\n|$)", str(error))
@@ -69,7 +75,8 @@ def convert_to_tflite(saved_model_dir: str, path: str) -> None:
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
+def native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null: for TensorFlow's native code, which Python's own redirection misses."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:

@@ -47,6 +47,7 @@ class FileLayer:
     name: str | None
     key: str
     weights: tuple[h5py.Dataset, ...]
+    weight_names: tuple[str, ...] = ()  # as the file names them (`conv2d/kernel:0`), where it does (Keras 2)
 
     @property
     def kind(self) -> str:
@@ -74,6 +75,7 @@ class FileOptimizer:
     """The optimizer variables a file holds, unread, with their names where the format records them."""
 
     class_name: str  # as saved: 'SGD', 'Adam', … ('' when the file does not say)
+    config: dict  # its settings as saved (momentum, amsgrad, …), where the file records them
     names: tuple[str, ...]  # one per variable, or () where the format numbers them only (Keras 3 vars/0, 1, …)
     arrays: tuple[h5py.Dataset, ...]
 
@@ -84,7 +86,6 @@ class KerasFile:
     layers: list[FileLayer]  # the layers with weights, in the file's order
     graph: KerasGraph | None  # None: a weights-only file
     optimizer: FileOptimizer | None
-    weight_names: dict[int, tuple[str, ...]]  # id(FileLayer) -> its weights' names, where recorded (tf.keras 2)
 
 
 @contextlib.contextmanager
@@ -131,13 +132,11 @@ def _archive(path: str) -> tuple[io.BytesIO, bytes | None]:
 
 def _keras_file(path: str, handle: h5py.File, config_text: bytes | None) -> KerasFile:
     layout, layers = _layout(path, handle)
-    graph, optimizer, names = None, None, {}
+    graph, optimizer = None, None
     if layout == FULL_MODEL:
         if "model_config" in handle.attrs:
             graph = parse_model_config(_text(handle.attrs["model_config"]), path)
         optimizer = _legacy_optimizer(path, handle)
-        group = handle["model_weights"]
-        names = {id(layer): tuple(_strings(group[layer.key], "weight_names")) for layer in layers}
     elif layout == KERAS3:
         if config_text is not None:
             graph = parse_model_config(config_text, path)
@@ -147,7 +146,7 @@ def _keras_file(path: str, handle: h5py.File, config_text: bytes | None) -> Kera
         if side is not None:
             with open(side, "rb") as config_file:
                 graph = parse_model_config(config_file.read(), side)
-    return KerasFile(layout, layers, graph, optimizer, names)
+    return KerasFile(layout, layers, graph, optimizer)
 
 
 def side_config_path(path: str) -> str | None:
@@ -168,23 +167,26 @@ def _legacy_optimizer(path: str, handle: h5py.File) -> FileOptimizer | None:
     missing = [name for name in names if name not in group]
     if missing:
         raise UserError(f"{path}: optimizer variable {missing[0]} is listed but missing; the file is damaged")
-    class_name = ""
+    saved = {}
     if "training_config" in handle.attrs:
-        training = json.loads(_text(handle.attrs["training_config"]))
-        class_name = (training.get("optimizer_config") or {}).get("class_name", "")
-    return FileOptimizer(class_name, tuple(names), tuple(group[name] for name in names))
+        saved = json.loads(_text(handle.attrs["training_config"])).get("optimizer_config") or {}
+    return FileOptimizer(saved.get("class_name", ""), saved.get("config") or {}, tuple(names),
+                         tuple(group[name] for name in names))
 
 
 def _keras3_optimizer(handle: h5py.File, config_text: bytes | None) -> FileOptimizer | None:
     variables = handle.get("optimizer/vars")
     if not isinstance(variables, h5py.Group) or not len(variables):
         return None
-    class_name = _text(variables.attrs.get("name", ""))
+    class_name, settings = _text(variables.attrs.get("name", "")), {}
     if config_text is not None:
         compiled = json.loads(config_text).get("compile_config") or {}
         optimizer = compiled.get("optimizer")
-        class_name = optimizer.get("class_name", class_name) if isinstance(optimizer, dict) else optimizer or class_name
-    return FileOptimizer(class_name, (), tuple(variables[index] for index in sorted(variables, key=int)))
+        if isinstance(optimizer, dict):
+            class_name, settings = optimizer.get("class_name", class_name), optimizer.get("config") or {}
+        else:
+            class_name = optimizer or class_name
+    return FileOptimizer(class_name, settings, (), tuple(variables[index] for index in sorted(variables, key=int)))
 
 
 def _layout(path: str, handle: h5py.File) -> tuple[str, list[FileLayer]]:
@@ -225,7 +227,7 @@ def _legacy_layers(path: str, group: h5py.Group) -> list[FileLayer]:
                             "the file is damaged or was not written by Keras")
         weights = tuple(layer_group[weight] for weight in weight_names)
         if weights:
-            layers.append(FileLayer(name, name, weights))
+            layers.append(FileLayer(name, name, weights, tuple(weight_names)))
     return layers
 
 

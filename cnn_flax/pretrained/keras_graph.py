@@ -115,9 +115,9 @@ def parse_model_config(text: str | bytes, source: str) -> KerasGraph:
     return KerasGraph(layers, outputs)
 
 
-def _sequential(body: dict[str, Any], source: str) -> KerasGraph:
+def _sequential(body: dict[str, Any] | list, source: str) -> KerasGraph:
     layers, previous = [], ()
-    for entry in body.get("layers", []):
+    for entry in body if isinstance(body, list) else body.get("layers", []):  # Keras 2.0-2.1: a bare list
         _refuse_nested(entry, source)
         name = entry.get("config", {}).get("name") or entry.get("name")
         layers.append(GraphLayer(name, entry["class_name"], entry.get("config", {}), previous))

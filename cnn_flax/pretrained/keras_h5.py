@@ -28,20 +28,8 @@ import numpy as np
 
 from cnn_flax.errors import UserError
 from cnn_flax.pretrained.h5_layouts import FileLayer, KerasFile, open_keras_file, read_array
-from cnn_flax.pretrained.model_layers import TRAINABLE, ModelLayer, is_chain, model_layers
-
-SUPPORTED_OPTIMIZERS = ("sgd", "adam")
-_SLOT_NAMES = {"sgd": ("momentum",), "adam": ("momentum", "velocity")}
-_TF_KERAS_SLOTS = {"m": "momentum", "momentum": "momentum", "v": "velocity"}
-
-
-@dataclasses.dataclass(frozen=True)
-class KerasOptimizerState:
-    """A Keras optimizer's variables in our parameters' structure: slots by Keras's names, iteration count."""
-
-    name: str  # 'sgd' or 'adam'
-    iterations: int
-    slots: dict[str, Any]  # 'momentum' / 'velocity' -> a tree like variables['params'] (empty: SGD without momentum)
+from cnn_flax.pretrained.model_layers import ModelLayer, is_chain, model_layers
+from cnn_flax.pretrained.optimizer_slots import KerasOptimizerState, optimizer_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,11 +61,11 @@ def read_keras_checkpoint(path: str | os.PathLike, model: nn.Module, variables: 
                         f"layers are {', '.join(variables['params'])}")
     ours = model_layers(model, input_shape, variables)
     with open_keras_file(path) as keras_file:
-        pairs = _pair(path, keras_file, ours, variables, model, skip)
+        pairs = _pair(path, keras_file, ours, variables, model, skip, input_shape[0])
         loaded = _new_variables(variables, [(o, f) for o, f in pairs if o.path[0] not in skip])
         state, note = None, ""
         if optimizer and keras_file.optimizer is not None:
-            state, note = _optimizer_state(path, keras_file, pairs, variables)
+            state, note = optimizer_state(path, keras_file, pairs, variables)
     return KerasCheckpoint(loaded, state, note)
 
 
@@ -89,7 +77,7 @@ def epoch_from_name(path: str) -> int | None:
 
 # ------------------------------------------------------------------------------------------------- pairing
 def _pair(path: str, keras_file: KerasFile, ours: list[ModelLayer], variables: Mapping[str, Any],
-          model: nn.Module, skip: Collection[str]) -> list[tuple[ModelLayer, FileLayer]]:
+          model: nn.Module, skip: Collection[str], input_side: int) -> list[tuple[ModelLayer, FileLayer]]:
     if keras_file.graph is not None:
         theirs = _graph_layers(path, keras_file)
         _check_computation(path, keras_file, model)
@@ -102,7 +90,7 @@ def _pair(path: str, keras_file: KerasFile, ours: list[ModelLayer], variables: M
                         f"{re.sub(r'((.weights)?.(h5|hdf5))?$', '', path, count=1)}.json")
     if not any(layer.kind == "dense" for layer in ours):  # a classifier the model was built without
         theirs = [layer for layer in theirs if layer.kind != "dense"]
-    pairs = []
+    pairs, stage4 = [], _stage4_hint(model, len(theirs), len(ours))
     for index, layer in enumerate(ours):  # in order, so the error names the first layer that does not fit
         if index >= len(theirs):
             raise UserError(f"{path}: layer {layer.label} of the model is not in the file; "
@@ -113,16 +101,24 @@ def _pair(path: str, keras_file: KerasFile, ours: list[ModelLayer], variables: M
                             f"{layer.leaves[0][1]} {tuple(layer.template(variables, layer.leaves[0]).shape)} but the "
                             f"file has a {_KIND_WORDS.get(file_layer.kind, file_layer.kind)} ({file_layer.label}) "
                             f"with {_first_weight(file_layer)} at its place; the file is for another network or "
-                            "configuration")
+                            f"configuration{stage4}")
         if layer.path[0] not in skip:
-            _check_shapes(path, layer, file_layer, variables, keras_file.layers)
+            _check_shapes(path, layer, file_layer, variables, keras_file.layers, (type(model).__name__, input_side))
         pairs.append((layer, file_layer))
     if len(theirs) > len(ours):
         extra = theirs[len(ours)]
         raise UserError(f"{path}: the file ({keras_file.layout} layout) has layer {extra.label} with "
                         f"{_first_weight(extra)} that the model lacks; the file is for another network or "
-                        f"configuration{_variant_hint(ours)}")
+                        f"configuration{_variant_hint(type(model).__name__)}{stage4}")
     return pairs
+
+
+def _stage4_hint(model: nn.Module, file_count: int, model_count: int) -> str:
+    """DeeperGoogLeNet with or without inception 4a-4e: told by the number of layers with weights."""
+    stage4 = getattr(model, "stage4", None)
+    if stage4 is None or file_count == model_count or (file_count > model_count) == stage4:
+        return ""
+    return f" (with{'' if file_count > model_count else 'out'} inception 4a-4e: set model.stage4={not stage4})"
 
 
 _KIND_WORDS = {"conv": "Conv2D", "dense": "Dense", "bn": "BatchNormalization"}
@@ -192,7 +188,7 @@ def _check_computation(path: str, keras_file: KerasFile, model: nn.Module) -> No
 
 
 def _check_shapes(path: str, layer: ModelLayer, file_layer: FileLayer, variables: Mapping[str, Any],
-                  file_layers: list[FileLayer]) -> None:
+                  file_layers: list[FileLayer], network: tuple[str, int]) -> None:
     if len(file_layer.weights) != len(layer.leaves):
         raise UserError(f"{path}: layer {layer.label} has {len(file_layer.weights)} weights in the file but "
                         f"{len(layer.leaves)} ({', '.join(leaf for _, leaf in layer.leaves)}) in the model")
@@ -200,33 +196,35 @@ def _check_shapes(path: str, layer: ModelLayer, file_layer: FileLayer, variables
         file_shape, model_shape = tuple(dataset.shape), tuple(layer.template(variables, leaf).shape)
         if file_shape != model_shape:
             source = "" if file_layer.label == layer.label else f" (the file's {file_layer.label})"
-            hint = _shape_hint(layer, leaf[1], file_layer, file_shape, file_layers)
+            hint = _shape_hint(layer, leaf[1], file_layer, file_shape, model_shape, file_layers, network)
             raise UserError(f"{path}: layer {layer.label}{source} has {leaf[1]} {file_shape} in the file but "
                             f"{model_shape} in the model; {hint}")
 
 
 def _shape_hint(layer: ModelLayer, leaf: str, file_layer: FileLayer, file_shape: tuple[int, ...],
-                file_layers: list[FileLayer]) -> str:
+                model_shape: tuple[int, ...], file_layers: list[FileLayer], network: tuple[str, int]) -> str:
     dense = [other for other in file_layers if other.kind == "dense"]
     convs = [other for other in file_layers if other.kind == "conv"]
     is_first, is_last = (dense and file_layer.key == dense[i].key for i in (0, -1))
+    class_name, input_side = network
     if is_first and leaf == "kernel" and convs and layer.path[0] in ("fc1",):
-        channels = convs[-1].weights[0].shape[-1]
-        side = round((file_shape[0] / channels) ** 0.5)
-        if side * side * channels == file_shape[0]:
-            return f"build the model at {32 * side}x{32 * side} or use include_top=False"
+        # The first dense layer reads the flattened last feature map, whose side scales with the input's.
+        side = input_side * (file_shape[0] / model_shape[0]) ** 0.5
+        if class_name != "VGG":
+            return (f"the file's network reads {round(side)}x{round(side)} images: set data.image_size="
+                    f"{round(side)}" if side == round(side) else "build the model at the file's input size")
+        if side == round(side):
+            return f"build the model at {round(side)}x{round(side)} or use include_top=False"
         return "build the model at the file's input size or use include_top=False"
     if is_last and layer.kind == "dense":
         classes = file_shape[-1]
         return (f"the file classifies {classes} classes: set model.num_classes={classes} or skip this layer "
                 f"(init_skip={layer.path[0]})")
-    return "the file is for another network or configuration" + _variant_hint([layer])
+    return "the file is for another network or configuration" + _variant_hint(class_name)
 
 
-def _variant_hint(ours: list[ModelLayer]) -> str:
-    if any(layer.path[0].startswith("block") and "conv" in layer.path[0] for layer in ours):
-        return " (VGG16 is model.variant='D', VGG19 'E')"
-    return ""
+def _variant_hint(class_name: str) -> str:
+    return " (VGG16 is model.variant='D', VGG19 'E')" if class_name == "VGG" else ""
 
 
 def _missing_hint(layer: ModelLayer, file_layers: list[FileLayer]) -> str:
@@ -257,104 +255,3 @@ def _plain(tree: Any) -> Any:
     if isinstance(tree, Mapping):
         return {key: _plain(value) for key, value in tree.items()}
     return tree
-
-
-# ----------------------------------------------------------------------------------------------- optimizer
-def _optimizer_state(path: str, keras_file: KerasFile, pairs: list[tuple[ModelLayer, FileLayer]],
-                     variables: Mapping[str, Any]) -> tuple[KerasOptimizerState | None, str]:
-    saved = keras_file.optimizer
-    name = re.sub(r"_\d+$", "", saved.class_name.split(">")[-1]).lower()  # 'sgd_1': a second SGD in that process
-    if name not in SUPPORTED_OPTIMIZERS:
-        return None, (f"its optimizer {saved.class_name or '(unnamed)'} is not continued (only SGD and Adam "
-                      "states are)")
-    trainable = _trainable_in_keras_order(keras_file, pairs)
-    if saved.names and any(n.endswith(":0") for n in saved.names):
-        iterations, slots = _tf_keras_slots(path, keras_file, pairs, trainable, name, variables)
-    else:
-        iterations, slots = _keras3_slots(path, saved, trainable, name, variables)
-    trees = {}
-    for slot in _SLOT_NAMES[name]:
-        if slot not in slots:
-            continue
-        tree = jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), _plain(variables["params"]))
-        for (layer, leaf), array in zip(trainable, slots[slot], strict=True):
-            node = tree
-            for key in layer.path:
-                node = node[key]
-            node[leaf[1]] = array
-        trees[slot] = tree
-    return KerasOptimizerState(name, iterations, trees), ""
-
-
-def _trainable_in_keras_order(keras_file: KerasFile, pairs: list[tuple[ModelLayer, FileLayer]]) -> list:
-    """(our layer, leaf) of each variable Keras trains, in model.trainable_variables order (model.layers order)."""
-    if keras_file.graph is not None:
-        names = [g.name for g in keras_file.graph.layers if g.config.get("trainable", True)]
-        by_name = {file_layer.name: layer for layer, file_layer in pairs}
-        order = [by_name[name] for name in names if name in by_name]
-    else:  # a chain: model.layers is the chain's order, ours
-        order = [layer for layer, _ in pairs]
-    return [(layer, leaf) for layer in order for leaf in layer.leaves[:TRAINABLE[layer.kind]]]
-
-
-def _keras3_slots(path: str, saved, trainable: list, name: str,
-                  variables: Mapping[str, Any]) -> tuple[int, dict[str, list[np.ndarray]]]:
-    """Keras 3: iteration, learning_rate, then each trainable variable's slots in turn (Adam: m, v interleaved)."""
-    header, arrays, slot_names = 2, saved.arrays, _SLOT_NAMES[name]
-    if len(arrays) == header and name == "sgd":  # SGD without momentum keeps no slots
-        slot_names = ()
-    if len(arrays) != header + len(slot_names) * len(trainable):
-        raise UserError(f"{path}: the file's {name} optimizer holds {len(arrays)} variables, not "
-                        f"{header} + {len(slot_names)} per each of the model's {len(trainable)} trainable "
-                        "weights; it was saved from another network")
-    slots: dict[str, list[np.ndarray]] = {slot: [] for slot in slot_names}
-    for index, (layer, leaf) in enumerate(trainable):
-        for offset, slot in enumerate(slot_names):
-            array = read_array(arrays[header + index * len(slot_names) + offset])
-            slots[slot].append(_checked_slot(path, layer, leaf, slot, array, variables))
-    return int(read_array(arrays[0])), slots
-
-
-def _tf_keras_slots(path: str, keras_file: KerasFile, pairs: list[tuple[ModelLayer, FileLayer]], trainable: list,
-                    name: str, variables: Mapping[str, Any]) -> tuple[int, dict[str, list[np.ndarray]]]:
-    """tf.keras 2 names each variable: 'SGD/iter:0' or 'iteration:0', then 'SGD/m/conv2d/kernel:0' (TF >= 2.11)
-    or 'SGD/conv2d/kernel/momentum:0' (the legacy optimizers); a slot is found by its variable's name."""
-    variable_names = {}
-    for layer, file_layer in pairs:
-        for leaf, weight_name in zip(layer.leaves, keras_file.weight_names.get(id(file_layer), ()), strict=False):
-            variable_names[(layer.path, leaf)] = weight_name.removesuffix(":0")
-    saved, iterations, found = keras_file.optimizer, 0, {}
-    for saved_name, dataset in zip(saved.names, saved.arrays, strict=True):
-        stripped = saved_name.removesuffix(":0")
-        if stripped.split("/")[-1] in ("iter", "iteration"):
-            iterations = int(read_array(dataset))
-            continue
-        matches = [key for key, var in variable_names.items() if f"/{var}/" in f"/{stripped}/"]
-        if not matches:
-            continue
-        key = max(matches, key=lambda k: len(variable_names[k]))
-        rest = [t for t in f"/{stripped}/".replace(f"/{variable_names[key]}/", "/").split("/") if t][1:]
-        slot = _TF_KERAS_SLOTS.get(rest[-1] if rest else "")
-        if slot is not None:
-            found[(key, slot)] = dataset
-    slots: dict[str, list[np.ndarray]] = {}
-    for slot in _SLOT_NAMES[name]:
-        if not any(s == slot for _, s in found):
-            continue
-        slots[slot] = []
-        for layer, leaf in trainable:
-            dataset = found.get(((layer.path, leaf), slot))
-            if dataset is None:
-                raise UserError(f"{path}: the file's optimizer has no {slot} for {layer.label}/{leaf[1]}; it was "
-                                "saved from another network")
-            slots[slot].append(_checked_slot(path, layer, leaf, slot, read_array(dataset), variables))
-    return iterations, slots
-
-
-def _checked_slot(path: str, layer: ModelLayer, leaf: tuple[str, str], slot: str, array: np.ndarray,
-                  variables: Mapping[str, Any]) -> np.ndarray:
-    shape = tuple(layer.template(variables, leaf).shape)
-    if tuple(array.shape) != shape:
-        raise UserError(f"{path}: the optimizer's {slot} for {layer.label}/{leaf[1]} has shape {tuple(array.shape)} "
-                        f"but the weight has {shape}; the optimizer was saved from another network")
-    return array

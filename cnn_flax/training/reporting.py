@@ -1,4 +1,4 @@
-"""What a run reports while it trains: a progress bar, one line per epoch, clu metric writers, optional W&B.
+"""What a run reports while it trains: a progress bar, one line per epoch, TensorBoard scalars, optional W&B.
 
 Only process 0 writes files or prints; other processes write nothing to the terminal. On a terminal each
 epoch has a tqdm bar that stays on screen when the epoch ends, with the epoch's one-line summary under it.
@@ -15,6 +15,8 @@ from typing import Any, TextIO
 
 import jax
 from tqdm import tqdm
+
+from cnn_flax.training.tensorboard import ScalarWriter
 
 log = logging.getLogger("cnn_flax")
 
@@ -56,16 +58,11 @@ class Reporter:
     bars and epoch lines; `interactive` (default: whether that stream is a terminal) decides on bars.
     """
 
-    def __init__(self, workdir: str, total_steps: int, wandb_config: Any | None, run_config: dict[str, Any],
+    def __init__(self, workdir: str, wandb_config: Any | None, run_config: dict[str, Any],
                  stream: TextIO | None = None, interactive: bool | None = None) -> None:
-        from clu import metric_writers, periodic_actions  # imports TensorFlow (seconds): only when a run starts
-
         self.is_writer = jax.process_index() == 0
         self._stream, self._interactive = stream, interactive
-        self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_writer,
-                                                           asynchronous=False)
-        self.progress_hook = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=self.writer,
-                                                             every_secs=60)
+        self.writer = ScalarWriter(workdir) if self.is_writer else None
         self.bar: tqdm | None = None
         self.num_epochs = self.epoch = self.epoch_steps = self.epoch_done = 0
         self.epoch_started = 0.0
@@ -94,7 +91,6 @@ class Reporter:
 
     def step(self, step: int, metrics: dict[str, float] | None = None) -> None:
         """One finished step; `metrics` (the epoch's running loss and accuracy) every log_every_steps."""
-        self.progress_hook(step)
         self.epoch_done += 1
         if metrics:  # the log file's progress, for runs without a terminal (tail -f WORKDIR/log.txt)
             log.info("epoch %d step %d/%d: loss %.4f accuracy %.4f", self.epoch, self.epoch_done, self.epoch_steps,
@@ -117,8 +113,9 @@ class Reporter:
             print(epoch_line(record, self.num_epochs or int(record["epoch"]), seconds, eta), file=self.stream,
                   flush=True)
         scalars = {k: v for k, v in record.items() if k != "epoch" and v is not None}
-        self.writer.write_scalars(step, scalars)
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.write_scalars(step, scalars)
+            self.writer.flush()
         if self.wandb is not None:
             self.wandb.log({**scalars, "epoch": record["epoch"]}, step=step)
 
@@ -136,7 +133,8 @@ class Reporter:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
         if self.wandb is not None:
             self.wandb.finish()
 
