@@ -4,17 +4,21 @@
     python -m cnn_flax.bench_table --rounds 3 --half-precision      # adds bfloat16 rows of ours
     python -m cnn_flax.bench_table --models minigooglenet --peers /path/to/peer_bench.py
 
-Each round runs, for each model in turn, the Keras/TensorFlow peer, the PyTorch peer and our
-`--mode=benchmark`, every one a fresh process, so a slow minute of a shared machine hits all three
-alike instead of one framework's whole series. The table gives the median of the rounds and the
-ratios ours/peer for the training loop and for inference (ratios are what carries from one machine
-to another, absolute figures are not). Each process's peak resident memory is taken from the
+Each round runs, for each model in turn, our `--mode=benchmark`, the Keras/TensorFlow peer and the
+PyTorch peer, every one a fresh process, so a slow minute of a shared machine hits all three alike
+instead of one framework's whole series. Ours times each phase for `--seconds`; the peers take a step
+count, so each is given the steps that last about as long at its own rate (its median in earlier
+rounds; in the first, our loop's rate of the same round). The table gives the median of the rounds
+and the ratios ours/peer for the training loop and for inference (ratios are what carries from one
+machine to another, absolute figures are not), and loop/step, the median of each of our processes'
+own ratio. Each process's peak resident memory is taken from the
 kernel's accounting of that child (`os.wait4`), the same way for every framework. The raw lines go
 to stderr as they arrive; the table goes to stdout.
 """
 
 import argparse
 import dataclasses
+import math
 import statistics
 import subprocess
 import sys
@@ -24,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cnn_flax.defaults import base
 from cnn_flax.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,6 +49,7 @@ DECK_MODELS = {
                              "deepergooglenet"),
 }
 PEERS = ("keras", "torch")
+PEER_MIN_STEPS = 10  # peer_bench.py's own default: never fewer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,19 +117,35 @@ def run_measured(command: Sequence[str], cwd: Path, env: dict[str, str] | None =
 
 
 def plan(models: Sequence[str], rounds: int, peers: Path | None, half_precision: bool) -> list[tuple[int, str, str]]:
-    """(round, model, runner) in the order they run: rounds outermost, then models, then peers before ours."""
-    runners = [*(PEERS if peers else ()), "ours", *(("ours_bf16",) if half_precision else ())]
+    """(round, model, runner) in the order they run: rounds outermost, then models, then ours before the peers
+    (whose step counts follow our loop's rate in the first round)."""
+    runners = ["ours", *(PEERS if peers else ()), *(("ours_bf16",) if half_precision else ())]
     return [(r, model, runner) for r in range(rounds) for model in models for runner in runners]
 
 
-def command_for(model: str, runner: str, batch_size: int, peers: Path | None, python: str) -> tuple[list[str], str]:
-    """The command line of one measurement and the prefix of the line that carries its figures."""
+def peer_steps(results: Sequence["Result"], model: str, runner: str, seconds: float, batch_size: int) -> int:
+    """Steps that keep a peer's timed training about `seconds` long: from its own median rate so far, else
+    from our loop's, else peer_bench.py's default."""
+    def rates(who: str, key: str) -> list[float]:
+        return [r.values[key] for r in results if r.model == model and r.runner == who
+                and isinstance(r.values.get(key), float)]
+
+    known = rates(runner, "train_img_per_s") or rates("ours", "loop_img_per_s")
+    if not known:
+        return PEER_MIN_STEPS
+    return max(PEER_MIN_STEPS, math.ceil(seconds * statistics.median(known) / batch_size))
+
+
+def command_for(model: str, runner: str, batch_size: int, peers: Path | None, python: str, seconds: float,
+                steps: int = PEER_MIN_STEPS) -> tuple[list[str], str]:
+    """The command line of one measurement and the prefix of the line that carries its figures; `seconds`
+    is our phases' length, `steps` a peer's."""
     spec = DECK_MODELS[model]
     if runner in PEERS:
         return ([python, str(peers), "--framework", runner, "--model", spec.peer_name,
-                 "--batch-size", str(batch_size)], "peer=")
+                 "--batch-size", str(batch_size), "--steps", str(steps)], "peer=")
     command = [python, "launch.py", "--config", spec.config, "--mode=benchmark",
-               f"--config.batch_size={batch_size}"]
+               f"--config.batch_size={batch_size}", f"--config.benchmark.seconds={seconds:g}"]
     if runner == "ours_bf16":
         command.append("--config.half_precision=True")
     return command, "benchmark "
@@ -146,7 +168,7 @@ def _ratio(ours: float | None, peer: float | None) -> str:
     return "—" if ours is None or not peer else f"{ours / peer:.2f}x"
 
 
-def markdown_tables(results: list[Result], models: Sequence[str], rounds: int) -> str:
+def markdown_tables(results: list[Result], models: Sequence[str], rounds: int, seconds: float) -> str:
     """Throughput (medians, ratios ours/peer) and start-up/memory tables of `results`, as Markdown."""
     def group(model: str, runner: str) -> list[Result]:
         return [r for r in results if r.model == model and r.runner == runner]
@@ -167,8 +189,10 @@ def markdown_tables(results: list[Result], models: Sequence[str], rounds: int) -
                 continue
             title = DECK_MODELS[model].title + label
             step, loop, ev = (_median(ours, f"{k}_img_per_s") for k in ("step", "loop", "eval"))
+            own_ratio = _median(ours, "loop_over_step")  # within one process: the machine's load cancels
+            loop_step = _ratio(loop, step) if own_ratio is None else f"{own_ratio:.3f}"
             speed.append(f"| {title} | {_fmt(k_train)} | {_fmt(t_train)} | {_fmt(step)} | {_fmt(loop)} "
-                         f"| {_ratio(loop, k_train)} | {_ratio(loop, t_train)} | {_ratio(loop, step)} "
+                         f"| {_ratio(loop, k_train)} | {_ratio(loop, t_train)} | {loop_step} "
                          f"| {_fmt(k_eval)} | {_fmt(t_eval)} | {_fmt(ev)} "
                          f"| {_ratio(ev, k_eval)} | {_ratio(ev, t_eval)} |")
             memory.append(f"| {title} | {_fmt(_median(ours, 'first_step_s'))} "
@@ -176,18 +200,20 @@ def markdown_tables(results: list[Result], models: Sequence[str], rounds: int) -
                           f"| {_fmt(_median(ours, 'step_temp_mb'))} | {_fmt(_rss(ours), 0)} "
                           f"| {_fmt(_rss(keras), 0)} | {_fmt(_rss(torch), 0)} |")
     got = sorted({r.model for r in results})
-    note = f"Medians of {rounds} round(s), img/s, peers and ours interleaved; models measured: {', '.join(got)}."
+    note = (f"Medians of {rounds} round(s), img/s, peers and ours interleaved, {seconds:g} s per timed phase; "
+            f"models measured: {', '.join(got)}.")
     return "\n".join([note, "", *speed, "", *memory])
 
 
 def run_table(models: Sequence[str], rounds: int, batch_size: int, peers: Path | None, half_precision: bool,
-              measure: Callable[[Sequence[str], Path], tuple[int, str, str, float]] = run_measured,
+              seconds: float, measure: Callable[[Sequence[str], Path], tuple[int, str, str, float]] = run_measured,
               log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
               python: str = sys.executable) -> list[Result]:
     """Every measurement of the plan, in order; a failed process is logged and left out of the medians."""
     results = []
     for round_index, model, runner in plan(models, rounds, peers, half_precision):
-        command, prefix = command_for(model, runner, batch_size, peers, python)
+        steps = peer_steps(results, model, runner, seconds, batch_size) if runner in PEERS else PEER_MIN_STEPS
+        command, prefix = command_for(model, runner, batch_size, peers, python, seconds, steps)
         code, stdout, stderr, rss = measure(command, REPO)
         try:
             if code != 0:
@@ -221,15 +247,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--peers", default=str(DEFAULT_PEERS),
                         help="path of peer_bench.py (Keras and PyTorch peers), or 'none'")
     parser.add_argument("--half-precision", action="store_true", help="also measure ours in bfloat16")
+    parser.add_argument("--seconds", type=float, default=base("table").benchmark.seconds,
+                        help="timed seconds of each of our phases (--config.benchmark.seconds); the peers get "
+                             "step counts of about as long")
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in DECK_MODELS]
-    if unknown or not models or args.rounds < 1:
-        raise UserError(f"--models {args.models} --rounds {args.rounds}: models must come from "
-                        f"{', '.join(DECK_MODELS)} and rounds be at least 1")
+    if unknown or not models or args.rounds < 1 or args.seconds <= 0:
+        raise UserError(f"--models {args.models} --rounds {args.rounds} --seconds {args.seconds:g}: models must "
+                        f"come from {', '.join(DECK_MODELS)}, rounds be at least 1 and seconds positive")
     peers = _peers_path(args.peers)
-    results = run_table(models, args.rounds, args.batch_size, peers, args.half_precision)
-    print(markdown_tables(results, models, args.rounds))
+    results = run_table(models, args.rounds, args.batch_size, peers, args.half_precision, args.seconds)
+    print(markdown_tables(results, models, args.rounds, args.seconds))
     return 0 if results else 1
 
 

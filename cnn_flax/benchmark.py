@@ -2,16 +2,21 @@
 
 step: the bare compiled train step on a batch already on the device (the ceiling); loop: the real
 training loop (`train.fit` with every hook of a run: input pipeline, device prefetch, on-device metrics
-with their periodic fetch, progress bar, stop checks) from the start of an epoch until its metrics are on
-the host, timed by a hook of its own (`EpochTimer`), on the config's data or on synthetic data of the same
-shape when the dataset is absent; eval: inference on a device-resident batch; input: the host input
-pipeline alone, when the data exists.
+with their periodic fetch, progress bar, stop checks, and at each epoch's end the epoch's metric fetch
+and the next epoch's input start), on the config's data or on synthetic data of the same shape when the
+dataset is absent; eval: inference on a device-resident batch; input: the host input pipeline alone,
+when the data exists. `loop_over_step` is the loop's rate over the bare step's, both from this process.
 
-What an epoch costs besides its steps (fresh weights, the validation pass, history, plot, checkpoint)
-does not depend on the number of steps, so it is reported on its own as `epoch_extra_s` instead of
-being spread over a short benchmark epoch. Compilation is excluded (every phase runs once before it is
-timed), each figure is the median of several repetitions (shared machines are noisy), and `compiles`
-counts the train step's compilations over all of it: 1 means nothing retraced.
+Every phase is time-based (`bench_phases.Phase`): after compiling, it warms up until the rate holds
+still, then times `benchmark.seconds` in windows of a fixed step count and reports the median window.
+The loop is one `fit` timed in windows (`LoopWindows`) of the bare step's length, and after each of its
+timed windows a window of bare steps runs, so the two alternate and `loop_over_step` (the median of the
+pairs' ratios) holds on a machine whose load changes. A loop window stops
+its clock at an epoch's end and restarts it when the next epoch starts, so what an epoch costs besides
+its steps (the validation pass, history, plot, checkpoint when due) is reported on its own as
+`epoch_extra_s` (the median over the epoch ends the loop crossed; absent when it crossed none) instead
+of being spread over a benchmark's few epochs. `compiles` counts the train step's compilations over it
+all: 1 means nothing retraced.
 
 What is not excluded is reported beside it: `first_step_s`, from building the trainer to the first
 step's result (initialisation, compilation and one step: what a user waits before training starts),
@@ -26,41 +31,26 @@ import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import jax
 import ml_collections
 
+from cnn_flax.bench_phases import Phase
 from cnn_flax.errors import UserError
 from cnn_flax.loop import Hook, LoopState
 
 if TYPE_CHECKING:
     from cnn_flax.train import Trainer
 
-REPEATS = 3
-STEPS = 10  # per timed repetition, and the length of the timed loop's epoch
+WINDOWS = 3  # timed windows per phase; each figure is their median
+SYNTHETIC_EPOCH_BYTES = 16 * 2**20  # pixels of a synthetic train split: its epochs are this long at most
+LOOP_EPOCHS = 10**6  # the timed fit ends when its windows are done, long before
 
 
-def _median_rate(run: Callable[[], tuple[int, float]], repeats: int) -> float:
-    """Median images/s of `run`, which returns (images, seconds)."""
-    rates = []
-    for _ in range(repeats):
-        images, seconds = run()
-        rates.append(images / seconds)
-    return statistics.median(rates)
-
-
-def _timed(run: Callable[[], int]) -> Callable[[], tuple[int, float]]:
-    def timed() -> tuple[int, float]:
-        start = time.perf_counter()
-        images = run()
-        return images, time.perf_counter() - start
-    return timed
-
-
-def _data_available(config: ml_collections.ConfigDict, steps: int) -> bool:
-    """True when the config's data is here and its train split gives the loop's `steps` batches."""
+def _data_available(config: ml_collections.ConfigDict) -> bool:
+    """True when the config's data is here and its train split gives at least one batch."""
     from cnn_flax.data import make_source
 
     try:
@@ -68,17 +58,24 @@ def _data_available(config: ml_collections.ConfigDict, steps: int) -> bool:
         source.info  # noqa: B018 - reading the facts is the check
     except UserError:
         return False
-    available = source.num_batches("train", config.batch_size, drop_remainder=True)
-    if available < steps:
+    if source.num_batches("train", config.batch_size, drop_remainder=True) < 1:
         logging.getLogger("cnn_flax").warning(
-            "the train split gives %d batches of %d, fewer than the %d the timed loop needs: timing on random "
-            "images of the same shape instead", available, config.batch_size, steps)
+            "the train split has fewer than %d images, one batch: timing on random images of the same shape "
+            "instead", config.batch_size)
         return False
     return True
 
 
+def synthetic_steps(config: ml_collections.ConfigDict) -> int:
+    """Batches of the synthetic train split: SYNTHETIC_EPOCH_BYTES of pixels, at least two batches."""
+    side = int(config.data.image_size)
+    return max(2, SYNTHETIC_EPOCH_BYTES // (config.batch_size * side * side * 3))
+
+
 def benchmark_config(config: ml_collections.ConfigDict, steps: int, use_data: bool) -> ml_collections.ConfigDict:
-    """The config cut to one epoch of `steps` steps; on random images of the same shape when `use_data` is False."""
+    """The config of the benchmark's run: as many epochs as its windows need (the timed fit stops itself),
+    a one-batch validation, and, when `use_data` is False, random images of the same shape in epochs of
+    `steps` steps; the config's own data and epoch length otherwise."""
     config = ml_collections.ConfigDict(config.to_dict())
     if not use_data:
         from cnn_flax.experiment import NOMINAL_CLASSES
@@ -89,10 +86,17 @@ def benchmark_config(config: ml_collections.ConfigDict, steps: int, use_data: bo
         config.data.num_classes = classes
         config.data.synthetic_sizes = dict(train=steps * config.batch_size, val=config.batch_size,
                                            test=config.batch_size)
-    config.update(dict(num_epochs=1, steps_per_epoch=steps, eval_steps=1, checkpoint_every_epochs=1,
-                       init_from="", resume_epoch=-1))
+        config.steps_per_epoch = steps
+    config.update(dict(num_epochs=LOOP_EPOCHS, eval_steps=1, init_from="", resume_epoch=-1))
     config.wandb.enabled = False
     return config
+
+
+def run_phase(phase: Phase, window: Callable[[int], float]) -> Phase:
+    """Drive `phase` with `window(steps)`, which runs that many steps and returns their seconds."""
+    while not phase.done:
+        phase.record(window(phase.steps))
+    return phase
 
 
 class _BareSteps:
@@ -110,66 +114,137 @@ class _BareSteps:
         self.metrics = parallel.put_replicated(TrainMetrics.empty())
 
     def __call__(self, steps: int) -> float:
+        """Seconds of `steps` train steps, until their results are ready."""
         start = time.perf_counter()
         for _ in range(steps):
             self.state, self.metrics = self.trainer.train_step(self.state, self.batch, self.metrics)
         jax.block_until_ready(self.metrics)
         return time.perf_counter() - start
 
-    def infer(self, steps: int) -> int:
-        """The compiled inference step `steps` times on the same batch; the number of images it saw."""
+    def infer(self, steps: int) -> float:
+        """Seconds of the compiled inference step `steps` times on the same batch."""
         predict, out = self.trainer.evaluator.predict_step[False], None
+        start = time.perf_counter()
         for _ in range(steps):
             out = predict(self.state.variables, self.batch)
         jax.block_until_ready(out)
-        return steps * len(jax.tree.leaves(self.batch)[0])
+        return time.perf_counter() - start
 
 
-class EpochTimer(Hook):
-    """Marks when an epoch starts and when its steps are done (its train metrics are on the host by then)."""
+class LoopWindows(Hook):
+    """Times the running loop in the windows of `phase` and ends the run once its timed windows are done.
 
-    def __init__(self) -> None:
-        self.started = self.steps_done = 0.0
+    A window's clock runs from an epoch's start to its steps' end (the metric fetch that ends them
+    included) and is stopped in between, where `epoch_extras` collects each epoch end's seconds. At the end
+    of a window the hook waits for the last step's result (`sync`), a wait the loop itself would make at
+    its next metric fetch anyway, then calls `between` off the clock: the benchmark times a window of bare
+    steps there, so that loop and bare step alternate and a change in the machine's load hits both.
+    """
+
+    def __init__(self, phase: Phase, sync: Callable[[Any], Any] = jax.block_until_ready,
+                 clock: Callable[[], float] = time.perf_counter, between: Callable[[], None] = lambda: None) -> None:
+        self.phase, self.sync, self.clock, self.between = phase, sync, clock, between
+        self.steps = 0  # in the running window
+        self.counted = 0.0  # the running window's seconds in epochs already ended
+        self.since: float | None = None  # when the clock last started
+        self.ended: float | None = None  # when the last epoch's steps ended, until the next epoch starts
+        self.epoch_extras: list[float] = []  # seconds from an epoch's steps' end to the next epoch's start
 
     def on_epoch_start(self, loop: LoopState) -> None:
-        self.started = time.perf_counter()
+        self.since = self.clock()
+        if self.ended is not None:
+            self.epoch_extras.append(self.since - self.ended)
+            self.ended = None
+
+    def on_step(self, loop: LoopState) -> None:
+        self.steps += 1
+        if self.steps < self.phase.steps:
+            return
+        self.sync(loop.state)
+        now = self.clock()
+        self.phase.record(self.counted + now - self.since)
+        self.between()
+        self.steps, self.counted, self.since = 0, 0.0, self.clock()
+        loop.stop = self.phase.done
 
     def on_steps_done(self, loop: LoopState) -> None:
-        self.steps_done = time.perf_counter()
-
-    @property
-    def steps_seconds(self) -> float:
-        return self.steps_done - self.started
+        self.ended = self.clock()
+        self.counted += self.ended - self.since
 
 
-def _timed_epoch(trainer: "Trainer", scratch: str) -> tuple[float, float]:
-    """One whole `fit` of one epoch in a fresh workdir: (seconds of its steps, seconds of everything else)."""
+@contextlib.contextmanager
+def _quiet_fit() -> Iterator[None]:
+    """Keep a benchmark fit's progress bar and messages (a stop checkpoint's "run the same command") out of
+    the figures' output."""
+    logger = logging.getLogger("cnn_flax")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _timed_loop(trainer: "Trainer", scratch: str, phase: Phase, between: Callable[[], None]) -> LoopWindows:
+    """One `fit` in a fresh workdir, timed in `phase`'s windows until they are done, `between` after each."""
     from cnn_flax.engine import RunFiles
     from cnn_flax.train import fit
     from cnn_flax.training.reporting import Reporter
 
-    files, timer = RunFiles(tempfile.mkdtemp(dir=scratch)), EpochTimer()
+    files, windows = RunFiles(tempfile.mkdtemp(dir=scratch)), LoopWindows(phase, between=between)
     reporter = Reporter(files.workdir, None, {})
-    start = time.perf_counter()
     try:
-        with contextlib.redirect_stderr(io.StringIO()):  # keep progress bars out of the figures' output
-            fit(trainer, files, reporter, hooks=[timer])
+        with _quiet_fit():
+            fit(trainer, files, reporter, hooks=[windows])
     finally:
         reporter.close()
-    total = time.perf_counter() - start
-    return timer.steps_seconds, total - timer.steps_seconds
+    return windows
 
 
-def benchmark_figures(config: ml_collections.ConfigDict, steps: int = STEPS, repeats: int = REPEATS,
+def _phase_after_one(seconds: float, window: Callable[[int], float], warm_up_only: bool = False) -> Phase:
+    """A phase whose first window is sized from one timed step (the compiling one ran before), run until
+    done, or only until its warm-up is over."""
+    phase = Phase(seconds, WINDOWS)
+    phase.start(window(1))
+    while not (phase.steady if warm_up_only else phase.done):
+        phase.record(window(phase.steps))
+    return phase
+
+
+def _loop_and_step(trainer: "Trainer", bare: _BareSteps, scratch: str, seconds: float) -> dict[str, Any]:
+    """Loop and bare step alternating: the bare step warms up alone, then each timed window of the loop is
+    followed by a window of bare steps of the same count; loop/step is the median of these pairs' ratios."""
+    step = _phase_after_one(seconds, bare, warm_up_only=True)
+    loop, paired = Phase(seconds, WINDOWS, steps=step.steps), []
+
+    def bare_window() -> None:
+        if len(loop.timed_seconds) > len(paired):
+            paired.append(bare(loop.steps))
+
+    windows = _timed_loop(trainer, scratch, loop, bare_window)
+    figures = dict(step_img_per_s=statistics.median(loop.steps / s for s in paired) * trainer.config.batch_size,
+                   loop_img_per_s=loop.steps_per_second * trainer.config.batch_size,
+                   loop_over_step=statistics.median(b / s for b, s in zip(paired, loop.timed_seconds, strict=True)),
+                   steps=loop.steps * len(paired), loop_steps=loop.timed_steps)
+    if windows.epoch_extras:
+        figures["epoch_extra_s"] = statistics.median(windows.epoch_extras)
+    return figures
+
+
+def benchmark_figures(config: ml_collections.ConfigDict, seconds: float | None = None,
                       input_seconds: float = 3.0) -> dict[str, Any]:
-    """The figures of `benchmark` as a dict."""
+    """The figures of `benchmark` as a dict; each phase times `seconds` (default: config.benchmark.seconds)."""
     from cnn_flax.train import Trainer
 
-    has_data = _data_available(config, steps)
-    run_config = benchmark_config(config, steps, has_data)
+    seconds = float(config.benchmark.seconds if seconds is None else seconds)
+    if seconds <= 0:
+        raise UserError(f"benchmark.seconds={seconds} must be positive (each phase's timed seconds), e.g. 20")
+    has_data = _data_available(config)
+    run_config = benchmark_config(config, synthetic_steps(config), has_data)
     batch_size = run_config.batch_size
     figures: dict[str, Any] = dict(model=run_config.model.get("name", "?"), batch=batch_size,
-                                   devices=jax.device_count(), steps=steps)
+                                   devices=jax.device_count(), seconds=seconds)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(run_config)
@@ -178,14 +253,9 @@ def benchmark_figures(config: ml_collections.ConfigDict, steps: int = STEPS, rep
         bare(1)
         figures["first_step_s"] = time.perf_counter() - start
         figures.update(step_memory(trainer.train_step, bare.state, bare.batch, bare.metrics))
-        figures["step_img_per_s"] = _median_rate(lambda: (steps * batch_size, bare(steps)), repeats)
-        bare.infer(steps)
-        figures["eval_img_per_s"] = _median_rate(_timed(lambda: bare.infer(steps)), repeats)
-
-        _timed_epoch(trainer, scratch)
-        runs = [_timed_epoch(trainer, scratch) for _ in range(repeats)]
-        figures["loop_img_per_s"] = statistics.median(steps * batch_size / inside for inside, _ in runs)
-        figures["epoch_extra_s"] = statistics.median(outside for _, outside in runs)
+        bare.infer(1)
+        figures["eval_img_per_s"] = _phase_after_one(seconds, bare.infer).steps_per_second * batch_size
+        figures.update(_loop_and_step(trainer, bare, scratch, seconds))
         if has_data:
             from cnn_flax.data.bench import measure_input
 
@@ -216,18 +286,19 @@ def _memory_fields(figures: dict[str, Any]) -> str:
 
 
 def format_line(figures: dict[str, Any]) -> str:
-    """The figures every machine reports (model, batch, devices, rates), then the extras (epoch_extra_s,
-    start-up and memory, data, device, steps, compiles)."""
+    """The figures every machine reports (model, batch, devices, rates, loop/step), then the extras
+    (epoch_extra_s when measured, start-up and memory, data, device, phase length and steps, compiles)."""
     keys = ["step_img_per_s", "loop_img_per_s", "eval_img_per_s"]
     keys += ["input_img_per_s"] if "input_img_per_s" in figures else []
     rates = " ".join(f"{key}={figures[key]:.1f}" for key in keys)
+    extra = f"epoch_extra_s={figures['epoch_extra_s']:.2f} " if "epoch_extra_s" in figures else ""
     return (f"benchmark model={figures['model']} batch={figures['batch']} devices={figures['devices']} {rates} "
-            f"epoch_extra_s={figures['epoch_extra_s']:.2f} {_memory_fields(figures)} "
-            f"data={figures['data']} device={figures['device']} "
-            f"steps={figures['steps']} compiles={figures['compiles']}")
+            f"loop_over_step={figures['loop_over_step']:.3f} {extra}{_memory_fields(figures)} "
+            f"data={figures['data']} device={figures['device']} seconds={figures['seconds']:g} "
+            f"steps={figures['steps']} loop_steps={figures['loop_steps']} compiles={figures['compiles']}")
 
 
-def benchmark(config: ml_collections.ConfigDict, workdir: str, steps: int = STEPS, repeats: int = REPEATS) -> str:
+def benchmark(config: ml_collections.ConfigDict, workdir: str) -> str:
     """One line of throughput figures for `config` (nothing is written to `workdir`)."""
-    del workdir  # every run of the loop goes to a scratch folder that is removed afterwards
-    return format_line(benchmark_figures(config, steps, repeats))
+    del workdir  # the loop runs in a scratch folder that is removed afterwards
+    return format_line(benchmark_figures(config))

@@ -91,4 +91,6 @@ def base(name: str) -> ml_collections.ConfigDict:
     # --mode=export: model.onnx "auto" (when jax2onnx and onnxruntime are installed), "yes" or "no";
     # tflite: also convert the SavedModel to model.tflite.
     config.export = ml_collections.ConfigDict(dict(onnx="auto", tflite=False))
+    # --mode=benchmark: the timed seconds of each phase (bare step, inference, training loop), after its warm-up.
+    config.benchmark = ml_collections.ConfigDict(dict(seconds=20.0))
     return config

@@ -57,7 +57,9 @@ def format_predictions(paths: Sequence[str | os.PathLike], top: Sequence[Sequenc
     for name, predictions in zip(names, top, strict=True):
         for rank, entry in enumerate(predictions, start=1):
             label = name if rank == 1 else ""
-            cls = f"{entry['index']:>4} {entry['name']}"
+            # the index alone where the name is only the index again (digits, numbered folders): "3", not "3 3"
+            same = str(entry["name"]) == str(entry["index"])
+            cls = f"{entry['index']:>4}" if same else f"{entry['index']:>4} {entry['name']}"
             lines.append(f"{label:<{width}}  {rank:>4}  {entry['prob']:>7.4f}  {cls}")
     return "\n".join(lines)
 

@@ -24,10 +24,12 @@ def fake_measure(outputs):
     return measure, calls
 
 
-def ours_line(step, loop, ev, first=12.5, temp=30.0):
+def ours_line(step, loop, ev, first=12.5, temp=30.0, ratio=None):
+    ratio = f"loop_over_step={ratio} " if ratio is not None else ""
     return (f"benchmark model=minivgg batch=64 devices=1 step_img_per_s={step} loop_img_per_s={loop} "
-            f"eval_img_per_s={ev} epoch_extra_s=6.85 first_step_s={first} step_argument_mb=10.5 "
-            f"step_output_mb=10.0 step_temp_mb={temp} peak_rss_mb=900 data=synthetic device=cpu steps=10 compiles=1\n")
+            f"eval_img_per_s={ev} {ratio}epoch_extra_s=6.85 first_step_s={first} step_argument_mb=10.5 "
+            f"step_output_mb=10.0 step_temp_mb={temp} peak_rss_mb=900 data=synthetic device=cpu seconds=20 "
+            f"steps=111 loop_steps=111 compiles=1\n")
 
 
 def peer_line(framework, train, ev):
@@ -38,26 +40,32 @@ def test_rounds_interleave_and_medians_give_the_ratios():
     outputs = {
         ("minivgg", "keras"): [(0, "log\n" + peer_line("keras", t, 800), "", 2000.0) for t in (100, 300, 200)],
         ("minivgg", "torch"): [(0, peer_line("torch", t, 1000), "", 700.0) for t in (400, 100, 250)],
-        ("minivgg", "ours"): [(0, ours_line(510, loop, 1500), "", 1024.0) for loop in (500, 480, 520)],
+        ("minivgg", "ours"): [(0, ours_line(510, loop, 1500, ratio=r), "", 1024.0)
+                              for loop, r in ((500, 0.97), (480, 0.99), (520, 0.98))],
     }
     measure, calls = fake_measure(outputs)
     logs = []
-    results = bench_table.run_table(["minivgg"], 3, 64, PEERS, False, measure=measure, log=logs.append,
+    results = bench_table.run_table(["minivgg"], 3, 64, PEERS, False, 8.0, measure=measure, log=logs.append,
                                     python="py")
-    # Each round runs Keras, PyTorch, then ours: interleaved, never one framework's whole series in a row.
+    # Each round runs ours, Keras, then PyTorch: interleaved, never one framework's whole series in a row.
     runners = [c[c.index("--framework") + 1] if "--framework" in c else "ours" for c in calls]
-    assert runners == ["keras", "torch", "ours"] * 3
-    assert calls[2] == ["py", "launch.py", "--config", "configs/minivgg_cifar10.py", "--mode=benchmark",
-                        "--config.batch_size=64"]
-    assert calls[0] == ["py", str(PEERS), "--framework", "keras", "--model", "minivgg", "--batch-size", "64"]
+    assert runners == ["ours", "keras", "torch"] * 3
+    assert calls[0] == ["py", "launch.py", "--config", "configs/minivgg_cifar10.py", "--mode=benchmark",
+                        "--config.batch_size=64", "--config.benchmark.seconds=8"]
+    # The peers' steps last about 8 s: in round 1 at our loop's 500 img/s (63 steps of 64), then at their own
+    # median so far (Keras 100 img/s: 13 steps; then the median of 100 and 300; PyTorch 400, then 250).
+    steps = [int(c[c.index("--steps") + 1]) for c in calls if "--steps" in c]
+    assert steps == [63, 63, 13, 50, 25, 32]
+    assert calls[1] == ["py", str(PEERS), "--framework", "keras", "--model", "minivgg", "--batch-size", "64",
+                        "--steps", "63"]
     assert len(results) == 9 and len(logs) == 9
 
-    table = bench_table.markdown_tables(results, ["minivgg"], 3)
+    table = bench_table.markdown_tables(results, ["minivgg"], 3, 8.0)
     row = next(line for line in table.splitlines() if line.startswith("| MiniVGG"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     # Medians: Keras train 200, PyTorch 250, ours loop 500 (step 510), eval 800 / 1000 / 1500.
     assert cells[1:7] == ["200.0", "250.0", "510.0", "500.0", "2.50x", "2.00x"]
-    assert cells[7] == "0.98x"
+    assert cells[7] == "0.980"  # the median of each process's own loop/step
     assert cells[8:] == ["800.0", "1,000.0", "1,500.0", "1.88x", "1.50x"]
     memory = [line for line in table.splitlines() if line.startswith("| MiniVGG")][1]
     assert [c.strip() for c in memory.strip("|").split("|")][1:] == [
@@ -72,13 +80,15 @@ def test_failed_process_is_logged_and_left_out():
     }
     measure, _ = fake_measure(outputs)
     logs = []
-    results = bench_table.run_table(["minigooglenet"], 2, 64, None, True, measure=measure, log=logs.append)
+    results = bench_table.run_table(["minigooglenet"], 2, 64, None, True, 20.0, measure=measure, log=logs.append)
     assert [(r.runner, r.values["loop_img_per_s"]) for r in results] == [("ours", 45.0), ("ours_bf16", 22.0)]
     assert "FAILED (exit code 1: UserError: broken config)" in logs[0]
     assert "FAILED (no line starting with 'benchmark '" in logs[1]
-    table = bench_table.markdown_tables(results, ["minigooglenet"], 2)
+    table = bench_table.markdown_tables(results, ["minigooglenet"], 2, 20.0)
     bf16 = next(line for line in table.splitlines() if line.startswith("| MiniGoogLeNet (CIFAR-10 shape) bfloat16"))
-    assert "| — | — | 20.0 | 22.0 | — | — | 1.10x |" in bf16  # no peers: ratios against them are blank
+    # No peers: ratios against them are blank; a line without loop_over_step gives the ratio of the medians.
+    assert "| — | — | 20.0 | 22.0 | — | — | 1.10x |" in bf16
+    assert "Medians of 2 round(s), img/s, peers and ours interleaved, 20 s per timed phase" in table
 
 
 def test_parse_line_takes_numbers_and_words():
@@ -102,3 +112,5 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
         bench_table.main(["--peers", str(tmp_path / "missing.py")])
     with pytest.raises(UserError, match="models must come from"):
         bench_table.main(["--models", "resnet", "--peers", "none"])
+    with pytest.raises(UserError, match="seconds positive"):
+        bench_table.main(["--seconds", "0", "--peers", "none"])

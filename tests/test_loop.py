@@ -122,7 +122,7 @@ def test_benchmark_registers_a_hook_and_patches_nothing(monkeypatch):
             _original(self, *args, **kwargs)
             made.append(self)
         monkeypatch.setattr(cls, "__init__", remember)
-    figures = benchmark_figures(tiny_config(), steps=2, repeats=1, input_seconds=0.1)
+    figures = benchmark_figures(tiny_config(), seconds=0.2, input_seconds=0.1)
     monkeypatch.undo()
 
     assert figures["compiles"] == 1

@@ -108,6 +108,8 @@ def test_format_predictions_prints_one_block_per_image():
     assert lines[1].split() == ["photos/a.jpg", "1", "0.8000", "1", "dog"]
     assert lines[2].split() == ["2", "0.2000", "0", "cat"]
     assert lines[3].split() == ["b.png", "1", "0.6000", "0", "cat"] and len(lines) == 5
+    digits = format_predictions(["7.png"], top_k_predictions(np.array([[0.1, 0.9]]), ["0", "1"], k=1))
+    assert digits.splitlines()[1].split() == ["7.png", "1", "0.9000", "1"]  # a name that is its index: once
 
 
 class MeanColour(nn.Module):

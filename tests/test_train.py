@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -127,12 +128,21 @@ def test_resume_epoch_restarts_earlier_and_sets_later_checkpoints_aside(uninterr
 
 
 def test_workdir_of_another_model_is_refused(uninterrupted, tmp_path):
-    import shutil
-
     workdir = str(tmp_path / "run")
     shutil.copytree(uninterrupted[0], workdir)
     with pytest.raises(UserError, match="holds checkpoints of model .*use another --workdir"):
         train_and_evaluate(tiny_config(num_epochs=5, **{"model.bn_order": "conv_bn_act"}), workdir)
+
+
+def test_another_optimizer_in_the_same_workdir_is_refused_and_keeps_every_checkpoint(uninterrupted, tmp_path):
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(uninterrupted[0], workdir)
+    with pytest.raises(UserError, match=r"checkpoints/epoch_4 holds another training state than this run builds "
+                                        r"\(state/opt_state/.* is not in the checkpoint\).*--config.init_from="):
+        train_and_evaluate(tiny_config(num_epochs=5, **{"optimizer.name": "adam"}), workdir)
+    assert not [name for name in os.listdir(workdir) if name.startswith("checkpoints.")]  # nothing set aside
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
+        "epoch_1", "epoch_2", "epoch_3", "epoch_4", "interrupted"]
 
 
 def test_pmap_path_runs_the_whole_loop(tmp_path):

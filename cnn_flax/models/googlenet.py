@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnn_flax.models.batchnorm_net import BatchNormNet
 from cnn_flax.models.layers import (
     AvgPool,
     ConvModule,
@@ -114,7 +115,7 @@ class GoogLeNet(nn.Module):
         return (logits, *aux_logits) if aux_logits else logits
 
 
-class DeeperGoogLeNet(nn.Module):
+class DeeperGoogLeNet(BatchNormNet):
     """GoogLeNet adapted to 64x64 Tiny ImageNet: conv 5x5/1 stem, BatchNorm in every conv_module.
 
     Spatial sizes 64 → 32 → 16 → 8 → 4 → 1. `stage4=False` removes inception 4a–4e (the deck's
@@ -123,16 +124,10 @@ class DeeperGoogLeNet(nn.Module):
 
     num_classes: int = 200
     stage4: bool = True
-    bn_order: str = "conv_bn_act"
-    activation: str = "relu"
-    dtype: Any = jnp.float32
-    bn_axis_name: str | None = None  # set for jax.pmap by the code that runs the model
-    cpu_kernels: bool = False  # set for XLA's CPU backend by the code that runs the model
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        options = dict(bn_order=self.bn_order, activation=self.activation, dtype=self.dtype,
-                       bn_axis_name=self.bn_axis_name, cpu_kernels=self.cpu_kernels)
+        options = self.conv_options
         x = ConvModule(64, 5, name="conv1_5x5", **options)(x, train)
         x = pool_3x3s2(self.cpu_kernels, "pool1")(x)
         x = ConvModule(64, 1, name="conv2_3x3_reduce", **options)(x, train)
@@ -158,20 +153,14 @@ MINI_GOOGLENET = (
 )
 
 
-class MiniGoogLeNet(nn.Module):
+class MiniGoogLeNet(BatchNormNet):
     """Inception-small for CIFAR-10 (1,656,250 parameters, 0.90 accuracy in the deck): 32 → 15 → 7 → 1."""
 
     num_classes: int = 10
-    bn_order: str = "conv_bn_act"
-    activation: str = "relu"
-    dtype: Any = jnp.float32
-    bn_axis_name: str | None = None  # set for jax.pmap by the code that runs the model
-    cpu_kernels: bool = False  # set for XLA's CPU backend by the code that runs the model
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        options = dict(bn_order=self.bn_order, activation=self.activation, dtype=self.dtype,
-                       bn_axis_name=self.bn_axis_name, cpu_kernels=self.cpu_kernels)
+        options = self.conv_options
         x = ConvModule(96, 3, name="conv1", **options)(x, train)
         inception, downsample = 0, 0
         for kind, *filters in MINI_GOOGLENET:

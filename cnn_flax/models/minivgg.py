@@ -4,29 +4,22 @@ Two stages of (CONV→ACT→BN) x 2 → POOL → DROPOUT with 32 then 64 filters
 DROPOUT → FC. The deck puts BN after the activation here; `bn_order` switches it.
 """
 
-from typing import Any
-
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
+from cnn_flax.models.batchnorm_net import BatchNormNet
 from cnn_flax.models.layers import ConvModule, Flatten, MaxPool, keras_dense, norm_and_activate
 
 STAGES = (32, 64)
 
 
-class MiniVGG(nn.Module):
+class MiniVGG(BatchNormNet):
     num_classes: int = 10
     bn_order: str = "conv_act_bn"
-    activation: str = "relu"
-    dtype: Any = jnp.float32
-    bn_axis_name: str | None = None  # set for jax.pmap by the code that runs the model
-    cpu_kernels: bool = False  # set for XLA's CPU backend by the code that runs the model
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        options = dict(bn_order=self.bn_order, activation=self.activation, dtype=self.dtype,
-                       bn_axis_name=self.bn_axis_name, cpu_kernels=self.cpu_kernels)
+        options = self.conv_options
         for stage, features in enumerate(STAGES, start=1):
             x = ConvModule(features, 3, name=f"block{stage}_conv1", **options)(x, train)
             x = ConvModule(features, 3, name=f"block{stage}_conv2", **options)(x, train)

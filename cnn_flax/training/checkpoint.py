@@ -37,7 +37,8 @@ def _manager(directory: str, prefix: str, keep: int | None) -> ocp.CheckpointMan
     # it is never taken for one, and the next run removes it instead of letting it fill the disk.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, step_prefix=prefix, create=True,
                                            enable_async_checkpointing=False, cleanup_tmp_directories=True)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "meta"))
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
 
 
 def _storage_problem(error: Exception) -> str | None:
@@ -115,6 +116,25 @@ def write_checkpoint(manager: ocp.CheckpointManager, number: int, args: ocp.args
     manager.wait_until_finished()
 
 
+def _first_difference(stored: Any, target: Any) -> str | None:
+    """The first array path where a checkpoint's tree (Orbax's metadata: shapes, read without the arrays)
+    and the tree a run would restore into differ, in words; None when they fit."""
+    def by_path(tree: Any) -> dict[str, tuple[int, ...]]:
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return {jax.tree_util.keystr(path, simple=True, separator="/"):
+                tuple(leaf.shape if hasattr(leaf, "shape") else np.shape(leaf)) for path, leaf in leaves}
+
+    there, here = by_path(stored), by_path(target)
+    for path in sorted(set(there) | set(here)):
+        if path not in there:
+            return f"{path} is not in the checkpoint"
+        if path not in here:
+            return f"the checkpoint has {path}, which this run does not"
+        if there[path] != here[path]:
+            return f"{path} has shape {there[path]} in the checkpoint, {here[path]} here"
+    return None
+
+
 class Checkpoints:
     """Epoch checkpoints and the interrupted-run checkpoint of one workdir."""
 
@@ -159,6 +179,12 @@ class Checkpoints:
 
     def restore(self, manager: ocp.CheckpointManager, number: int, template: Any) -> tuple[Any, dict[str, Any]]:
         target = serialization.to_state_dict(template)
+        difference = _first_difference(manager.item_metadata(number)["state"], target)
+        if difference:  # a readable checkpoint of another setup: refused, never taken for a damaged one
+            raise UserError(f"{self._name(manager, number)} holds another training state than this run builds "
+                            f"({difference}): the optimizer or its options changed since it was saved. Keep the "
+                            "settings of the run that saved it, or start a new --workdir with "
+                            f"--config.init_from={os.path.dirname(self.directory)} to take over only its weights")
         restored = manager.restore(number, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                                     meta=ocp.args.JsonRestore()))
         return serialization.from_state_dict(template, restored["state"]), restored["meta"]
@@ -169,6 +195,8 @@ class Checkpoints:
                             f"{', '.join(map(str, self.saved_epochs())) or 'none'}")
         try:
             return self.restore(self.epochs, epoch, template)
+        except UserError:
+            raise
         except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many types for a damaged file
             raise UserError(f"{self._name(self.epochs, epoch)} is corrupt or of another model "
                             f"({_first_line(error)}); use another epoch") from error
@@ -233,6 +261,8 @@ class Checkpoints:
             try:
                 chosen = self.restore(manager, number, template)
                 break
+            except UserError:
+                raise
             except Exception as error:  # noqa: BLE001
                 log.warning("Checkpoint %s is corrupt (%s); falling back to the previous one",
                             self._name(manager, number), _first_line(error))

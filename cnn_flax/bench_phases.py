@@ -1,0 +1,83 @@
+"""Time-based benchmark phases: warm up until the rate holds still, then time windows of a fixed step count.
+
+A fixed handful of steps says little on a shared machine or for a model whose step takes a second: the
+first windows after compiling run slower (caches, allocator, thread pools), and ten steps of MiniVGG last
+under two seconds. A `Phase` instead sizes its windows in seconds. Its warm-up windows end when two in a
+row agree within `tolerance` (or after `max_warmup` of them); the step count of each window follows the
+last measured rate, so a window lasts about `seconds / windows`, and it is then frozen for the timed
+windows, whose median rate is the figure. The same phase drives the bare step, inference and the real
+training loop (`benchmark.LoopWindows`), so the loop is timed over windows as long as the bare step's.
+
+Nothing here reads a clock: callers time their windows and `record` the seconds, so the logic is tested
+with made-up durations.
+"""
+
+import dataclasses
+import math
+import statistics
+
+
+def steps_for(seconds: float, step_seconds: float) -> int:
+    """How many steps of `step_seconds` fill `seconds` (at least one)."""
+    if step_seconds <= 0:
+        return 1
+    return max(1, math.ceil(seconds / step_seconds - 1e-9))
+
+
+@dataclasses.dataclass
+class Phase:
+    """Warm-up windows until the rate is steady, then `windows` timed windows of a frozen step count."""
+
+    seconds: float  # the timed part in all: `windows` windows of about seconds / windows each
+    windows: int = 3
+    tolerance: float = 0.1  # warm-up ends when a window's rate is within this share of the previous one's
+    max_warmup: int = 4  # on a machine too busy to settle, the timed windows start after this many
+    steps: int = 1  # the step count of the next window
+    warmup_rates: list[float] = dataclasses.field(default_factory=list)  # steps/s of each warm-up window
+    timed_seconds: list[float] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.seconds <= 0 or self.windows < 1:
+            raise ValueError(f"a phase needs seconds > 0 and windows >= 1, got {self.seconds} and {self.windows}")
+
+    @property
+    def window_seconds(self) -> float:
+        return self.seconds / self.windows
+
+    @property
+    def steady(self) -> bool:
+        """True once the warm-up is over: the rate held within `tolerance`, or `max_warmup` windows ran."""
+        rates = self.warmup_rates
+        if len(rates) >= self.max_warmup:
+            return True
+        return len(rates) >= 2 and abs(rates[-1] / rates[-2] - 1) <= self.tolerance
+
+    @property
+    def done(self) -> bool:
+        return len(self.timed_seconds) >= self.windows
+
+    def start(self, step_seconds: float) -> None:
+        """Size the first warm-up window from one step's duration (the step after the compiling one)."""
+        self.steps = steps_for(self.window_seconds, step_seconds)
+
+    def record(self, seconds: float) -> None:
+        """The window of `self.steps` steps that just ended took `seconds`."""
+        if self.done:
+            raise RuntimeError("the phase has all its timed windows")
+        seconds = max(seconds, 1e-9)
+        if self.steady:
+            self.timed_seconds.append(seconds)
+            return
+        self.warmup_rates.append(self.steps / seconds)
+        self.steps = steps_for(self.window_seconds, seconds / self.steps)
+
+    @property
+    def steps_per_second(self) -> float:
+        """The median rate of the timed windows."""
+        if not self.timed_seconds:
+            raise RuntimeError("no timed window yet")
+        return statistics.median(self.steps / seconds for seconds in self.timed_seconds)
+
+    @property
+    def timed_steps(self) -> int:
+        return self.steps * len(self.timed_seconds)
