@@ -1,8 +1,9 @@
 """The settings every BatchNorm network of the deck takes, declared once.
 
-MiniVGG, MiniGoogLeNet and DeeperGoogLeNet are built from `ConvModule`s that all need the same four
-choices: where BatchNorm sits, the activation, the compute dtype, and the device axis BatchNorm averages
-over under `jax.pmap`. The last two fields belong to the code that runs the model, not to its config
+MiniVGG, MiniGoogLeNet and DeeperGoogLeNet are built from `ConvModule`s that all need the same five
+choices: where BatchNorm sits, the activation, the compute dtype, the device axis BatchNorm averages
+over under `jax.pmap`, and whether pooling and BatchNorm take `cpu_kernels.py`. The last three fields
+belong to the code that runs the model, not to its config
 (`create_model` sets them).
 """
 
@@ -25,4 +26,4 @@ class BatchNormNet(nn.Module):
     def conv_options(self) -> dict[str, Any]:
         """The keyword arguments of each `ConvModule` (and of the blocks made of them)."""
         return dict(bn_order=self.bn_order, activation=self.activation, dtype=self.dtype,
-                    bn_axis_name=self.bn_axis_name)
+                    bn_axis_name=self.bn_axis_name, cpu_kernels=self.cpu_kernels)

@@ -128,18 +128,17 @@ class DeeperGoogLeNet(BatchNormNet):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         options = self.conv_options
-        inception_options = dict(options, cpu_kernels=self.cpu_kernels)
         x = ConvModule(64, 5, name="conv1_5x5", **options)(x, train)
         x = pool_3x3s2(self.cpu_kernels, "pool1")(x)
         x = ConvModule(64, 1, name="conv2_3x3_reduce", **options)(x, train)
         x = ConvModule(192, 3, name="conv2_3x3", **options)(x, train)
         x = pool_3x3s2(self.cpu_kernels, "pool2")(x)
         for name in ("3a", "3b"):
-            x = Inception(INCEPTION[name], name=f"inception_{name}", **inception_options)(x, train)
+            x = Inception(INCEPTION[name], name=f"inception_{name}", **options)(x, train)
         x = pool_3x3s2(self.cpu_kernels, "pool3")(x)
         if self.stage4:
             for name in ("4a", "4b", "4c", "4d", "4e"):
-                x = Inception(INCEPTION[name], name=f"inception_{name}", **inception_options)(x, train)
+                x = Inception(INCEPTION[name], name=f"inception_{name}", **options)(x, train)
         x = pool_3x3s2(self.cpu_kernels, "pool4")(x)
         x = AvgPool(4, 1, name="avg_pool")(x)
         x = nn.Dropout(0.4, deterministic=not train, name="dropout")(x)
@@ -170,8 +169,7 @@ class MiniGoogLeNet(BatchNormNet):
                 x = SmallInception(*filters, name=f"inception{inception}", **options)(x, train)
             else:
                 downsample += 1
-                x = Downsample(*filters, cpu_kernels=self.cpu_kernels, name=f"downsample{downsample}",
-                               **options)(x, train)
+                x = Downsample(*filters, name=f"downsample{downsample}", **options)(x, train)
         x = AvgPool(7, 1, name="avg_pool")(x)
         x = nn.Dropout(0.5, deterministic=not train, name="dropout")(x)
         return keras_dense(self.num_classes, self.dtype, name="logits")(Flatten(name="flatten")(x))

@@ -8,8 +8,8 @@ that an input too small for a window fails with a message instead of an empty te
 
 Two fields are set by whoever runs a model, never by a config: `bn_axis_name` (under `jax.pmap`, the
 device axis BatchNorm averages its batch statistics over, as in Flax's own examples; `jax.jit` over a
-mesh needs nothing) and `cpu_kernels` (max pooling whose gradient XLA's CPU backend computes quickly,
-see `cpu_kernels.py`). Both default to plain Linen.
+mesh needs nothing) and `cpu_kernels` (max pooling and BatchNorm written for XLA's CPU backend, see
+`cpu_kernels.py`). Both default to plain Linen.
 """
 
 from collections.abc import Callable
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_flax.errors import UserError
+from cnn_flax.models.cpu_kernels import BatchNorm as CpuBatchNorm
 from cnn_flax.models.cpu_kernels import max_pool as cpu_max_pool
 
 Dtype = Any
@@ -40,9 +41,11 @@ def check_bn_order(order: str) -> str:
     return order
 
 
-def keras_batch_norm(train: bool, dtype: Dtype, axis_name: str | None = None, name: str | None = None) -> nn.BatchNorm:
+def keras_batch_norm(train: bool, dtype: Dtype, axis_name: str | None = None, name: str | None = None,
+                     cpu_kernels: bool = False) -> nn.BatchNorm:
     """BatchNorm with Keras's defaults, statistics kept in float32 whatever the compute dtype."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=dtype,
+    kind = CpuBatchNorm if cpu_kernels else nn.BatchNorm
+    return kind(use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=dtype,
                         param_dtype=jnp.float32, axis_name=axis_name, name=name)
 
 
@@ -57,10 +60,10 @@ def keras_dense(features: int, dtype: Dtype = jnp.float32, name: str | None = No
 
 
 def norm_and_activate(x: jax.Array, *, order: str, activation: str, train: bool, dtype: Dtype,
-                      bn_axis_name: str | None = None, name: str) -> jax.Array:
+                      bn_axis_name: str | None = None, cpu_kernels: bool = False, name: str) -> jax.Array:
     """The tail of a conv_module or dense block: BN then activation, or activation then BN."""
     act = activation_fn(activation)
-    bn = keras_batch_norm(train, dtype, bn_axis_name, name=name)
+    bn = keras_batch_norm(train, dtype, bn_axis_name, name=name, cpu_kernels=cpu_kernels)
     return act(bn(x)) if check_bn_order(order) == "conv_bn_act" else bn(act(x))
 
 
@@ -76,6 +79,7 @@ class ConvModule(nn.Module):
     activation: str = "relu"
     dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
+    cpu_kernels: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -83,7 +87,8 @@ class ConvModule(nn.Module):
         if not self.batch_norm:
             return activation_fn(self.activation)(x)
         return norm_and_activate(x, order=self.bn_order, activation=self.activation, train=train,
-                                 dtype=self.dtype, bn_axis_name=self.bn_axis_name, name="bn")
+                                 dtype=self.dtype, bn_axis_name=self.bn_axis_name, cpu_kernels=self.cpu_kernels,
+                                 name="bn")
 
 
 def _check_window(x: jax.Array, window: int, layer: str) -> None:
@@ -198,7 +203,7 @@ class Inception(nn.Module):
         def conv(features: int, kernel: int, name: str) -> ConvModule:
             return ConvModule(features, kernel, batch_norm=self.batch_norm, bn_order=self.bn_order,
                               activation=self.activation, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
-                              name=name)
+                              cpu_kernels=self.cpu_kernels, name=name)
 
         branch1 = conv(n1x1, 1, "1x1")(x, train)
         branch2 = conv(n3x3, 3, "3x3")(conv(n3x3_reduce, 1, "3x3_reduce")(x, train), train)
@@ -217,11 +222,12 @@ class SmallInception(nn.Module):
     activation: str = "relu"
     dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
+    cpu_kernels: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         options = dict(bn_order=self.bn_order, activation=self.activation, dtype=self.dtype,
-                       bn_axis_name=self.bn_axis_name)
+                       bn_axis_name=self.bn_axis_name, cpu_kernels=self.cpu_kernels)
         branch1 = ConvModule(self.n1x1, 1, name="1x1", **options)(x, train)
         branch2 = ConvModule(self.n3x3, 3, name="3x3", **options)(x, train)
         return jnp.concatenate([branch1, branch2], axis=-1)
@@ -240,6 +246,7 @@ class Downsample(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         conv = ConvModule(self.features, 3, strides=2, padding="VALID", bn_order=self.bn_order,
-                          activation=self.activation, dtype=self.dtype, bn_axis_name=self.bn_axis_name, name="3x3")
+                          activation=self.activation, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                          cpu_kernels=self.cpu_kernels, name="3x3")
         _check_window(x, 3, self.name or "downsample")
         return jnp.concatenate([conv(x, train), MaxPool(3, 2, cpu_kernels=self.cpu_kernels, name="pool")(x)], axis=-1)
