@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_flax.models.batchnorm_net import BatchNormNet
+from cnn_flax.models.batchnorm_module import BatchNormModule
 from cnn_flax.models.layers import (
     AvgPool,
     ConvModule,
@@ -115,7 +115,7 @@ class GoogLeNet(nn.Module):
         return (logits, *aux_logits) if aux_logits else logits
 
 
-class DeeperGoogLeNet(BatchNormNet):
+class DeeperGoogLeNet(BatchNormModule):
     """GoogLeNet adapted to 64x64 Tiny ImageNet: conv 5x5/1 stem, BatchNorm in every conv_module.
 
     Spatial sizes 64 → 32 → 16 → 8 → 4 → 1. `stage4=False` removes inception 4a–4e (the deck's
@@ -153,7 +153,7 @@ MINI_GOOGLENET = (
 )
 
 
-class MiniGoogLeNet(BatchNormNet):
+class MiniGoogLeNet(BatchNormModule):
     """Inception-small for CIFAR-10 (1,656,250 parameters, 0.90 accuracy in the deck): 32 → 15 → 7 → 1."""
 
     num_classes: int = 10

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_flax.errors import UserError
+from cnn_flax.models.batchnorm_module import BatchNormModule
 from cnn_flax.models.cpu_kernels import BatchNorm as CpuBatchNorm
 from cnn_flax.models.cpu_kernels import max_pool as cpu_max_pool
 
@@ -67,7 +68,7 @@ def norm_and_activate(x: jax.Array, *, order: str, activation: str, train: bool,
     return act(bn(x)) if check_bn_order(order) == "conv_bn_act" else bn(act(x))
 
 
-class ConvModule(nn.Module):
+class ConvModule(BatchNormModule):
     """The deck's conv_module: CONV then BN and activation in the chosen order (or CONV→ACT without BN)."""
 
     features: int
@@ -75,11 +76,6 @@ class ConvModule(nn.Module):
     strides: int = 1
     padding: str = "SAME"
     batch_norm: bool = True
-    bn_order: str = "conv_bn_act"
-    activation: str = "relu"
-    dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
-    cpu_kernels: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -181,7 +177,7 @@ class LocalResponseNorm(nn.Module):
         return (x / scale).astype(x.dtype)
 
 
-class Inception(nn.Module):
+class Inception(BatchNormModule):
     """GoogLeNet's four-branch module, columns in the order of the paper's table.
 
     (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj): a 1x1 branch, 1x1→3x3, 1x1→5x5, and a
@@ -190,20 +186,13 @@ class Inception(nn.Module):
 
     filters: tuple[int, int, int, int, int, int]
     batch_norm: bool = True
-    bn_order: str = "conv_bn_act"
-    activation: str = "relu"
-    dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
-    cpu_kernels: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         n1x1, n3x3_reduce, n3x3, n5x5_reduce, n5x5, pool_proj = self.filters
 
         def conv(features: int, kernel: int, name: str) -> ConvModule:
-            return ConvModule(features, kernel, batch_norm=self.batch_norm, bn_order=self.bn_order,
-                              activation=self.activation, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
-                              cpu_kernels=self.cpu_kernels, name=name)
+            return ConvModule(features, kernel, batch_norm=self.batch_norm, name=name, **self.conv_options)
 
         branch1 = conv(n1x1, 1, "1x1")(x, train)
         branch2 = conv(n3x3, 3, "3x3")(conv(n3x3_reduce, 1, "3x3_reduce")(x, train), train)
@@ -213,40 +202,26 @@ class Inception(nn.Module):
         return jnp.concatenate([branch1, branch2, branch3, branch4], axis=-1)
 
 
-class SmallInception(nn.Module):
+class SmallInception(BatchNormModule):
     """MiniGoogLeNet's inception (Zhang et al.): a 1x1 and a 3x3 conv_module side by side."""
 
     n1x1: int
     n3x3: int
-    bn_order: str = "conv_bn_act"
-    activation: str = "relu"
-    dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
-    cpu_kernels: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        options = dict(bn_order=self.bn_order, activation=self.activation, dtype=self.dtype,
-                       bn_axis_name=self.bn_axis_name, cpu_kernels=self.cpu_kernels)
-        branch1 = ConvModule(self.n1x1, 1, name="1x1", **options)(x, train)
-        branch2 = ConvModule(self.n3x3, 3, name="3x3", **options)(x, train)
+        branch1 = ConvModule(self.n1x1, 1, name="1x1", **self.conv_options)(x, train)
+        branch2 = ConvModule(self.n3x3, 3, name="3x3", **self.conv_options)(x, train)
         return jnp.concatenate([branch1, branch2], axis=-1)
 
 
-class Downsample(nn.Module):
+class Downsample(BatchNormModule):
     """MiniGoogLeNet's downsample: a 3x3/2 'valid' conv_module beside a 3x3/2 max pool."""
 
     features: int
-    bn_order: str = "conv_bn_act"
-    activation: str = "relu"
-    dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
-    cpu_kernels: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        conv = ConvModule(self.features, 3, strides=2, padding="VALID", bn_order=self.bn_order,
-                          activation=self.activation, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
-                          cpu_kernels=self.cpu_kernels, name="3x3")
+        conv = ConvModule(self.features, 3, strides=2, padding="VALID", name="3x3", **self.conv_options)
         _check_window(x, 3, self.name or "downsample")
         return jnp.concatenate([conv(x, train), MaxPool(3, 2, cpu_kernels=self.cpu_kernels, name="pool")(x)], axis=-1)

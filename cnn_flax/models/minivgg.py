@@ -7,13 +7,13 @@ DROPOUT → FC. The deck puts BN after the activation here; `bn_order` switches 
 import flax.linen as nn
 import jax
 
-from cnn_flax.models.batchnorm_net import BatchNormNet
+from cnn_flax.models.batchnorm_module import BatchNormModule
 from cnn_flax.models.layers import ConvModule, Flatten, MaxPool, keras_dense, norm_and_activate
 
 STAGES = (32, 64)
 
 
-class MiniVGG(BatchNormNet):
+class MiniVGG(BatchNormModule):
     num_classes: int = 10
     bn_order: str = "conv_act_bn"
 

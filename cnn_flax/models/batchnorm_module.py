@@ -13,8 +13,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
-class BatchNormNet(nn.Module):
-    """Base of the BatchNorm networks; subclasses may change a default (MiniVGG: BatchNorm after the activation)."""
+class BatchNormModule(nn.Module, kw_only=True):
+    """Base of the BatchNorm networks and blocks; a subclass may change a default (MiniVGG: BatchNorm after
+    the activation)."""
 
     bn_order: str = "conv_bn_act"
     activation: str = "relu"
