@@ -51,6 +51,11 @@ def tiny_config(**overrides):
     config.eval_steps = 2
     config.log_every_steps = 2
     config.checkpoint_every_epochs = 1
+    return with_overrides(config, overrides)
+
+
+def with_overrides(config, overrides):
+    """`config` with dotted keys set, e.g. {"optimizer.name": "adam"}; returned for chaining."""
     for key, value in overrides.items():
         target = config
         *path, last = key.split(".")

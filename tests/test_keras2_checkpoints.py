@@ -23,6 +23,7 @@ import h5py
 import jax
 import numpy as np
 import pytest
+from conftest import with_overrides
 from PIL import Image
 
 from cnn_flax import modes
@@ -55,13 +56,7 @@ def config(init_from: str = FILE, **overrides):
     result.init_from = init_from
     result.optimizer.update(dict(keras=True, name="sgd", learning_rate=0.005, momentum=0.9, nesterov=True))
     result.schedule.name = "constant"
-    for key, value in overrides.items():
-        target = result
-        *path, last = key.split(".")
-        for part in path:
-            target = target[part]
-        target[last] = value
-    return result
+    return with_overrides(result, overrides)
 
 
 def minivgg():
