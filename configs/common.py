@@ -15,7 +15,8 @@ def tiny_imagenet(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     config.data.augment.update(dict(rotation=18.0, zoom=0.15, width_shift=0.2, height_shift=0.2, shear=0.15,
                                     horizontal_flip=True))
     config.model.update(dict(
-        name="deepergooglenet", num_classes=-1, stage4=True, bn_order="conv_bn_act", activation="relu"))
+        name="deepergooglenet", num_classes=-1, stage4=True, bn_order="conv_bn_act", bn_momentum=0.99,
+        activation="relu"))
     config.optimizer.l2 = 0.0002
     config.batch_size = 64
     return config

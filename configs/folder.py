@@ -19,7 +19,8 @@ def get_config():
     config = photo_folder(base("folder"), image_size=64, normalize="scale", data_dir="data/folder_hdf5")
     config.num_epochs = 100
     config.checkpoint_every_epochs = 10
-    config.model.update(dict(name="minivgg", num_classes=-1, bn_order="conv_act_bn", activation="relu"))
+    config.model.update(dict(name="minivgg", num_classes=-1, bn_order="conv_act_bn",
+                             bn_momentum=0.99, activation="relu"))
     config.optimizer.update(dict(name="sgd", learning_rate=0.05, momentum=0.0))
     config.schedule.update(dict(name="keras_time_decay", decay=0.05 / config.num_epochs))
     return config

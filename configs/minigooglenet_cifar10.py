@@ -16,7 +16,8 @@ def get_config():
     config.batch_size = 64
     config.data.update(dict(name="cifar10", image_size=32, normalize="mean_image"))
     config.data.augment.update(dict(width_shift=0.1, height_shift=0.1, horizontal_flip=True))
-    config.model.update(dict(name="minigooglenet", num_classes=10, bn_order="conv_bn_act", activation="relu"))
+    config.model.update(dict(name="minigooglenet", num_classes=10, bn_order="conv_bn_act",
+                             bn_momentum=0.99, activation="relu"))
     # keras=True: Keras's update rule (the rate inside the momentum), as the deck trained
     config.optimizer.update(dict(name="sgd", learning_rate=5e-3, momentum=0.9, nesterov=False, keras=True))
     config.schedule.update(dict(name="polynomial", power=1.0))

@@ -14,7 +14,8 @@ def get_config():
     config.num_epochs = 40
     config.batch_size = 64
     config.data.update(dict(name="cifar10", image_size=32, normalize="scale"))
-    config.model.update(dict(name="minivgg", num_classes=10, bn_order="conv_act_bn", activation="relu"))
+    config.model.update(dict(name="minivgg", num_classes=10, bn_order="conv_act_bn",
+                             bn_momentum=0.99, activation="relu"))
     # keras=True: Keras's update rule (the rate inside the momentum), as the deck trained
     config.optimizer.update(dict(name="sgd", learning_rate=0.01, momentum=0.9, nesterov=True, keras=True))
     config.schedule.update(dict(name="keras_time_decay", decay=0.01 / 40))

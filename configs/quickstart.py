@@ -20,7 +20,8 @@ def get_config():
     config.log_every_steps = 10
     config.data.update(dict(name="digits", image_size=32, normalize="scale"))
     config.data.augment.update(dict(rotation=10.0, zoom=0.1, width_shift=0.1, height_shift=0.1))
-    config.model.update(dict(name="minivgg", num_classes=-1, bn_order="conv_act_bn", activation="relu"))
+    config.model.update(dict(name="minivgg", num_classes=-1, bn_order="conv_act_bn",
+                             bn_momentum=0.99, activation="relu"))
     config.optimizer.update(dict(name="sgd", learning_rate=0.01, momentum=0.9, nesterov=True))
     config.schedule.update(dict(name="keras_time_decay", decay=0.01 / config.num_epochs))
     return config

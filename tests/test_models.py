@@ -206,3 +206,22 @@ def test_half_precision_computes_in_bfloat16_with_float32_parameters():
     logits = jax.eval_shape(lambda v: model.apply(v, jnp.ones((2, 32, 32, 3)), train=False), variables)
     assert logits.dtype == jnp.bfloat16
     assert isinstance(model, nn.Module)
+
+
+@pytest.mark.parametrize("name, cpu_kernels", [("minivgg", False), ("minigooglenet", True)])
+def test_bn_momentum_sets_how_far_every_running_statistic_moves(name, cpu_kernels):
+    """From the initial statistics (mean 0, variance 1), one training pass moves each running mean to
+    (1 - m)·batch mean: 0.1 of it with m = 0.9, 0.01 with Keras's 0.99, the same batch in both."""
+    images = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
+    moved = {}
+    for momentum in (0.9, 0.99):
+        model = create_model(dict(name=name, num_classes=10, bn_momentum=momentum), cpu_kernels=cpu_kernels)
+        variables = init_variables(model, jax.random.key(0), (32, 32, 3))
+        _, updates = model.apply(variables, images, train=True, mutable=["batch_stats"],
+                                 rngs={"dropout": jax.random.key(2)})
+        moved[momentum] = updates["batch_stats"]
+    means = [(fast["mean"], slow["mean"]) for fast, slow in zip(
+        *(jax.tree_util.tree_leaves(moved[m], is_leaf=lambda t: "mean" in t) for m in (0.9, 0.99)), strict=True)]
+    assert len(means) == (5 if name == "minivgg" else 19)  # every BatchNorm of the network
+    for fast, slow in means:
+        np.testing.assert_allclose(fast, 10 * slow, rtol=1e-4, atol=1e-7)

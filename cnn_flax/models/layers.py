@@ -43,10 +43,10 @@ def check_bn_order(order: str) -> str:
 
 
 def keras_batch_norm(train: bool, dtype: Dtype, axis_name: str | None = None, name: str | None = None,
-                     cpu_kernels: bool = False) -> nn.BatchNorm:
+                     cpu_kernels: bool = False, momentum: float = 0.99) -> nn.BatchNorm:
     """BatchNorm with Keras's defaults, statistics kept in float32 whatever the compute dtype."""
     kind = CpuBatchNorm if cpu_kernels else nn.BatchNorm
-    return kind(use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=dtype,
+    return kind(use_running_average=not train, momentum=momentum, epsilon=1e-3, dtype=dtype,
                         param_dtype=jnp.float32, axis_name=axis_name, name=name)
 
 
@@ -61,10 +61,11 @@ def keras_dense(features: int, dtype: Dtype = jnp.float32, name: str | None = No
 
 
 def norm_and_activate(x: jax.Array, *, order: str, activation: str, train: bool, dtype: Dtype,
-                      bn_axis_name: str | None = None, cpu_kernels: bool = False, name: str) -> jax.Array:
+                      bn_axis_name: str | None = None, cpu_kernels: bool = False, momentum: float = 0.99,
+                      name: str) -> jax.Array:
     """The tail of a conv_module or dense block: BN then activation, or activation then BN."""
     act = activation_fn(activation)
-    bn = keras_batch_norm(train, dtype, bn_axis_name, name=name, cpu_kernels=cpu_kernels)
+    bn = keras_batch_norm(train, dtype, bn_axis_name, name=name, cpu_kernels=cpu_kernels, momentum=momentum)
     return act(bn(x)) if check_bn_order(order) == "conv_bn_act" else bn(act(x))
 
 
@@ -84,7 +85,7 @@ class ConvModule(BatchNormModule):
             return activation_fn(self.activation)(x)
         return norm_and_activate(x, order=self.bn_order, activation=self.activation, train=train,
                                  dtype=self.dtype, bn_axis_name=self.bn_axis_name, cpu_kernels=self.cpu_kernels,
-                                 name="bn")
+                                 momentum=self.bn_momentum, name="bn")
 
 
 def _check_window(x: jax.Array, window: int, layer: str) -> None:

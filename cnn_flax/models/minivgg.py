@@ -28,6 +28,7 @@ class MiniVGG(BatchNormModule):
         x = Flatten(name="flatten")(x)
         x = keras_dense(512, self.dtype, name="fc1")(x)
         x = norm_and_activate(x, order=self.bn_order, activation=self.activation, train=train, dtype=self.dtype,
-                              bn_axis_name=self.bn_axis_name, cpu_kernels=self.cpu_kernels, name="fc1_bn")
+                              bn_axis_name=self.bn_axis_name, cpu_kernels=self.cpu_kernels,
+                              momentum=self.bn_momentum, name="fc1_bn")
         x = nn.Dropout(0.5, deterministic=not train, name="fc1_dropout")(x)
         return keras_dense(self.num_classes, self.dtype, name="predictions")(x)
