@@ -52,6 +52,15 @@ class TrainResult:
     metrics: dict[str, Any] | None = None  # eval_split's metrics (rank1, rank5, loss, …) on process 0 when finished
 
 
+# Model keys that steer training rather than the network: a run may resume with another value (as with a
+# learning rate), and checkpoints saved before such a key existed still belong to the run.
+TRAINING_ONLY_MODEL_KEYS = ("bn_momentum",)
+
+
+def _architecture(model_config: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in model_config.items() if key not in TRAINING_ONLY_MODEL_KEYS}
+
+
 class Trainer(Engine):
     """An Engine with the optimizer, the compiled train step and the evaluator of its validation."""
 
@@ -92,7 +101,7 @@ class Trainer(Engine):
     def check_same_run(self, meta: dict[str, Any], workdir: str) -> None:
         """Refuse another run's checkpoints before reading them: their parameters would not fit this model."""
         exp, config = self.exp, self.config
-        if meta["model"] != exp.model_config:
+        if _architecture(meta["model"]) != _architecture(exp.model_config):
             raise UserError(f"{workdir} holds checkpoints of model {meta['model']}, not {exp.model_config}; "
                             "use another --workdir for this config")
         shape = tuple(meta.get("input_shape", exp.input_shape))  # older checkpoints lack it
