@@ -9,7 +9,7 @@ import pytest
 
 from cnn_flax.errors import UserError
 from cnn_flax.models import create_model, init_variables
-from cnn_flax.models.layers import ConvModule
+from cnn_flax.models.layers import ConvModule, Downsample, Inception, SmallInception
 from cnn_flax.models.summary import count_params, layer_rows, summary_text
 
 # (config.model, input shape, Total, Trainable, Non-trainable) as Keras's model.summary() counts them.
@@ -208,20 +208,36 @@ def test_half_precision_computes_in_bfloat16_with_float32_parameters():
     assert isinstance(model, nn.Module)
 
 
-@pytest.mark.parametrize("name, cpu_kernels", [("minivgg", False), ("minigooglenet", True)])
-def test_bn_momentum_sets_how_far_every_running_statistic_moves(name, cpu_kernels):
+class InceptionBlocks(nn.Module):
+    """GoogLeNet's and MiniGoogLeNet's blocks with one momentum: every BatchNorm-carrying block of the zoo."""
+
+    bn_momentum: float
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        options = dict(bn_momentum=self.bn_momentum, cpu_kernels=True)
+        x = Inception((2, 2, 2, 2, 2, 2), name="inception", **options)(x, train)
+        x = SmallInception(2, 2, name="small", **options)(x, train)
+        return Downsample(2, name="down", **options)(x, train)
+
+
+@pytest.mark.parametrize("name", ["minivgg", "blocks"])
+def test_bn_momentum_sets_how_far_every_running_statistic_moves(name):
     """From the initial statistics (mean 0, variance 1), one training pass moves each running mean to
     (1 - m)·batch mean: 0.1 of it with m = 0.9, 0.01 with Keras's 0.99, the same batch in both."""
-    images = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
+    images = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3) if name == "minivgg" else (2, 8, 8, 3))
     moved = {}
     for momentum in (0.9, 0.99):
-        model = create_model(dict(name=name, num_classes=10, bn_momentum=momentum), cpu_kernels=cpu_kernels)
-        variables = init_variables(model, jax.random.key(0), (32, 32, 3))
+        if name == "minivgg":  # through the config's keys, as a run builds it
+            model = create_model(dict(name=name, num_classes=10, bn_momentum=momentum))
+        else:
+            model = InceptionBlocks(momentum)
+        variables = init_variables(model, jax.random.key(0), images.shape[1:])
         _, updates = model.apply(variables, images, train=True, mutable=["batch_stats"],
                                  rngs={"dropout": jax.random.key(2)})
         moved[momentum] = updates["batch_stats"]
     means = [(fast["mean"], slow["mean"]) for fast, slow in zip(
         *(jax.tree_util.tree_leaves(moved[m], is_leaf=lambda t: "mean" in t) for m in (0.9, 0.99)), strict=True)]
-    assert len(means) == (5 if name == "minivgg" else 19)  # every BatchNorm of the network
+    assert len(means) == (5 if name == "minivgg" else 6 + 2 + 1)  # every BatchNorm
     for fast, slow in means:
         np.testing.assert_allclose(fast, 10 * slow, rtol=1e-4, atol=1e-7)
