@@ -125,7 +125,7 @@ class Report(Hook):
         self.reporter.start_epoch(loop.epoch, loop.num_epochs, loop.steps_per_epoch, loop.batch)
 
     def on_step(self, loop: LoopState) -> None:
-        self.reporter.step(loop.step, loop.shown)
+        self.reporter.step(loop.shown)
 
     def on_epoch_end(self, loop: LoopState) -> None:
         self.reporter.end_epoch(loop.step, loop.record)

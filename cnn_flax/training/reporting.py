@@ -89,7 +89,7 @@ class Reporter:
             self.bar = tqdm(total=steps, initial=done, desc=f"Epoch {epoch}/{num_epochs}", unit="step",
                             file=self.stream, dynamic_ncols=True, mininterval=0.5, leave=True)
 
-    def step(self, step: int, metrics: dict[str, float] | None = None) -> None:
+    def step(self, metrics: dict[str, float] | None = None) -> None:
         """One finished step; `metrics` (the epoch's running loss and accuracy) every log_every_steps."""
         self.epoch_done += 1
         if metrics:  # the log file's progress, for runs without a terminal (tail -f WORKDIR/log.txt)
