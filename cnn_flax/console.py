@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 from tqdm import tqdm
 
@@ -101,21 +102,37 @@ def log_file_name(process_index: int) -> str:
 
 
 @contextlib.contextmanager
+def _native_stderr_to(target: Any) -> Iterator[None]:
+    """File descriptor 2 into `target` inside the block: native code writes there, past Python's sys.stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(target.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Everything native code prints to file descriptor 2 inside the block is dropped (TensorFlow Lite)."""
+    with open(os.devnull, "w") as devnull, _native_stderr_to(devnull):
+        yield
+
+
+@contextlib.contextmanager
 def quiet_native_start(verbose: bool | None = None) -> Iterator[None]:
     """Hold back what native libraries print to file descriptor 2 inside the block; afterwards pass on every
     line but TensorFlow's known start-up notices (all of them with --verbose; `None`: as logging was configured)."""
     if _settings["verbose"] if verbose is None else verbose:
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
     with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
         try:
-            yield
+            with _native_stderr_to(capture):
+                yield
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
             capture.seek(0)
             text = capture.read().decode(errors="replace")
             kept = [line for line in text.splitlines() if line.strip() and not any(n in line for n in NATIVE_NOISE)]

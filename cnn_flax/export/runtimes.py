@@ -95,7 +95,8 @@ def _onnx(path: str) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _tflite(path: str) -> Callable[[np.ndarray], np.ndarray]:
-    from cnn_flax.export.saved_model import SIGNATURE, native_stderr_silenced
+    from cnn_flax.console import native_stderr_silenced
+    from cnn_flax.export.saved_model import SIGNATURE
     from cnn_flax.tensorflow_cpu import import_tensorflow
 
     tf = import_tensorflow()

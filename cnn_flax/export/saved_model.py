@@ -8,12 +8,9 @@ SavedModel (not constants), as TensorFlow Serving expects. The signature `servin
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import sys
-from collections.abc import Iterator
 
+from cnn_flax.console import native_stderr_silenced
 from cnn_flax.errors import UserError
 from cnn_flax.export.function import TOP_K, InferenceFunction
 from cnn_flax.export.jax_program import PLATFORMS
@@ -72,17 +69,3 @@ def convert_to_tflite(saved_model_dir: str, path: str) -> None:
                                 "the other formats were written (or set --config.export.tflite=False)") from None
     with open(path, "wb") as handle:
         handle.write(flatbuffer)
-
-
-@contextlib.contextmanager
-def native_stderr_silenced() -> Iterator[None]:
-    """File descriptor 2 to /dev/null: for TensorFlow's native code, which Python's own redirection misses."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
