@@ -17,8 +17,8 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (configs
 flags.DEFINE_string("workdir", None, "Where the run writes everything (default: runs/<config name>).")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "summary", "prepare", "predict", "benchmark", "ablate",
                                     "export", "report"], "What to do.")
-flags.DEFINE_string("checkpoint", "latest", "--mode=evaluate: latest, all, or an epoch number; --mode=export: "
-                    "latest or an epoch number.")
+flags.DEFINE_string("checkpoint", "latest", "--mode=evaluate/predict/export: latest, best (by "
+                    "checkpoint.monitor) or an epoch number; --mode=evaluate also all.")
 flags.DEFINE_list("images", [], "--mode=predict: image files, or folders of them (searched recursively), to classify.")
 flags.DEFINE_string("variants", None, "--mode=ablate: 'name:key=value,...;name2:...' (default: the deck's "
                     "extensions: baseline, conv_act_bn, elu).")
@@ -106,7 +106,7 @@ def run() -> int:
     elif FLAGS.mode == "evaluate":
         modes.evaluate(config, workdir, FLAGS.checkpoint)
     elif FLAGS.mode == "predict":
-        modes.predict(config, workdir, FLAGS.images)
+        modes.predict(config, workdir, FLAGS.images, FLAGS.checkpoint)
     elif FLAGS.mode == "benchmark":
         from cnn_flax.benchmark import benchmark
 

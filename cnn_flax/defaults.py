@@ -27,11 +27,28 @@ def base(name: str) -> ml_collections.ConfigDict:
     config.init_epoch = -1
     config.checkpoint_every_epochs = 5
     config.keep_checkpoints = 0  # 0: keep every saved epoch
+    # Best epochs: keep_best of them (by monitor, a history key) beside the keep_checkpoints newest;
+    # --checkpoint=best picks the best saved one. mode: auto (Keras: max for names containing "acc"), min, max.
+    config.checkpoint = ml_collections.ConfigDict(dict(monitor="val_loss", mode="auto", keep_best=0))
+    # Keras's EarlyStopping and ReduceLROnPlateau callbacks, same arguments and defaults (docs/training_controls.md).
+    # baseline: None or a value the monitor must beat; start_from_epoch: epochs never judged at the start.
+    config.early_stopping = ml_collections.ConfigDict(dict(
+        enabled=False, monitor="val_loss", min_delta=0.0, patience=0, mode="auto",
+        baseline=ml_collections.FieldReference(None, field_type=float), restore_best_weights=False,
+        start_from_epoch=0))
+    # The schedule's rate times a factor lowered by `factor` after `patience` epochs without improvement.
+    config.reduce_lr_on_plateau = ml_collections.ConfigDict(dict(
+        enabled=False, monitor="val_loss", factor=0.1, patience=10, mode="auto", min_delta=1e-4, cooldown=0,
+        min_lr=0.0))
     config.log_every_steps = 50
     config.tta = False  # also report horizontal-flip test-time augmentation
 
     config.ema_decay = 0.0  # > 0: also keep (and report) an exponential moving average of the weights
     config.ema_eval = False  # evaluate, predict and export with the moving average (needs ema_decay > 0)
+    config.ema_warmup = True  # decay min(ema_decay, (1 + t)/(10 + t)) at update t, as TF's and timm's EMA
+    # > 0: BatchNorm's running statistics recomputed over this many training batches ("precise BN") for the
+    # final weights and their moving average, wherever they are evaluated, predicted with or exported.
+    config.precise_bn_batches = 0
 
     config.optimizer = ml_collections.ConfigDict(dict(
         name="sgd", learning_rate=0.01, momentum=0.9, nesterov=False, b1=0.9, b2=0.999, eps=1e-7, l2=0.0,

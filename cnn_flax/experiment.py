@@ -139,6 +139,18 @@ def make_optimizer(config: ml_collections.ConfigDict, spe: int) -> tuple[Callabl
     return schedule, with_param_groups(config.optimizer, build_optimizer(config.optimizer, schedule))
 
 
+def make_scaled_optimizer(config: ml_collections.ConfigDict, spe: int) -> Callable[[Any], optax.GradientTransformation]:
+    """`scale -> the optimizer with its schedule's rate times scale`, for ReduceLROnPlateau.
+
+    Called inside the compiled step with the train state's scale: the rate enters each update rule where its
+    learning rate does (inside Keras SGD's velocity, before LARS's momentum), which multiplying the finished
+    update would not; the optimizer state has the same structure whatever the scale.
+    """
+    schedule = build_schedule(config.optimizer, config.schedule, config.num_epochs, spe)
+    return lambda scale: with_param_groups(
+        config.optimizer, build_optimizer(config.optimizer, lambda step: schedule(step) * scale))
+
+
 def preprocessors(exp: Experiment) -> Callable:
     assert exp.info is not None
     return make_preprocess(exp.config.data, exp.info)

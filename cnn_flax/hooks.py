@@ -1,12 +1,15 @@
-"""The hooks of every training run: stop requests, the finite-loss check, history, progress, checkpoints.
+"""The hooks of every training run: stop requests, the finite-loss check, early stopping and lower-on-plateau,
+history, progress, checkpoints.
 
-`cnn_flax.train.fit` calls them in this order, so that at the end of an epoch the history is written
+`cnn_flax.train.fit` calls them in this order, so that at the end of an epoch early stopping and the plateau
+have marked the record (and changed the state) before the history is written, the history is written
 before the checkpoint that it describes, and a stop request is known before the checkpoint decision.
 """
 
 import contextlib
 import logging
 import signal
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -17,6 +20,15 @@ from cnn_flax.errors import UserError
 from cnn_flax.evaluation import plot_history
 from cnn_flax.loop import Hook, LoopState
 from cnn_flax.training.checkpoint import Checkpoints
+from cnn_flax.training.controls import (
+    EarlyStopping,
+    EarlyStoppingState,
+    PlateauState,
+    ReduceLROnPlateau,
+    early_stopping_step,
+    monitored,
+    plateau_step,
+)
 from cnn_flax.training.history import History
 from cnn_flax.training.metrics import NEVER
 from cnn_flax.training.reporting import Reporter
@@ -74,7 +86,87 @@ class StopOnRequest(Hook):
             loop.stop = self.request.agreed()
 
     def on_epoch_end(self, loop: LoopState) -> None:
-        loop.stop = self.request.agreed()
+        loop.stop = self.request.agreed() or loop.stop  # an early stop stands; every process asks all the same
+
+
+class EarlyStop(Hook):
+    """Keras's EarlyStopping at each epoch's end (`controls.early_stopping_step`): ends the run, and with
+    restore_best_weights keeps the best epoch's weights in the train state and puts them back when the run
+    ends (stopped early or at its last epoch, as Keras's on_train_end does), before the final checkpoint.
+
+    Marks in the record: `stopped_early` on the stopping epoch, `restored_epoch` where weights were put back.
+    """
+
+    key = "early_stopping"
+
+    def __init__(self, trainer: "Trainer", options: EarlyStopping, state: EarlyStoppingState | None = None,
+                 history: History | None = None) -> None:
+        """`history`: the run's records, whose best epoch's record describes the weights put back."""
+        self.trainer, self.options, self.state = trainer, options, state or EarlyStoppingState()
+        self.history = history
+
+    def on_epoch_end(self, loop: LoopState) -> None:
+        value = monitored(loop.record, self.options.monitor, "early_stopping")
+        previous = self.state.snapshot_epoch
+        self.state = early_stopping_step(self.options, self.state, loop.epoch, value)
+        if self.options.restore_best_weights and self.state.snapshot_epoch != previous:
+            loop.state = loop.state.replace(best=self.trainer.copy_on_devices(loop.state.weights()))
+        if self.state.stopped_epoch:
+            loop.stop = loop.early_stopped = True
+            loop.record["stopped_early"] = True
+            log.warning("Early stopping after epoch %d: %s did not improve for %d epochs (best %.6g at epoch %d)",
+                        loop.epoch, self.options.monitor, self.state.wait, value if self.state.best is None
+                        else self.state.best, self.state.best_epoch)
+        snapshot = self.state.snapshot_epoch
+        if (self.state.stopped_epoch or loop.epoch == loop.num_epochs) and snapshot and snapshot != loop.epoch:
+            loop.state = loop.state.with_weights(self.trainer.copy_on_devices(loop.state.best))
+            loop.record["restored_epoch"] = snapshot
+            if self.history is not None:
+                loop.weights_record = next((r for r in self.history.records if r["epoch"] == snapshot), None)
+            log.warning("Restored the weights of epoch %d, the best by %s", snapshot, self.options.monitor)
+
+
+class LowerOnPlateau(Hook):
+    """Keras's ReduceLROnPlateau at each epoch's end (`controls.plateau_step`). The rate is lowered by putting
+    a new factor into the train state's `lr_scale`, an array the compiled step reads: no new compilation.
+
+    The plateau's rate is Keras's optimizer rate: optimizer.learning_rate times the factor; the step uses the
+    schedule's rate times the same factor (identical for the constant schedule Keras's callback needs).
+    Marks in the record: `lr_reduced_to` (the new rate) on the epoch after which it was lowered.
+    """
+
+    key = "reduce_lr_on_plateau"
+
+    def __init__(self, trainer: "Trainer", options: ReduceLROnPlateau, state: PlateauState | None = None) -> None:
+        self.trainer, self.options = trainer, options
+        self.base = float(np.float32(trainer.config.optimizer.learning_rate))
+        self.state = state or PlateauState(learning_rate=self.base)
+
+    def on_epoch_end(self, loop: LoopState) -> None:
+        value = monitored(loop.record, self.options.monitor, "reduce_lr_on_plateau")
+        self.state = plateau_step(self.options, self.state, value)
+        if self.state.reduced:
+            scale = np.asarray(self.state.learning_rate / self.base, np.float32)
+            loop.state = loop.state.replace(lr_scale=self.trainer.parallel.put_replicated(scale))
+            loop.record["lr_reduced_to"] = float(f"{self.state.learning_rate:.7g}")
+            log.warning("Epoch %d: %s did not improve for %d epochs; learning rate lowered to %.6g", loop.epoch,
+                        self.options.monitor, self.options.patience, self.state.learning_rate)
+
+
+def control_hooks(trainer: "Trainer", saved: dict[str, Any] | None,
+                  history: History | None = None) -> list[EarlyStop | LowerOnPlateau]:
+    """The enabled controls of the config, continuing from the states `saved` in a checkpoint's meta."""
+    config, saved = trainer.config, saved or {}
+    hooks: list[EarlyStop | LowerOnPlateau] = []
+    if config.early_stopping.enabled:
+        state = saved.get(EarlyStop.key)
+        hooks.append(EarlyStop(trainer, EarlyStopping.from_config(config.early_stopping),
+                               None if state is None else EarlyStoppingState.from_dict(state), history))
+    if config.reduce_lr_on_plateau.enabled:
+        state = saved.get(LowerOnPlateau.key)
+        hooks.append(LowerOnPlateau(trainer, ReduceLROnPlateau.from_config(config.reduce_lr_on_plateau),
+                                    None if state is None else PlateauState.from_dict(state)))
+    return hooks
 
 
 class FiniteLossCheck(Hook):
@@ -135,21 +227,34 @@ class SaveCheckpoints(Hook):
     """An epoch checkpoint every checkpoint_every_epochs, at the last epoch and when stopping; a mid-epoch
     one (state and running metrics) when a run stops inside an epoch, so the same command continues there."""
 
-    def __init__(self, trainer: "Trainer", checkpoints: Checkpoints, every: int) -> None:
+    def __init__(self, trainer: "Trainer", checkpoints: Checkpoints, every: int,
+                 controls: Sequence[EarlyStop | LowerOnPlateau] = ()) -> None:
+        """`controls`: hooks whose state each checkpoint's meta carries, so a resumed run decides as this one."""
         self.trainer, self.checkpoints, self.every = trainer, checkpoints, max(every, 1)
+        self.controls = controls
+
+    def _meta(self, epochs_done: int, batch: int, record: dict[str, Any] | None = None) -> dict[str, Any]:
+        meta = self.trainer.meta(epochs_done, batch)
+        if self.controls:
+            meta["controls"] = {hook.key: hook.state.to_dict() for hook in self.controls}
+        if record is not None:  # what --checkpoint=best and checkpoint.keep_best rank
+            meta["metrics"] = {k: v for k, v in record.items() if isinstance(v, float) and np.isfinite(v)}
+        return meta
 
     def on_epoch_end(self, loop: LoopState) -> None:
         if loop.epoch % self.every == 0 or loop.epoch == loop.num_epochs or loop.stop:
             self.checkpoints.save_epoch(loop.epoch, self.trainer.host_tree(loop.state),
-                                        self.trainer.meta(loop.epoch, 0))
+                                        self._meta(loop.epoch, 0, loop.weights_record or loop.record))
             self.checkpoints.clear_interrupted()
 
     def on_stop(self, loop: LoopState) -> None:
+        if loop.early_stopped:
+            return
         if not loop.mid_epoch:
             log.warning("Stopped after epoch %d; run the same command to continue.", loop.epoch)
             return
         self.checkpoints.save_interrupted(loop.step, self.trainer.host_tree(loop.state, loop.metrics),
-                                          self.trainer.meta(loop.epoch - 1, loop.batch))
+                                          self._meta(loop.epoch - 1, loop.batch))
         log.warning("Stopped in epoch %d after batch %d (step %d); checkpoint saved in %s. "
                     "Run the same command to continue.", loop.epoch, loop.batch, loop.step,
                     self.checkpoints.directory)

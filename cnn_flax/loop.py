@@ -35,6 +35,10 @@ class LoopState:
     train: dict[str, float] | None = None  # the epoch's train metrics on the host, once its steps are done
     record: dict[str, Any] | None = None  # the epoch's history record, at its end
     stop: bool = False  # set by a hook: end the run after this step or epoch
+    early_stopped: bool = False  # set with `stop` by early stopping: the run is finished, not interrupted
+    # The record of the epoch whose weights the state holds at this epoch's end when they are not this epoch's
+    # own (early stopping put the best ones back): what the checkpoint's metrics then describe.
+    weights_record: dict[str, Any] | None = None
 
     @property
     def step(self) -> int:
@@ -96,7 +100,7 @@ def run_epochs(trainer: "Trainer", loop: LoopState, hooks: Sequence[Hook]) -> Lo
         if loop.state.ema:  # the moving average of the weights, scored beside them
             averaged = trainer.evaluator.metrics(loop.state.averaged().variables, "val")
             val.update({f"ema_{k}": v for k, v in averaged.items()})
-        rate = float(trainer.schedule((loop.epoch - 1) * spe))
+        rate = trainer.learning_rate(loop.state, (loop.epoch - 1) * spe)  # the epoch's first step, plateau included
         loop.record = dict(epoch=loop.epoch, learning_rate=float(f"{rate:.7g}"),  # 0.001, not 0.0010000000474974513
                            train_loss=loop.train["loss"], train_accuracy=loop.train["accuracy"],
                            val_loss=val["loss"], val_accuracy=val["accuracy"], seconds=round(time.time() - started, 3),
@@ -107,7 +111,7 @@ def run_epochs(trainer: "Trainer", loop: LoopState, hooks: Sequence[Hook]) -> Lo
             return loop
         loop.epoch, loop.batch = loop.epoch + 1, 0
         loop.metrics = parallel.put_replicated(TrainMetrics.empty())
-        loop.shown = loop.train = loop.record = None
+        loop.shown = loop.train = loop.record = loop.weights_record = None
     return loop
 
 

@@ -18,7 +18,8 @@ from cnn_flax.experiment import NOMINAL_CLASSES, build_experiment, initial_varia
 from cnn_flax.models import init_variables
 from cnn_flax.models.summary import summary_text
 from cnn_flax.run_report import write_run_report
-from cnn_flax.training.checkpoint import Checkpoints, load_variables
+from cnn_flax.training.checkpoint import Checkpoints, checkpoint_epoch, load_variables
+from cnn_flax.training.controls import plateau_maximizes
 from cnn_flax.training.optim import describe_optimizer, learning_rate_plan
 
 log = logging.getLogger("cnn_flax")
@@ -65,7 +66,8 @@ def prepare(config: ml_collections.ConfigDict, overwrite: bool = False) -> list[
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "latest") -> dict[str, Any]:
-    """Evaluate the latest checkpoint, a given epoch, or every saved epoch ('all') on `eval_split`.
+    """Evaluate the latest checkpoint, the best (by checkpoint.monitor), a given epoch, or every saved epoch
+    ('all') on `eval_split`.
 
     Only the weights are read from the checkpoints, so no optimizer is built and any optimizer's run works;
     with `ema_eval`, the moving average of the weights that the run kept.
@@ -94,10 +96,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = 
             else:
                 raise UserError(f"no checkpoint in {checkpoints.directory} and no init_from; train first or set "
                                 "--config.init_from")
-        elif checkpoint.isdigit():
-            variables = checkpoints.restore_variables(int(checkpoint), template, config.ema_eval)
+        elif checkpoint == "best" or checkpoint.isdigit():
+            epoch = checkpoints.resolve(checkpoint, *_monitor(config))
+            log.info("Evaluating the checkpoint of epoch %d", epoch)
+            variables = checkpoints.restore_variables(epoch, template, config.ema_eval)
         else:
-            raise UserError(f"--checkpoint={checkpoint!r}: use latest, all or an epoch number")
+            raise UserError(f"--checkpoint={checkpoint!r}: use latest, best, all or an epoch number")
     finally:
         checkpoints.close()
     results = evaluator.report(evaluator.on_devices(variables), files)
@@ -129,12 +133,21 @@ def _evaluate_every_epoch(evaluator: Evaluator, checkpoints: Checkpoints, templa
     return {"epochs": rows}
 
 
-def _inference_variables(config: ml_collections.ConfigDict, workdir: str, exp) -> dict[str, Any]:
-    """The latest checkpoint of the workdir if there is one, else the weights of init_from."""
+def _monitor(config: ml_collections.ConfigDict) -> tuple[str, bool]:
+    """checkpoint.monitor and whether greater is better: what --checkpoint=best ranks by."""
+    return config.checkpoint.monitor, plateau_maximizes(config.checkpoint.monitor, config.checkpoint.mode)
+
+
+def _inference_variables(config: ml_collections.ConfigDict, workdir: str, exp,
+                         checkpoint: str = "latest") -> dict[str, Any]:
+    """The `checkpoint` (latest, best or an epoch number) of the workdir if it has any, else init_from's weights."""
     directory = RunFiles(workdir).checkpoints
     if os.path.isdir(directory) and Checkpoints(directory).saved_epochs():
         template = jax.eval_shape(lambda: init_variables(exp.model, jax.random.key(0), exp.input_shape))
-        return load_variables(workdir, template, ema=config.ema_eval)
+        epoch = checkpoint_epoch(workdir, checkpoint, config.checkpoint.monitor, config.checkpoint.mode)
+        return load_variables(os.path.join(directory, f"epoch_{epoch}"), template, ema=config.ema_eval)
+    if checkpoint != "latest":
+        raise UserError(f"--checkpoint={checkpoint}: no checkpoint in {directory}; train first")
     if config.init_from:
         if config.ema_eval:
             raise UserError("ema_eval (--ema): init_from weights carry no moving average; drop --ema")
@@ -142,7 +155,8 @@ def _inference_variables(config: ml_collections.ConfigDict, workdir: str, exp) -
     raise UserError(f"no checkpoint in {directory} and no init_from; train first or set --config.init_from")
 
 
-def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -> list[dict[str, Any]]:
+def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str],
+            checkpoint: str = "latest") -> list[dict[str, Any]]:
     """Top-5 classes of image files and of every image under folders, into predictions.json and .csv.
 
     Keras's 'caffe' preprocessing and ImageNet's class names for ImageNet configs; a folder dataset's class
@@ -154,7 +168,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -
     files = image_files(paths)
     caffe = config.data.normalize == "caffe"
     exp = build_experiment(config, need_data=not caffe or config.data.name == "folder")
-    variables = _inference_variables(config, workdir, exp)
+    variables = _inference_variables(config, workdir, exp, checkpoint)
     if caffe and exp.info is None:
         from cnn_flax.pretrained import caffe_preprocess, imagenet_class_names
 

@@ -27,12 +27,22 @@ from cnn_flax.data.augment_modern import make_mixing
 from cnn_flax.engine import Engine, RunFiles
 from cnn_flax.errors import UserError
 from cnn_flax.evaluator import Evaluator
-from cnn_flax.experiment import initial_state, make_optimizer, steps_per_epoch
-from cnn_flax.hooks import FiniteLossCheck, Report, SaveCheckpoints, StopOnRequest, StopRequest, WriteHistory
+from cnn_flax.experiment import initial_state, make_optimizer, make_scaled_optimizer, steps_per_epoch
+from cnn_flax.hooks import (
+    EarlyStop,
+    FiniteLossCheck,
+    Report,
+    SaveCheckpoints,
+    StopOnRequest,
+    StopRequest,
+    WriteHistory,
+    control_hooks,
+)
 from cnn_flax.loop import Hook, LoopState, run_epochs
 from cnn_flax.models import init_variables
 from cnn_flax.run_report import write_run_report
-from cnn_flax.training.checkpoint import Checkpoints
+from cnn_flax.training.checkpoint import Checkpoints, KeepBest
+from cnn_flax.training.controls import plateau_maximizes
 from cnn_flax.training.history import History
 from cnn_flax.training.metrics import TrainMetrics
 from cnn_flax.training.reporting import Reporter
@@ -68,11 +78,15 @@ class Trainer(Engine):
         super().__init__(config)
         self.spe = steps_per_epoch(config, self.exp.source)
         self.schedule, self.tx = make_optimizer(config, self.spe)
+        # ReduceLROnPlateau's factor lives in the train state; restore_best_weights keeps a copy of the weights there.
+        self.lr_scaled = bool(config.reduce_lr_on_plateau.enabled)
+        self.keeps_best = bool(config.early_stopping.enabled and config.early_stopping.restore_best_weights)
         self.train_step = self.compile("train", make_train_step(
             self.exp.model, self.tx, self.preprocess, seed=config.seed, aux_weight=config.loss.aux_weight,
             l2=config.optimizer.l2, label_smoothing=config.loss.label_smoothing,
-            accum_steps=config.optimizer.accum_steps, ema_decay=config.ema_decay, axis_name=self.parallel.axis_name,
-            mixing=make_mixing(config.data), freeze=config.optimizer.freeze))
+            accum_steps=config.optimizer.accum_steps, ema_decay=config.ema_decay, ema_warmup=config.ema_warmup,
+            axis_name=self.parallel.axis_name, mixing=make_mixing(config.data), freeze=config.optimizer.freeze,
+            scaled_tx=make_scaled_optimizer(config, self.spe) if self.lr_scaled else None))
         self.evaluator = Evaluator(self)
 
     def template(self) -> dict[str, Any]:
@@ -85,7 +99,19 @@ class Trainer(Engine):
 
     def new_state(self, variables: dict[str, Any]) -> TrainState:
         """A fresh train state; it keeps a moving average of the weights when ema_decay > 0."""
-        return TrainState.create(variables, self.tx, ema=bool(self.config.ema_decay))
+        return TrainState.create(variables, self.tx, ema=bool(self.config.ema_decay), lr_scale=self.lr_scaled,
+                                 best=self.keeps_best)
+
+    def learning_rate(self, state: TrainState, step: int) -> float:
+        """The rate the step `step` (0-based) uses: the schedule's, times ReduceLROnPlateau's factor."""
+        rate = np.float32(self.schedule(step))
+        if self.lr_scaled:
+            rate = rate * np.float32(self.parallel.fetch(state.lr_scale))
+        return float(rate)
+
+    def copy_on_devices(self, tree: Any) -> Any:
+        """A copy of device arrays in new buffers placed as the state's are (the step donates the state's own)."""
+        return self.parallel.put_replicated(self.parallel.fetch(tree))
 
     def host_tree(self, state: TrainState, metrics: TrainMetrics | None = None) -> dict[str, Any]:
         """What a checkpoint holds: the state, and the epoch's running metrics when saved mid-epoch."""
@@ -96,7 +122,8 @@ class Trainer(Engine):
         """A checkpoint's description: its position in the data order and the model it belongs to."""
         return dict(epoch=epochs_done, batch=batch, step=epochs_done * self.spe + batch, steps_per_epoch=self.spe,
                     batch_size=self.config.batch_size, model=self.exp.model_config,
-                    input_shape=list(self.exp.input_shape), ema=bool(self.config.ema_decay))
+                    input_shape=list(self.exp.input_shape), ema=bool(self.config.ema_decay),
+                    lr_scale=self.lr_scaled, best_weights=self.keeps_best)
 
     def check_same_run(self, meta: dict[str, Any], workdir: str) -> None:
         """Refuse another run's checkpoints before reading them: their parameters would not fit this model."""
@@ -111,6 +138,12 @@ class Trainer(Engine):
         if meta.get("ema", False) != bool(config.ema_decay):  # the train state has another shape
             raise UserError(f"{workdir} holds checkpoints {'with' if meta.get('ema') else 'without'} a moving average "
                             "of the weights; keep ema_decay as it was (0 or not) or use another --workdir")
+        for key, option in (("lr_scale", "reduce_lr_on_plateau.enabled"),
+                            ("best_weights", "early_stopping.restore_best_weights")):
+            if meta.get(key, False) != getattr(self, "lr_scaled" if key == "lr_scale" else "keeps_best"):
+                raise UserError(f"{workdir} holds checkpoints {'with' if meta.get(key) else 'without'} {option} "
+                                "(its train state has another shape); keep the setting it was trained with or use "
+                                "another --workdir")
         if meta["batch"] and (meta["steps_per_epoch"], meta["batch_size"]) != (self.spe, config.batch_size):
             raise UserError(f"{workdir} was interrupted mid-epoch with batch_size={meta['batch_size']} and "
                             f"{meta['steps_per_epoch']} steps per epoch; resume with the same values")
@@ -135,27 +168,45 @@ class Trainer(Engine):
         return state, TrainMetrics.empty(), self.meta(epochs_done, 0)
 
 
+def keep_best(config: ml_collections.ConfigDict) -> KeepBest | None:
+    """config.checkpoint's best-epoch policy, or None when keep_best is 0."""
+    options = config.checkpoint
+    if options.keep_best < 0:
+        raise UserError(f"checkpoint.keep_best={options.keep_best} must be 0 (off) or a number of epochs")
+    if options.mode not in ("auto", "min", "max"):
+        raise UserError(f"checkpoint.mode={options.mode!r} is not known; use auto, min or max")
+    if not options.keep_best:
+        return None
+    return KeepBest(options.monitor, plateau_maximizes(options.monitor, options.mode), options.keep_best)
+
+
 def fit(trainer: Trainer, files: RunFiles, reporter: Reporter, hooks: Sequence[Hook] = ()) -> LoopState:
     """The epochs of a run in `files.workdir`, resuming from its checkpoints; `hooks` run after the run's own.
 
-    The returned state has `stop` set when a signal ended the run early (a checkpoint was saved first).
+    The returned state has `stop` set when a signal ended the run early (a checkpoint was saved first), and
+    `stop` with `early_stopped` when early stopping finished it (then or in the run it resumes).
     """
     config = trainer.config
     if files.is_writer:
         os.makedirs(files.workdir, exist_ok=True)
     files.write_json("config.json", config.to_dict())
     checkpoints = Checkpoints(files.checkpoints, config.keep_checkpoints or None,
-                              check=lambda meta: trainer.check_same_run(meta, files.workdir))
+                              check=lambda meta: trainer.check_same_run(meta, files.workdir), best=keep_best(config))
     try:
         state, metrics, meta = trainer.restore_or_init(checkpoints)
         history = History.load(files.path("history.json")).truncate(meta["epoch"])
         loop = LoopState(epoch=meta["epoch"] + 1, batch=meta["batch"], num_epochs=config.num_epochs,
                          steps_per_epoch=trainer.spe, state=trainer.parallel.put_replicated(state),
                          metrics=trainer.parallel.put_replicated(metrics))
+        controls = control_hooks(trainer, meta.get("controls"), history)
+        if any(isinstance(hook, EarlyStop) and hook.state.stopped_epoch for hook in controls):
+            log.info("The run stopped early after epoch %d; nothing left to train", meta["epoch"])
+            loop.stop = loop.early_stopped = True
+            return loop
         with StopRequest() as request:
-            own = [FiniteLossCheck(checkpoints), WriteHistory(history, files), Report(reporter),
+            own = [FiniteLossCheck(checkpoints), *controls, WriteHistory(history, files), Report(reporter),
                    StopOnRequest(request, config.log_every_steps),
-                   SaveCheckpoints(trainer, checkpoints, config.checkpoint_every_epochs)]
+                   SaveCheckpoints(trainer, checkpoints, config.checkpoint_every_epochs, controls)]
             return run_epochs(trainer, loop, [*own, *hooks])
     finally:
         checkpoints.close()
@@ -167,7 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     reporter = Reporter(workdir, config.wandb, config.to_dict())
     try:
         loop = fit(trainer, files, reporter)
-        if loop.stop:
+        if loop.stop and not loop.early_stopped:
             return TrainResult(workdir, interrupted=True, is_writer=files.is_writer)
         averaged = loop.state.averaged().variables if loop.state.ema else None
         metrics = trainer.evaluator.report(loop.state.variables, files, averaged)

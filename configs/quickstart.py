@@ -4,7 +4,12 @@
 
 The 1,797 8x8 digits ship inside scikit-learn; they are upsampled to 32x32x3 and split 75/25, stratified.
 Small random rotations, shifts and zooms (on the device) keep the 99%-train-accuracy network honest.
-Expected: about 3 minutes on a 2-core CPU, test accuracy 0.95–0.98 (0.973 measured here).
+Expected: about 3 minutes on a 2-core CPU, test accuracy 0.98–0.995 (0.9933 measured here).
+
+BatchNorm momentum 0.9, not Keras's 0.99 that the deck's configs keep: this is not a deck experiment, and
+with 0.99 its ~40 steps per epoch leave the running statistics near their initial values for the first
+epochs (validation loss 26.96 after epoch 1, validation accuracy swinging 0.87 → 0.95 → 0.87). With 0.9 the
+first epoch already validates at 0.947 and the curve rises smoothly (0.9933 test accuracy against 0.98).
 Leaves in runs/quickstart: config.json, history.json, training.png, checkpoints/epoch_N, TensorBoard
 events, metrics.json, report.txt, confusion_matrix.png, predictions.png.
 """
@@ -21,7 +26,7 @@ def get_config():
     config.data.update(dict(name="digits", image_size=32, normalize="scale"))
     config.data.augment.update(dict(rotation=10.0, zoom=0.1, width_shift=0.1, height_shift=0.1))
     config.model.update(dict(name="minivgg", num_classes=-1, bn_order="conv_act_bn",
-                             bn_momentum=0.99, activation="relu"))
+                             bn_momentum=0.9, activation="relu"))
     config.optimizer.update(dict(name="sgd", learning_rate=0.01, momentum=0.9, nesterov=True))
     config.schedule.update(dict(name="keras_time_decay", decay=0.01 / config.num_epochs))
     return config

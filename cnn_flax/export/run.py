@@ -20,14 +20,14 @@ from cnn_flax.export.function import build_inference_function
 from cnn_flax.export.write import check_destination, write_export
 from cnn_flax.models import create_model, init_traced
 from cnn_flax.predict import image_decoding
-from cnn_flax.training.checkpoint import Checkpoints, load_variables
+from cnn_flax.training.checkpoint import Checkpoints, checkpoint_epoch, load_variables
 
 EXPORT_FOLDER = "export"
 
 
 def export_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "latest",
                overwrite: bool = False) -> dict[str, Any]:
-    """Write WORKDIR/export from `checkpoint` ('latest' or an epoch number); returns the export.json content."""
+    """Write WORKDIR/export from `checkpoint` ('latest', 'best' or an epoch number); returns export.json's content."""
     if jax.process_count() > 1:
         raise UserError("--mode=export writes one folder from one process; run it without --num_processes")
     directory = os.path.join(workdir, EXPORT_FOLDER)
@@ -76,13 +76,11 @@ def _weights(config: ml_collections.ConfigDict, workdir: str, exp, model,
                             "--config.init_from=FILE.h5")
         epoch = epochs[-1]
     else:
-        try:
-            epoch = int(checkpoint)
-        except ValueError:
-            raise UserError(f"--checkpoint={checkpoint!r}: --mode=export takes latest or an epoch number") from None
-        if epoch not in epochs:
-            raise UserError(f"--checkpoint={epoch}: no such epoch in {directory} (saved: "
-                            f"{', '.join(map(str, epochs)) or 'none'})")
+        if checkpoint != "best" and not checkpoint.isdigit():
+            raise UserError(f"--checkpoint={checkpoint!r}: --mode=export takes latest, best or an epoch number")
+        if not epochs:
+            raise UserError(f"--checkpoint={checkpoint}: no checkpoint in {directory}; train first")
+        epoch = checkpoint_epoch(workdir, checkpoint, config.checkpoint.monitor, config.checkpoint.mode)
     path = os.path.join(directory, f"epoch_{epoch}")
     template = jax.eval_shape(lambda: init_traced(model, exp.input_shape, jax.random.key(0)))
     source = {"checkpoint": os.path.abspath(path), "epoch": epoch}

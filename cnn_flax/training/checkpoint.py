@@ -5,11 +5,18 @@ Orbax writes into a temporary folder and renames it only when complete, so a cra
 checkpoint that looks whole. A checkpoint that exists but cannot be read is reported and skipped in
 favour of the previous good one; it is never used silently. Each checkpoint carries a small JSON
 `meta` (epoch, position inside the epoch, step, model config) so that resuming can check that the
-workdir belongs to the same model and knows exactly where in the data order to continue.
+workdir belongs to the same model and knows exactly where in the data order to continue; an epoch's meta
+also holds that epoch's history record (`metrics`), which `--checkpoint=best` ranks.
+
+Which epochs are kept is Orbax's preservation policy: the newest `keep` (LatestN) and, with `KeepBest`, the
+best K by a monitored history key (BestN, over the metrics Orbax stores beside each checkpoint); an epoch
+either policy keeps survives (AnyPreservationPolicy), as Keras's save_best_only and timm's model_best do.
 """
 
 import contextlib
+import dataclasses
 import logging
+import math
 import os
 import re
 import shutil
@@ -22,8 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
+from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
 from cnn_flax.errors import UserError
+from cnn_flax.training.controls import plateau_maximizes
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +41,43 @@ def _first_line(error: Exception) -> str:
     return (str(error).splitlines() or [type(error).__name__])[0][:200]
 
 
-def _manager(directory: str, prefix: str, keep: int | None) -> ocp.CheckpointManager:
+@dataclasses.dataclass(frozen=True)
+class KeepBest:
+    """Keep the `count` best epochs by the history key `monitor` (greater is better with `maximize`)."""
+
+    monitor: str
+    maximize: bool
+    count: int
+
+    def rank(self, metrics: Any) -> float:
+        """The sort key of a checkpoint's metrics, greater better; a missing or non-finite value ranks last."""
+        value = (metrics or {}).get(self.monitor)
+        if value is None or not math.isfinite(float(value)):
+            return -math.inf
+        return float(value) if self.maximize else -float(value)
+
+
+def best_epoch(metrics_by_epoch: dict[int, dict[str, Any] | None], monitor: str, maximize: bool) -> int | None:
+    """The epoch whose metrics rank best by `monitor` (the earliest on a tie, as Keras keeps the first best);
+    None when no epoch has a finite value of it."""
+    policy = KeepBest(monitor, maximize, 1)
+    ranked = [(policy.rank(metrics), -epoch) for epoch, metrics in metrics_by_epoch.items()]
+    if not ranked or max(ranked)[0] == -math.inf:
+        return None
+    return -max(ranked)[1]
+
+
+def _manager(directory: str, prefix: str, keep: int | None, best: KeepBest | None = None) -> ocp.CheckpointManager:
     # cleanup_tmp_directories: a save killed half-way leaves a temporary folder as big as a checkpoint;
     # it is never taken for one, and the next run removes it instead of letting it fill the disk.
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, step_prefix=prefix, create=True,
+    policy: dict[str, Any] = dict(max_to_keep=keep)
+    if best is not None and best.count and keep:
+        # best_fn makes Orbax store each save's metrics; the policy then keeps the newest and the best.
+        policy = dict(best_fn=best.rank, best_mode="max", preservation_policy=preservation.AnyPreservationPolicy([
+            preservation.LatestN(n=keep),
+            preservation.BestN(get_metric_fn=best.rank, reverse=False, n=best.count,
+                               keep_checkpoints_without_metrics=False)]))
+    options = ocp.CheckpointManagerOptions(**policy, step_prefix=prefix, create=True,
                                            enable_async_checkpointing=False, cleanup_tmp_directories=True)
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
@@ -110,9 +152,10 @@ class _OrbaxErrors(logging.Filter):
 _ORBAX_THREADS_AFTER_FAILURE = _OrbaxErrors()
 
 
-def write_checkpoint(manager: ocp.CheckpointManager, number: int, args: ocp.args.Composite) -> None:
+def write_checkpoint(manager: ocp.CheckpointManager, number: int, args: ocp.args.Composite,
+                     metrics: dict[str, float] | None = None) -> None:
     """Writes one checkpoint completely: the one place where checkpoint bytes go to disk (tests fail it here)."""
-    manager.save(number, args=args, force=True)
+    manager.save(number, args=args, force=True, metrics=metrics)
     manager.wait_until_finished()
 
 
@@ -139,27 +182,34 @@ class Checkpoints:
     """Epoch checkpoints and the interrupted-run checkpoint of one workdir."""
 
     def __init__(self, directory: str, keep: int | None = None,
-                 check: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 check: Callable[[dict[str, Any]], None] | None = None, best: KeepBest | None = None) -> None:
         """`check(meta)` runs before a checkpoint is restored and raises if it belongs to another run: another
-        model's parameters would not fit the template and must not be mistaken for a corrupt checkpoint."""
+        model's parameters would not fit the template and must not be mistaken for a corrupt checkpoint.
+        `best` keeps the best epochs beside the `keep` newest (with `keep` None every epoch is kept anyway)."""
         self.directory = directory
         self.check = check
-        self.epochs = _manager(directory, "epoch", keep or None)
+        self.epochs = _manager(directory, "epoch", keep or None, best)
         self.interrupted = _manager(os.path.join(directory, "interrupted"), "step", 1)
 
     def save_epoch(self, epoch: int, state: Any, meta: dict[str, Any]) -> None:
-        self._save(self.epochs, epoch, state, meta)
+        """`meta["metrics"]`, the epoch's history record, is also what the best-epoch policy ranks."""
+        metrics = {k: float(v) for k, v in meta.get("metrics", {}).items() if isinstance(v, int | float)}
+        self._save(self.epochs, epoch, state, meta, metrics or None)
 
     def save_interrupted(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         self._save(self.interrupted, step, state, meta)
 
     @staticmethod
-    def _save(manager: ocp.CheckpointManager, number: int, state: Any, meta: dict[str, Any]) -> None:
+    def _save(manager: ocp.CheckpointManager, number: int, state: Any, meta: dict[str, Any],
+              metrics: dict[str, float] | None = None) -> None:
         args = ocp.args.Composite(state=ocp.args.StandardSave(serialization.to_state_dict(state)),
                                   meta=ocp.args.JsonSave(meta))
         try:
             with _raised_not_logged():
-                write_checkpoint(manager, number, args)
+                if metrics is None:  # the call the reliability tests intercept keeps its three arguments
+                    write_checkpoint(manager, number, args)
+                else:
+                    write_checkpoint(manager, number, args, metrics)
         except Exception as error:
             reason = _storage_problem(error)
             if reason is None:
@@ -173,6 +223,41 @@ class Checkpoints:
 
     def saved_epochs(self) -> list[int]:
         return sorted(self.epochs.all_steps())
+
+    def best_saved_epoch(self, monitor: str, maximize: bool) -> int:
+        """The saved epoch with the best `monitor` value in its meta's history record (`--checkpoint=best`)."""
+        saved = self.saved_epochs()
+        if not saved:
+            raise UserError(f"no epoch checkpoints in {self.directory}; train first")
+        metrics = {}
+        for epoch in saved:
+            try:
+                metrics[epoch] = self.read_meta(self.epochs, epoch).get("metrics")
+            except Exception as error:  # noqa: BLE001 - a damaged checkpoint is named, never ranked
+                log.warning("Skipping unreadable checkpoint %s (%s)", self._name(self.epochs, epoch),
+                            _first_line(error))
+        epoch = best_epoch(metrics, monitor, maximize)
+        if epoch is None:
+            raise UserError(f"no checkpoint in {self.directory} records {monitor!r} (checkpoint.monitor); they were "
+                            "saved before checkpoints kept their epoch's metrics, or the key is not in the history. "
+                            "Give an epoch number instead (--checkpoint=N)")
+        return epoch
+
+    def resolve(self, which: str, monitor: str = "val_loss", maximize: bool = False) -> int:
+        """The epoch `--checkpoint` names: 'latest', 'best' (by `monitor`) or an epoch number."""
+        saved = self.saved_epochs()
+        if which == "best":
+            return self.best_saved_epoch(monitor, maximize)
+        if which == "latest":
+            if not saved:
+                raise UserError(f"no epoch checkpoints in {self.directory}; train first")
+            return saved[-1]
+        if not which.isdigit():
+            raise UserError(f"--checkpoint={which!r}: use latest, best or an epoch number")
+        if int(which) not in saved:
+            raise UserError(f"--checkpoint={which}: no such epoch in {self.directory} (saved: "
+                            f"{', '.join(map(str, saved)) or 'none'})")
+        return int(which)
 
     def read_meta(self, manager: ocp.CheckpointManager, number: int) -> dict[str, Any]:
         return manager.restore(number, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -348,3 +433,16 @@ def load_variables(path: str, template: dict[str, Any], ema: bool = False) -> di
         checkpoints.close()
     log.info("Read the weights of epoch %d in %s", epoch, directory)
     return variables
+
+
+def checkpoint_epoch(workdir: str, which: str = "latest", monitor: str = "val_loss", mode: str = "auto") -> int:
+    """The epoch of `workdir` that `which` names: 'latest', 'best' or an epoch number.
+
+    'best' ranks the saved epochs by the history key `monitor` (config.checkpoint.monitor); mode 'auto' is
+    Keras's ModelCheckpoint rule (greater is better for names containing 'acc').
+    """
+    checkpoints = Checkpoints(os.path.join(os.path.abspath(workdir), "checkpoints"))
+    try:
+        return checkpoints.resolve(which, monitor, plateau_maximizes(monitor, mode))
+    finally:
+        checkpoints.close()

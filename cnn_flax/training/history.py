@@ -12,7 +12,10 @@ from typing import Any
 from cnn_flax.atomic import write_json
 
 FIELDS = ("epoch", "learning_rate", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
-OPTIONAL_FIELDS = ("ema_val_loss", "ema_val_accuracy")  # runs with a moving average of the weights
+OPTIONAL_FIELDS = ("ema_val_loss", "ema_val_accuracy",  # runs with a moving average of the weights
+                   # marks of the training controls: the rate lowered after this epoch (ReduceLROnPlateau), the
+                   # epoch early stopping ended the run, the best epoch whose weights were put back at the end.
+                   "lr_reduced_to", "stopped_early", "restored_epoch")
 
 
 def _finite(value: Any) -> Any:
