@@ -135,7 +135,8 @@ def test_an_early_stopped_run_stays_finished_and_another_setup_is_refused(contro
 
 ARGS = ["--config", "configs/quickstart.py", "--config.data.image_size=16", "--config.batch_size=32",
         "--config.steps_per_epoch=6", "--config.num_epochs=7", "--config.log_every_steps=1", "--config.eval_steps=2",
-        "--config.checkpoint_every_epochs=1", "--config.optimizer.learning_rate=0.02", "--config.schedule.name=constant",
+        "--config.checkpoint_every_epochs=1", "--config.optimizer.learning_rate=0.02",
+        "--config.schedule.name=constant",
         *[f"--config.{key}={value}" for key, value in CONTROLS.items()],
         "--config.early_stopping.patience=4", "--config.early_stopping.min_delta=0.05",
         "--config.reduce_lr_on_plateau.min_delta=0.05"]
