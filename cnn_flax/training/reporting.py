@@ -1,5 +1,8 @@
 """What a run reports while it trains: a progress bar, one line per epoch, TensorBoard scalars, optional W&B.
 
+W&B sees one run per workdir: its id is kept in WORKDIR/wandb_run_id.txt and a resumed run continues it
+(`resume="allow"`), as the deck's stop-and-resume workflow is one experiment.
+
 Only process 0 writes files or prints; other processes write nothing to the terminal. On a terminal each
 epoch has a tqdm bar that stays on screen when the epoch ends, with the epoch's one-line summary under it.
 Where the output is not a terminal (CI logs, a file, nohup) there are no bars at all — carriage returns
@@ -9,13 +12,18 @@ every `log_every_steps` steps, never every step, so the bar does not stall the a
 """
 
 import logging
+import os
+import secrets
+import string
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import jax
 from tqdm import tqdm
 
+from cnn_flax.atomic import write_text
 from cnn_flax.training.tensorboard import ScalarWriter
 
 log = logging.getLogger("cnn_flax")
@@ -71,8 +79,10 @@ class Reporter:
         if self.is_writer and wandb_config is not None and wandb_config.enabled:
             import wandb  # optional dependency: `pip install cnn_flax[wandb]`
 
+            # One W&B run per workdir: a resumed run continues the run its first start opened.
             self.wandb = wandb.init(project=wandb_config.project, name=wandb_config.name or None,
-                                    config=run_config, dir=workdir, mode=wandb_config.mode or None, reinit=True)
+                                    config=run_config, dir=workdir, mode=wandb_config.mode or None, reinit=True,
+                                    id=wandb_run_id(workdir), resume="allow")
 
     @property
     def stream(self) -> TextIO:
@@ -137,6 +147,30 @@ class Reporter:
             self.writer.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+WANDB_RUN_ID_FILE = "wandb_run_id.txt"
+
+
+def _new_run_id() -> str:
+    """Eight lowercase letters and digits, the form of W&B's own run ids."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def wandb_run_id(workdir: str, new_id: Callable[[], str] = _new_run_id) -> str:
+    """The W&B run id of `workdir`: the one its first run stored in wandb_run_id.txt, else `new_id()`, stored."""
+    path = os.path.join(workdir, WANDB_RUN_ID_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            stored = handle.read().strip()
+    except FileNotFoundError:
+        stored = ""
+    if stored:
+        return stored
+    run_id = new_id()
+    os.makedirs(workdir, exist_ok=True)
+    write_text(path, run_id + "\n")
+    return run_id
 
 
 def _is_terminal(stream: TextIO) -> bool:
