@@ -11,6 +11,7 @@ compiled again (a changed shape or dtype), which costs seconds to minutes each t
 import collections
 import dataclasses
 import functools
+import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -20,7 +21,10 @@ import jax
 import ml_collections
 
 from cnn_flax.atomic import write_json, write_text
+from cnn_flax.errors import UserError
 from cnn_flax.experiment import build_experiment, preprocessors, setup_parallel
+
+log = logging.getLogger("cnn_flax")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +74,7 @@ class Engine:
         self.preprocess = preprocessors(self.exp)
         self._on_device: dict[str, Any] = {}  # split -> OnDeviceBatches, loaded on first use
         self._traces: collections.Counter[str] = collections.Counter()
+        self._precise_bn: dict[Any, Any] = {}  # compiled precise-BN steps, made on first use
 
     # -- compiled steps -------------------------------------------------------------------------------
     def compile(self, name: str, step: Callable, donate: tuple[int, ...] = (0, 2)) -> Callable:
@@ -110,9 +115,48 @@ class Engine:
             self._on_device[split] = OnDeviceBatches(*self.exp.source.arrays(split), self.parallel.mesh)
         return self._on_device[split].batches(config.batch_size, **options)
 
+    def precise_batch_stats(self, variables: dict[str, Any], num_batches: int | None = None) -> dict[str, Any]:
+        """`variables` (on the devices) with BatchNorm's running statistics recomputed over the first
+        `num_batches` (default: config.precise_bn_batches) shuffled training batches (training/batch_norm.py);
+        unchanged for 0 or a model without BatchNorm."""
+        from cnn_flax.training.batch_norm import average_batch_stats, make_batch_stats_step
+
+        count = int(self.config.precise_bn_batches if num_batches is None else num_batches)
+        if count < 0:
+            raise UserError(f"precise_bn_batches={count} must be 0 (off) or a number of training batches")
+        if not count or not jax.tree_util.tree_leaves(variables.get("batch_stats", {})):
+            return variables
+        if "precise_bn" not in self._precise_bn:
+            model, accum = self.exp.model, self.config.optimizer.accum_steps
+            for start in (0.0, 1.0):
+                step = make_batch_stats_step(model, self.preprocess, accum_steps=accum, start=start)
+                self._precise_bn[start] = self.compile(f"precise_bn_{start:g}", step, donate=())
+            self._precise_bn["precise_bn"] = True
+        batches = self.batches("train", shuffle=True, epoch=0, drop_remainder=True)
+        updates, probe = [], None
+        for _, batch in zip(range(count), device_prefetch(batches, self.parallel.put_batch), strict=False):
+            updates.append(self._precise_bn[0.0](variables, batch))
+            if probe is None:
+                probe = self._precise_bn[1.0](variables, batch)
+        if len(updates) < count:
+            log.warning("precise_bn_batches=%d: the train split has %d batches of %d; used them all", count,
+                        len(updates), self.config.batch_size)
+        stats = average_batch_stats(updates, updates[0], probe)
+        return {**variables, "batch_stats": self.parallel.put_replicated(self.parallel.fetch(stats))}
+
     def eval_batches(self, split: str) -> Iterator[dict]:
         """The split in order on the devices, padded rows masked; only the first eval_steps when that is > 0."""
         batches = self.batches(split, shuffle=False, epoch=0, drop_remainder=False)
         if self.config.eval_steps > 0:
             batches = (b for _, b in zip(range(self.config.eval_steps), batches, strict=False))
         return device_prefetch(batches, self.parallel.put_batch)
+
+
+def precise_host_variables(config: ml_collections.ConfigDict, variables: dict[str, Any]) -> dict[str, Any]:
+    """Host `variables` with config.precise_bn_batches' recomputed BatchNorm statistics (as they are for 0):
+    what predict and export use, which read weights without an Engine of their own."""
+    if not config.precise_bn_batches:
+        return variables
+    engine = Engine(config)
+    on_devices = engine.precise_batch_stats(engine.parallel.put_replicated(variables))
+    return engine.parallel.fetch(on_devices)

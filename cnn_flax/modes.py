@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from cnn_flax.engine import RunFiles
+from cnn_flax.engine import RunFiles, precise_host_variables
 from cnn_flax.errors import UserError
 from cnn_flax.evaluation import epoch_table, write_evaluation
 from cnn_flax.evaluator import Evaluator
@@ -104,7 +104,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = 
             raise UserError(f"--checkpoint={checkpoint!r}: use latest, best, all or an epoch number")
     finally:
         checkpoints.close()
-    results = evaluator.report(evaluator.on_devices(variables), files)
+    results = evaluator.report(evaluator.engine.precise_batch_stats(evaluator.on_devices(variables)), files)
     if files.is_writer:
         print(f"{config.eval_split}: rank-1 {results['rank1']:.4f}  rank-5 {results['rank5']:.4f}  "
               f"loss {results['loss']:.4f}")
@@ -120,8 +120,8 @@ def _evaluate_every_epoch(evaluator: Evaluator, checkpoints: Checkpoints, templa
         raise UserError(f"no epoch checkpoints in {checkpoints.directory}; train first")
     rows = []
     for epoch in epochs:
-        variables = evaluator.on_devices(checkpoints.restore_variables(epoch, template,
-                                                                       evaluator.engine.config.ema_eval))
+        variables = evaluator.engine.precise_batch_stats(evaluator.on_devices(
+            checkpoints.restore_variables(epoch, template, evaluator.engine.config.ema_eval)))
         values = evaluator.scores(variables, evaluator.engine.config.eval_split)
         rows.append(dict(epoch=epoch, **values))
         log.info("epoch %d: rank-1 %.4f rank-5 %.4f loss %.4f", epoch, values["rank1"], values["rank5"],
@@ -168,7 +168,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str],
     files = image_files(paths)
     caffe = config.data.normalize == "caffe"
     exp = build_experiment(config, need_data=not caffe or config.data.name == "folder")
-    variables = _inference_variables(config, workdir, exp, checkpoint)
+    variables = precise_host_variables(config, _inference_variables(config, workdir, exp, checkpoint))
     if caffe and exp.info is None:
         from cnn_flax.pretrained import caffe_preprocess, imagenet_class_names
 

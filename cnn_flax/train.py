@@ -220,8 +220,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         loop = fit(trainer, files, reporter)
         if loop.stop and not loop.early_stopped:
             return TrainResult(workdir, interrupted=True, is_writer=files.is_writer)
-        averaged = loop.state.averaged().variables if loop.state.ema else None
-        metrics = trainer.evaluator.report(loop.state.variables, files, averaged)
+        # precise_bn_batches: the final weights and their average get statistics recomputed from training batches.
+        averaged = trainer.precise_batch_stats(loop.state.averaged().variables) if loop.state.ema else None
+        metrics = trainer.evaluator.report(trainer.precise_batch_stats(loop.state.variables), files, averaged)
         if files.is_writer:
             reporter.summary({f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)})
             reporter.images({name: files.path(f"{name}.png") for name in ("confusion_matrix", "predictions")})

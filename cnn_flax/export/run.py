@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cnn_flax.engine import precise_host_variables
 from cnn_flax.errors import UserError
 from cnn_flax.experiment import build_experiment, initial_variables
 from cnn_flax.export.function import build_inference_function
@@ -42,6 +43,9 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str 
     # runtime and converter knows.
     model = create_model(exp.model_config, dtype=jnp.float32, cpu_kernels=False)
     variables, source = _weights(config, workdir, exp, model, checkpoint)
+    if config.precise_bn_batches:  # the statistics evaluate and predict use too
+        variables = precise_host_variables(config, variables)
+        source["batch_norm_statistics"] = f"recomputed over {config.precise_bn_batches} training batches"
     function = build_inference_function(model, variables, exp.input_shape, method, exp.info)
     if caffe and exp.info is None and exp.model_config["num_classes"] == 1000:
         from cnn_flax.pretrained import imagenet_class_names
