@@ -64,11 +64,11 @@ def run_export_folder() -> int:
     from cnn_flax.errors import UserError
 
     if FLAGS.mode == "predict":
-        from cnn_flax.export.predict import predict_from_export
+        from cnn_flax.run.predict import predict_from_export
 
         predict_from_export(FLAGS.export_dir, FLAGS.images, FLAGS.workdir, FLAGS.export_runtime)
     elif FLAGS.mode == "benchmark":
-        from cnn_flax.export.benchmark import benchmark_export
+        from cnn_flax.bench.export import benchmark_export
 
         print(benchmark_export(FLAGS.export_dir))
     else:
@@ -79,7 +79,7 @@ def run_export_folder() -> int:
 def run() -> int:
     if FLAGS.mode == "report":
         from cnn_flax.errors import UserError
-        from cnn_flax.run_report import rebuild_report
+        from cnn_flax.run.report_page import rebuild_report
 
         if FLAGS.config is None and not FLAGS.workdir:
             raise UserError("--mode=report needs --workdir=runs/NAME (or --config to name runs/<config name>)")
@@ -87,9 +87,9 @@ def run() -> int:
         return 0
     if FLAGS.export_dir:
         return run_export_folder()
-    from cnn_flax import modes
     from cnn_flax.errors import UserError
-    from cnn_flax.train import train_and_evaluate
+    from cnn_flax.run import modes
+    from cnn_flax.run.train import train_and_evaluate
 
     config = FLAGS.config
     if config is None:
@@ -108,16 +108,16 @@ def run() -> int:
     elif FLAGS.mode == "predict":
         modes.predict(config, workdir, FLAGS.images)
     elif FLAGS.mode == "benchmark":
-        from cnn_flax.benchmark import benchmark
+        from cnn_flax.bench.model import benchmark
 
         print(benchmark(config, workdir))
     elif FLAGS.mode == "export":
-        from cnn_flax.export.run import export_run
+        from cnn_flax.run.export import export_run
 
         written = export_run(config, workdir, FLAGS.checkpoint, overwrite=FLAGS.overwrite)
         print(f"Exported {', '.join(written['formats'].values())} to {os.path.join(workdir, 'export')}")
     elif FLAGS.mode == "ablate":
-        from cnn_flax.ablation import DECK_EXTENSIONS, run_ablation
+        from cnn_flax.run.ablation import DECK_EXTENSIONS, run_ablation
 
         print(run_ablation(config, workdir, FLAGS.variants or DECK_EXTENSIONS))
     else:
@@ -130,8 +130,8 @@ def run() -> int:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    from cnn_flax.config_args import check_config_flags
     from cnn_flax.errors import UserError
+    from cnn_flax.run.config_args import check_config_flags
 
     try:
         check_config_flags(argv)

@@ -1,9 +1,12 @@
 """Every config key and its default: the one home of the defaults, which the library and configs share.
 
 Config files (configs/*.py) start from `base()` and change what their experiment needs; the library
-fills partial configs from research code with the same values (`cnn_flax.data.sources.with_defaults`).
+fills partial configs from research code with the same values (`with_defaults`).
 Living in the package, it travels with an installed cnn_flax, unlike the configs/ folder.
 """
+
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 
@@ -94,3 +97,21 @@ def base(name: str) -> ml_collections.ConfigDict:
     # --mode=benchmark: the timed seconds of each phase (bare step, inference, training loop), after its warm-up.
     config.benchmark = ml_collections.ConfigDict(dict(seconds=20.0))
     return config
+
+
+def base_data_config() -> ml_collections.ConfigDict:
+    """`config.data` of `base()`: the one home of its defaults."""
+    return base("defaults").data
+
+
+def with_defaults(data_config: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """`data_config` completed with base()'s defaults for the keys it lacks (research code may pass a few)."""
+    given = data_config.to_dict() if isinstance(data_config, ml_collections.ConfigDict) else dict(data_config)
+    data = base_data_config()
+    with data.unlocked():
+        for key, value in given.items():
+            if isinstance(value, Mapping) and key in data:
+                data[key].update(value)
+            else:
+                data[key] = value
+    return data
