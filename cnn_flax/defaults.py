@@ -51,13 +51,15 @@ def base(name: str) -> ml_collections.ConfigDict:
     # Durations in epochs (fractions allowed); warmup_epochs goes in front of any schedule.
     config.schedule = ml_collections.ConfigDict(dict(
         name="constant", warmup_epochs=0.0,
+        boundaries=(), values=(),  # piecewise: the rates values[i] after the epochs boundaries[i-1]
+        decay=0.0,  # keras_time_decay: lr / (1 + decay·step), Keras 2's SGD(decay=...)
         power=1.0,  # polynomial: lr·(1 − epoch/num_epochs)**power
         final_rate=0.0,  # warmup_cosine: the rate the cosine ends at
         decay_rate=1.0, decay_epochs=1.0, staircase=False))  # exponential: ×decay_rate every decay_epochs
     config.loss = ml_collections.ConfigDict(dict(aux_weight=0.3, label_smoothing=0.0))
 
     # Each dataset reads the shared keys (name, image_size, normalize, augment, on_device, prefetch) and its
-    # own (cnn_flax/data/sources.py); setting a key the chosen dataset does not read is an error.
+    # own (cnn_flax/data/registry.py); setting a key the chosen dataset does not read is an error.
     config.data = ml_collections.ConfigDict(dict(
         name="cifar10", image_size=32, normalize="scale", on_device=False, prefetch=2,
         dir="",  # cifar10, imagenet2012: the TFDS folder; tiny_imagenet: the HDF5 folder

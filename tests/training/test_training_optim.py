@@ -1,6 +1,7 @@
 """Schedules give the deck's rates at the boundary epochs, and print the deck's plans."""
 
 import importlib
+import math
 
 import jax.numpy as jnp
 import numpy as np
@@ -116,3 +117,49 @@ def test_l2_penalty_is_keras_style_on_kernels_only():
               "bn": {"scale": jnp.ones(2), "bias": jnp.ones(2)}, "dense": {"kernel": jnp.ones(3)}}
     assert float(l2_penalty(params, 0.0002)) == pytest.approx(0.0002 * (4 * 4.0 + 3 * 1.0))
     assert float(l2_penalty(params, 0.0)) == 0.0
+
+
+def _written_out(name: str, schedule: dict, base_rate: float, num_epochs: int, step: int) -> float:
+    """Each schedule's definition in float64, independent of optax and of our code."""
+    epoch = step // SPE
+    if name == "polynomial":
+        return base_rate * (1 - epoch / num_epochs) ** schedule["power"]
+    if name == "exponential":
+        periods = step / (schedule["decay_epochs"] * SPE)
+        return base_rate * schedule["decay_rate"] ** (math.floor(periods) if schedule["staircase"] else periods)
+    if name == "warmup_cosine":
+        start = round(schedule["warmup_epochs"] * SPE)
+        progress = min(max((step - start) / (num_epochs * SPE - start), 0.0), 1.0)
+        rate = schedule["final_rate"] + (base_rate - schedule["final_rate"]) * 0.5 * (1 + math.cos(math.pi * progress))
+        return rate * min(1.0, (step + 1) / start) if start else rate
+    if name == "piecewise":
+        return schedule["values"][sum(epoch >= b for b in schedule["boundaries"])]
+    return base_rate
+
+
+@pytest.mark.parametrize("name, values", [
+    ("polynomial", dict(power=1.0)),
+    ("polynomial", dict(power=2.5)),
+    ("exponential", dict(decay_rate=0.96, decay_epochs=2.0, staircase=True)),
+    ("exponential", dict(decay_rate=0.5, decay_epochs=1.5, staircase=False)),
+    ("warmup_cosine", dict(warmup_epochs=2.0, final_rate=1e-5)),
+    ("warmup_cosine", dict(warmup_epochs=0.0, final_rate=0.0)),
+    ("piecewise", dict(boundaries=(3, 6), values=(1e-2, 1e-3, 1e-4))),
+    ("constant", dict()),
+])
+def test_every_schedule_equals_its_definition_at_every_step_of_the_plan(name, values):
+    """optax builds polynomial, exponential, cosine and constant; each equals the formula at every step."""
+    num_epochs, base_rate = 9, 0.05
+    schedule = build_schedule(_optimizer(learning_rate=base_rate), _schedule(name=name, **values), num_epochs, SPE)
+    section = dict(_schedule(name=name, **values).to_dict())
+    for step in range(num_epochs * SPE):
+        expected = _written_out(name, section, base_rate, num_epochs, step)
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-9), (name, step)  # float32
+
+
+def test_every_schedule_key_has_its_default():
+    """--config.schedule.KEY=... works in every config: each key a schedule reads exists in base()."""
+    section = base("test").schedule
+    for key in ("name", "warmup_epochs", "boundaries", "values", "decay", "power", "final_rate", "decay_rate",
+                "decay_epochs", "staircase"):
+        assert key in section, key
