@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from cnn_flax.evaluation._files import write_json
-from cnn_flax.evaluation.report import plot_predictions
+from cnn_flax.evaluation.classification import plot_predictions
+from cnn_flax.evaluation.files import write_json
 
 
 def _probabilities(scores: np.ndarray) -> np.ndarray:

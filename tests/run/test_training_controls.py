@@ -11,15 +11,15 @@ import time
 
 import numpy as np
 import pytest
-from conftest import tiny_config, with_overrides
+from repo_paths import ROOT
+from run_configs import tiny_config, with_overrides
 
-from cnn_flax import modes
 from cnn_flax.errors import UserError
-from cnn_flax.train import Trainer, fit, train_and_evaluate
+from cnn_flax.run import modes
+from cnn_flax.run.train import Trainer, fit, train_and_evaluate
 from cnn_flax.training.checkpoint import checkpoint_epoch
-from cnn_flax.training.reporting import Reporter
+from cnn_flax.training.progress import Reporter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Early stopping with a min_delta no epoch beats after the first (val_loss starts near 2.8): it ends the run after
 # epoch 4 and puts back epoch 1's weights. The plateau's min_delta leaves its decisions to the curve.
 CONTROLS = {"early_stopping.enabled": True, "early_stopping.patience": 3, "early_stopping.min_delta": 5.0,
@@ -77,7 +77,7 @@ def controlled(tmp_path_factory):
     trainer = Trainer(config)
     reporter = Reporter(workdir, None, {})
     try:
-        from cnn_flax.engine import RunFiles
+        from cnn_flax.training.workdir import RunFiles
 
         loop = fit(trainer, RunFiles(workdir), reporter)
     finally:

@@ -7,10 +7,10 @@ import sys
 import time
 
 import pytest
-from conftest import tiny_config
+from run_configs import tiny_config
 
-from cnn_flax.train import train_and_evaluate
-from cnn_flax.training.reporting import WANDB_RUN_ID_FILE, wandb_run_id
+from cnn_flax.run.train import train_and_evaluate
+from cnn_flax.training.progress import WANDB_RUN_ID_FILE, wandb_run_id
 
 pytest.importorskip("wandb")
 

@@ -1,0 +1,93 @@
+"""`--mode=export`: a run's checkpoint (or the weights of init_from) into WORKDIR/export/.
+
+This is where a config meets the export: which weights (a saved epoch or init_from), which class
+names (the data's, or Keras's ImageNet words for the 'caffe' configs), which normalisation constants
+(the training data's means), and what export.json records about the source.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cnn_flax.errors import UserError
+from cnn_flax.export.function import build_inference_function
+from cnn_flax.export.write import check_destination, write_export
+from cnn_flax.models import create_model, init_traced
+from cnn_flax.run.engine import precise_host_variables
+from cnn_flax.run.experiment import build_experiment, initial_variables
+from cnn_flax.run.predict import image_decoding
+from cnn_flax.training.checkpoint import Checkpoints, checkpoint_epoch, load_variables
+
+EXPORT_FOLDER = "export"
+
+
+def export_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "latest",
+               overwrite: bool = False) -> dict[str, Any]:
+    """Write WORKDIR/export from `checkpoint` ('latest', 'best' or an epoch number); returns export.json's content."""
+    if jax.process_count() > 1:
+        raise UserError("--mode=export writes one folder from one process; run it without --num_processes")
+    directory = os.path.join(workdir, EXPORT_FOLDER)
+    check_destination(directory, overwrite)  # before the slow part
+    if "num_classes" not in config.model:
+        raise UserError(f"model {config.model.name!r} gives feature maps, not class probabilities; there is "
+                        "nothing to export")
+    method = config.data.normalize
+    caffe = method == "caffe"
+    exp = build_experiment(config, need_data=not caffe or config.data.name == "folder")
+    # float32 (see function.py), and without the CPU training kernels: XLA's own pooling, which every
+    # runtime and converter knows.
+    model = create_model(exp.model_config, dtype=jnp.float32, cpu_kernels=False)
+    variables, source = _weights(config, workdir, exp, model, checkpoint)
+    if config.precise_bn_batches:  # the statistics evaluate and predict use too
+        variables = precise_host_variables(config, variables)
+        source["batch_norm_statistics"] = f"recomputed over {config.precise_bn_batches} training batches"
+    function = build_inference_function(model, variables, exp.input_shape, method, exp.info)
+    if caffe and exp.info is None and exp.model_config["num_classes"] == 1000:
+        from cnn_flax.pretrained import imagenet_class_names
+
+        class_names = imagenet_class_names()
+    else:
+        class_names = exp.class_names
+    normalization: dict[str, Any] = {"method": method}
+    if method == "mean_rgb":
+        normalization["mean_rgb"] = [float(v) for v in exp.info.mean_rgb]
+    elif method == "mean_image":
+        normalization["mean_image_shape"] = list(exp.info.mean_image.shape)
+    facts = {"config": config.name, "model": exp.model_config, "normalization": normalization,
+             "image_decoding": image_decoding(config.data), "source": source,
+             "trained_dtype": "bfloat16" if config.half_precision else "float32"}
+    return write_export(function, directory, class_names, facts, onnx=config.export.onnx,
+                        tflite=bool(config.export.tflite), overwrite=overwrite)
+
+
+def _weights(config: ml_collections.ConfigDict, workdir: str, exp, model,
+             checkpoint: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The variables to export and a description of where they came from, for export.json."""
+    directory = os.path.join(workdir, "checkpoints")
+    epochs = Checkpoints(directory).saved_epochs() if os.path.isdir(directory) else []
+    if checkpoint == "latest":
+        if not epochs:
+            if config.init_from and config.ema_eval:
+                raise UserError("ema_eval (--ema): init_from weights carry no moving average; drop --ema")
+            if config.init_from:
+                return initial_variables(exp), {"init_from": os.path.abspath(config.init_from)}
+            raise UserError(f"no checkpoint in {directory} and no init_from; train first or set "
+                            "--config.init_from=FILE.h5")
+        epoch = epochs[-1]
+    else:
+        if checkpoint != "best" and not checkpoint.isdigit():
+            raise UserError(f"--checkpoint={checkpoint!r}: --mode=export takes latest, best or an epoch number")
+        if not epochs:
+            raise UserError(f"--checkpoint={checkpoint}: no checkpoint in {directory}; train first")
+        epoch = checkpoint_epoch(workdir, checkpoint, config.checkpoint.monitor, config.checkpoint.mode)
+    path = os.path.join(directory, f"epoch_{epoch}")
+    template = jax.eval_shape(lambda: init_traced(model, exp.input_shape, jax.random.key(0)))
+    source = {"checkpoint": os.path.abspath(path), "epoch": epoch}
+    if config.ema_eval:  # --ema: the moving average of the weights the run kept
+        source["weights"] = "moving average"
+    return load_variables(path, template, ema=config.ema_eval), source

@@ -1,0 +1,231 @@
+"""train_and_evaluate(config, workdir): train, resume, checkpoint, report — the library's main entry point.
+
+The pieces, each in its own module:
+  engine.Engine         the experiment on the devices: data, model, parallel setup, batches, step compiler;
+  train.Trainer         an Engine with the optimizer and the compiled train step, and the state it starts from;
+  evaluator.Evaluator   validation and the final report from a set of variables (no optimizer needed);
+  loop.run_epochs       the epoch loop, calling `loop.Hook`s at fixed points;
+  hooks                 what every run does around the loop: progress and metric writers, history and plot,
+                        checkpoints, stop requests, the finite-loss check.
+`fit` wires them for one run; research code may pass its own hooks (the benchmark times the loop with one).
+Everything a run leaves goes through `RunFiles`, so only process 0 writes (checkpoints are collective).
+SIGTERM/SIGINT finish the current step, save the position inside the epoch and return; the same
+command then continues exactly where it stopped.
+"""
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from cnn_flax.data.augment.recipes import make_mixing
+from cnn_flax.errors import UserError
+from cnn_flax.models import init_variables
+from cnn_flax.run.engine import Engine
+from cnn_flax.run.evaluator import Evaluator
+from cnn_flax.run.experiment import initial_state, make_optimizer, make_scaled_optimizer, steps_per_epoch
+from cnn_flax.run.report_page import write_run_report
+from cnn_flax.training.checkpoint import Checkpoints, KeepBest
+from cnn_flax.training.controls import plateau_maximizes
+from cnn_flax.training.history import History
+from cnn_flax.training.hooks import (
+    EarlyStop,
+    FiniteLossCheck,
+    Report,
+    SaveCheckpoints,
+    StopOnRequest,
+    StopRequest,
+    WriteHistory,
+    control_hooks,
+)
+from cnn_flax.training.loop import Hook, LoopState, run_epochs
+from cnn_flax.training.metrics import TrainMetrics
+from cnn_flax.training.progress import Reporter
+from cnn_flax.training.state import TrainState
+from cnn_flax.training.step import make_train_step
+from cnn_flax.training.workdir import RunFiles
+
+log = logging.getLogger("cnn_flax")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What a training run ended with."""
+
+    workdir: str
+    interrupted: bool  # a signal stopped it; a checkpoint was saved and the same command continues
+    is_writer: bool  # process 0, the one that writes the reports
+    metrics: dict[str, Any] | None = None  # eval_split's metrics (rank1, rank5, loss, …) on process 0 when finished
+
+
+# Model keys that steer training rather than the network: a run may resume with another value (as with a
+# learning rate), and checkpoints saved before such a key existed still belong to the run.
+TRAINING_ONLY_MODEL_KEYS = ("bn_momentum",)
+
+
+def _architecture(model_config: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in model_config.items() if key not in TRAINING_ONLY_MODEL_KEYS}
+
+
+class Trainer(Engine):
+    """An Engine with the optimizer, the compiled train step and the evaluator of its validation."""
+
+    def __init__(self, config: ml_collections.ConfigDict) -> None:
+        super().__init__(config)
+        self.spe = steps_per_epoch(config, self.exp.source)
+        self.schedule, self.tx = make_optimizer(config, self.spe)
+        # ReduceLROnPlateau's factor lives in the train state; restore_best_weights keeps a copy of the weights there.
+        self.lr_scaled = bool(config.reduce_lr_on_plateau.enabled)
+        self.keeps_best = bool(config.early_stopping.enabled and config.early_stopping.restore_best_weights)
+        self.train_step = self.compile("train", make_train_step(
+            self.exp.model, self.tx, self.preprocess, seed=config.seed, aux_weight=config.loss.aux_weight,
+            l2=config.optimizer.l2, label_smoothing=config.loss.label_smoothing,
+            accum_steps=config.optimizer.accum_steps, ema_decay=config.ema_decay, ema_warmup=config.ema_warmup,
+            axis_name=self.parallel.axis_name, mixing=make_mixing(config.data), freeze=config.optimizer.freeze,
+            scaled_tx=make_scaled_optimizer(config, self.spe) if self.lr_scaled else None))
+        self.evaluator = Evaluator(self)
+        self.log_every_steps = int(config.log_every_steps)
+
+    def template(self) -> dict[str, Any]:
+        """Zeros shaped like a checkpoint's tree, to restore into."""
+        variables = jax.eval_shape(lambda: init_variables(self.exp.model, jax.random.key(0), self.exp.input_shape))
+        state = jax.eval_shape(lambda v: self.new_state(v), variables)
+        as_numpy = lambda s: np.zeros(s.shape, s.dtype)  # noqa: E731
+        return {"state": jax.tree_util.tree_map(as_numpy, state),
+                "metrics": jax.tree_util.tree_map(as_numpy, jax.eval_shape(TrainMetrics.empty))}
+
+    def new_state(self, variables: dict[str, Any]) -> TrainState:
+        """A fresh train state; it keeps a moving average of the weights when ema_decay > 0."""
+        return TrainState.create(variables, self.tx, ema=bool(self.config.ema_decay), lr_scale=self.lr_scaled,
+                                 best=self.keeps_best)
+
+    def learning_rate(self, state: TrainState, step: int) -> float:
+        """The rate the step `step` (0-based) uses: the schedule's, times ReduceLROnPlateau's factor."""
+        rate = np.float32(self.schedule(step))
+        if self.lr_scaled:
+            rate = rate * np.float32(self.parallel.fetch(state.lr_scale))
+        return float(rate)
+
+    def host_tree(self, state: TrainState, metrics: TrainMetrics | None = None) -> dict[str, Any]:
+        """What a checkpoint holds: the state, and the epoch's running metrics when saved mid-epoch."""
+        host_metrics = TrainMetrics.empty() if metrics is None else self.parallel.fetch(metrics)
+        return {"state": self.parallel.fetch(state), "metrics": jax.tree_util.tree_map(np.asarray, host_metrics)}
+
+    def meta(self, epochs_done: int, batch: int) -> dict[str, Any]:
+        """A checkpoint's description: its position in the data order and the model it belongs to."""
+        return dict(epoch=epochs_done, batch=batch, step=epochs_done * self.spe + batch, steps_per_epoch=self.spe,
+                    batch_size=self.config.batch_size, model=self.exp.model_config,
+                    input_shape=list(self.exp.input_shape), ema=bool(self.config.ema_decay),
+                    lr_scale=self.lr_scaled, best_weights=self.keeps_best)
+
+    def check_same_run(self, meta: dict[str, Any], workdir: str) -> None:
+        """Refuse another run's checkpoints before reading them: their parameters would not fit this model."""
+        exp, config = self.exp, self.config
+        if _architecture(meta["model"]) != _architecture(exp.model_config):
+            raise UserError(f"{workdir} holds checkpoints of model {meta['model']}, not {exp.model_config}; "
+                            "use another --workdir for this config")
+        shape = tuple(meta.get("input_shape", exp.input_shape))  # older checkpoints lack it
+        if shape != tuple(exp.input_shape):  # the input size fixes the first dense layer's shape
+            raise UserError(f"{workdir} holds checkpoints of the model for {shape[0]}x{shape[1]} inputs, not "
+                            f"{exp.input_shape[0]}x{exp.input_shape[1]}; use another --workdir for this config")
+        if meta.get("ema", False) != bool(config.ema_decay):  # the train state has another shape
+            raise UserError(f"{workdir} holds checkpoints {'with' if meta.get('ema') else 'without'} a moving average "
+                            "of the weights; keep ema_decay as it was (0 or not) or use another --workdir")
+        for key, option in (("lr_scale", "reduce_lr_on_plateau.enabled"),
+                            ("best_weights", "early_stopping.restore_best_weights")):
+            if meta.get(key, False) != getattr(self, "lr_scaled" if key == "lr_scale" else "keeps_best"):
+                raise UserError(f"{workdir} holds checkpoints {'with' if meta.get(key) else 'without'} {option} "
+                                "(its train state has another shape); keep the setting it was trained with or use "
+                                "another --workdir")
+        if meta["batch"] and (meta["steps_per_epoch"], meta["batch_size"]) != (self.spe, config.batch_size):
+            raise UserError(f"{workdir} was interrupted mid-epoch with batch_size={meta['batch_size']} and "
+                            f"{meta['steps_per_epoch']} steps per epoch; resume with the same values")
+
+    def restore_or_init(self, checkpoints: Checkpoints) -> tuple[TrainState, TrainMetrics, dict[str, Any]]:
+        """The newest checkpoint (or the one of resume_epoch), else fresh or init_from weights."""
+        resume_epoch = self.config.resume_epoch
+        if resume_epoch >= 0:  # every process: process 0 moves the later checkpoints while the others wait
+            for moved in checkpoints.set_aside_after(resume_epoch):
+                log.warning("resume_epoch=%d: moved the later checkpoint to %s", resume_epoch, moved)
+        restored = checkpoints.restore_latest(self.template(), None if resume_epoch < 0 else resume_epoch)
+        if restored is not None:
+            tree, meta = restored
+            where = f"epoch {meta['epoch']}" + (f", batch {meta['batch']}" if meta["batch"] else "")
+            log.info("Resuming from the checkpoint after %s (step %d) in %s", where, meta["step"],
+                     checkpoints.directory)
+            return tree["state"], tree["metrics"], meta
+        if resume_epoch > 0:
+            raise UserError(f"resume_epoch={resume_epoch}: no checkpoint at or before that epoch in "
+                            f"{checkpoints.directory}")
+        state, epochs_done = initial_state(self.exp, self.new_state, self.spe)  # a Keras file may continue a run
+        return state, TrainMetrics.empty(), self.meta(epochs_done, 0)
+
+
+def keep_best(config: ml_collections.ConfigDict) -> KeepBest | None:
+    """config.checkpoint's best-epoch policy, or None when keep_best is 0."""
+    options = config.checkpoint
+    if options.keep_best < 0:
+        raise UserError(f"checkpoint.keep_best={options.keep_best} must be 0 (off) or a number of epochs")
+    if options.mode not in ("auto", "min", "max"):
+        raise UserError(f"checkpoint.mode={options.mode!r} is not known; use auto, min or max")
+    if not options.keep_best:
+        return None
+    return KeepBest(options.monitor, plateau_maximizes(options.monitor, options.mode), options.keep_best)
+
+
+def fit(trainer: Trainer, files: RunFiles, reporter: Reporter, hooks: Sequence[Hook] = ()) -> LoopState:
+    """The epochs of a run in `files.workdir`, resuming from its checkpoints; `hooks` run after the run's own.
+
+    The returned state has `stop` set when a signal ended the run early (a checkpoint was saved first), and
+    `stop` with `early_stopped` when early stopping finished it (then or in the run it resumes).
+    """
+    config = trainer.config
+    if files.is_writer:
+        os.makedirs(files.workdir, exist_ok=True)
+    files.write_json("config.json", config.to_dict())
+    checkpoints = Checkpoints(files.checkpoints, config.keep_checkpoints or None,
+                              check=lambda meta: trainer.check_same_run(meta, files.workdir), best=keep_best(config))
+    try:
+        state, metrics, meta = trainer.restore_or_init(checkpoints)
+        history = History.load(files.path("history.json")).truncate(meta["epoch"])
+        loop = LoopState(epoch=meta["epoch"] + 1, batch=meta["batch"], num_epochs=config.num_epochs,
+                         steps_per_epoch=trainer.spe, state=trainer.parallel.put_replicated(state),
+                         metrics=trainer.parallel.put_replicated(metrics))
+        controls = control_hooks(config, trainer.parallel, meta.get("controls"), history)
+        if any(isinstance(hook, EarlyStop) and hook.state.stopped_epoch for hook in controls):
+            log.info("The run stopped early after epoch %d; nothing left to train", meta["epoch"])
+            loop.stop = loop.early_stopped = True
+            return loop
+        with StopRequest() as request:
+            own = [FiniteLossCheck(checkpoints), *controls, WriteHistory(history, files), Report(reporter),
+                   StopOnRequest(request, config.log_every_steps),
+                   SaveCheckpoints(trainer, checkpoints, config.checkpoint_every_epochs, controls)]
+            return run_epochs(trainer, loop, [*own, *hooks])
+    finally:
+        checkpoints.close()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+    """Train `config` in `workdir` (resuming if it holds checkpoints), then evaluate and write reports."""
+    trainer, files = Trainer(config), RunFiles(workdir)
+    reporter = Reporter(workdir, config.wandb, config.to_dict())
+    try:
+        loop = fit(trainer, files, reporter)
+        if loop.stop and not loop.early_stopped:
+            return TrainResult(workdir, interrupted=True, is_writer=files.is_writer)
+        # precise_bn_batches: the final weights and their average get statistics recomputed from training batches.
+        averaged = trainer.precise_batch_stats(loop.state.averaged().variables) if loop.state.ema else None
+        metrics = trainer.evaluator.report(trainer.precise_batch_stats(loop.state.variables), files, averaged)
+        if files.is_writer:
+            reporter.summary({f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)})
+            reporter.images({name: files.path(f"{name}.png") for name in ("confusion_matrix", "predictions")})
+            write_run_report(workdir, "train", config)
+        return TrainResult(workdir, interrupted=False, is_writer=files.is_writer,
+                           metrics=metrics if files.is_writer else None)
+    finally:
+        reporter.close()
