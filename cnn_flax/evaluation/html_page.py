@@ -105,9 +105,51 @@ def _curves(workdir: Path) -> tuple[str, str, str]:
     if isinstance(history, list) and history:
         keys = [k for k in ("epoch", "learning_rate", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                             "seconds") if any(k in r for r in history)]
-        rows = [[r.get(k, "-") if not isinstance(r.get(k), float) else f"{r[k]:.6g}" for k in keys] for r in history]
-        body += f"<details><summary>history.json ({len(history)} epochs)</summary>{_table(keys, rows)}</details>"
+        rows = [[r.get(k, "-") if not isinstance(r.get(k), float) else f"{r[k]:.6g}" for k in keys]
+                + [_epoch_marks(r)] for r in history]
+        body += _training_marks(workdir, history)
+        body += (f"<details><summary>history.json ({len(history)} epochs)</summary>"
+                 f"{_table([*keys, 'notes'], rows)}</details>")
     return _section("curves", "Training curves", body)
+
+
+def _epoch_marks(record: dict[str, Any]) -> str:
+    """What the training controls did at an epoch's end, in words (the history's marks)."""
+    marks = []
+    if record.get("lr_reduced_to") is not None:
+        marks.append(f"rate lowered to {record['lr_reduced_to']:.6g}")
+    if record.get("stopped_early"):
+        marks.append("early stop")
+    if record.get("restored_epoch") is not None:
+        marks.append(f"weights of epoch {record['restored_epoch']} restored")
+    return "; ".join(marks) or "-"
+
+
+def _training_marks(workdir: Path, history: list[dict[str, Any]]) -> str:
+    """The best epoch by checkpoint.monitor, and what early stopping and the plateau did."""
+    config = _read_json(workdir / "config.json")
+    options = config.get("checkpoint", {}) if isinstance(config, dict) else {}
+    monitor, mode = options.get("monitor", "val_loss"), options.get("mode", "auto")
+    maximize = mode == "max" or (mode == "auto" and "acc" in monitor)  # Keras's ModelCheckpoint rule
+    values = [(r[monitor], r["epoch"]) for r in history if isinstance(r.get(monitor), int | float)]
+    lines = []
+    if values:
+        value, epoch = (max(values, key=lambda v: (v[0], -v[1])) if maximize else
+                        min(values, key=lambda v: (v[0], v[1])))
+        lines.append(f"Best epoch by {html.escape(monitor)}: <b>{epoch}</b> ({value:.6g}); "
+                     "<code>--checkpoint=best</code> evaluates, predicts with and exports the best saved one.")
+    lowered = [f"after epoch {r['epoch']} to {r['lr_reduced_to']:.6g}" for r in history
+               if r.get("lr_reduced_to") is not None]
+    if lowered:
+        lines.append(f"Learning rate lowered on plateau: {', '.join(lowered)}.")
+    stopped = [r for r in history if r.get("stopped_early")]
+    if stopped:
+        lines.append(f"Early stopping ended the run after epoch {stopped[-1]['epoch']}.")
+    restored = [r for r in history if r.get("restored_epoch") is not None]
+    if restored:
+        lines.append(f"The final weights are those of epoch {restored[-1]['restored_epoch']} "
+                     "(early stopping's restore_best_weights).")
+    return "".join(f'<p class="marks">{line}</p>' for line in lines)
 
 
 def _per_class(workdir: Path) -> tuple[str, str, str]:

@@ -65,6 +65,6 @@ def test_the_moving_average_warms_up_as_tensorflow_and_timm():
         state, metrics = trainer.train_step(state, batch, metrics)
         after, weights = trainer.parallel.fetch(state.ema["params"]), trainer.parallel.fetch(state.params)
         decay = (1 + step) / (10 + step)  # 0.1, then 2/11: the first updates mostly take the new weights
-        jax.tree_util.tree_map(lambda a, b, w: np.testing.assert_allclose(a, decay * b + (1 - decay) * w, rtol=1e-5,
-                                                                          atol=1e-7), after, before, weights)
+        for a, b, w in zip(*(jax.tree_util.tree_leaves(t) for t in (after, before, weights)), strict=True):
+            np.testing.assert_allclose(a, decay * b + (1 - decay) * w, rtol=1e-5, atol=1e-7)
     assert not np.allclose(jax.tree_util.tree_leaves(after)[0], jax.tree_util.tree_leaves(start)[0])
