@@ -150,8 +150,28 @@ def optimizer_plan(config: ml_collections.ConfigDict) -> list[str]:
         spe = max(train_size // config.batch_size, 1)
     lines = [f"Optimizer: {describe_optimizer(config.optimizer)}; batch {config.batch_size}; "
              f"{config.num_epochs} epochs of {spe} steps", "Learning rate plan:"]
-    return lines + [f"  {line}" for line in learning_rate_plan(config.optimizer, config.schedule, config.num_epochs,
-                                                                spe)]
+    lines += [f"  {line}" for line in learning_rate_plan(config.optimizer, config.schedule, config.num_epochs, spe)]
+    return lines + _controls_plan(config)
+
+
+def _controls_plan(config: ml_collections.ConfigDict) -> list[str]:
+    """The training controls a config enables, in one line each (older config.json files have none)."""
+    lines = []
+    stop = config.get("early_stopping")
+    if stop is not None and stop.enabled:
+        lines.append(f"Early stopping: {stop.monitor} (mode {stop.mode}), patience {stop.patience}, min_delta "
+                     f"{stop.min_delta:g}" + (f", baseline {stop.baseline:g}" if stop.baseline is not None else "")
+                     + (f", from epoch {stop.start_from_epoch + 1}" if stop.start_from_epoch else "")
+                     + (", best weights restored at the end" if stop.restore_best_weights else ""))
+    plateau = config.get("reduce_lr_on_plateau")
+    if plateau is not None and plateau.enabled:
+        lines.append(f"Rate lowered on plateau: x{plateau.factor:g} after {plateau.patience} epochs without "
+                     f"{plateau.monitor} improving by {plateau.min_delta:g} (mode {plateau.mode}), cooldown "
+                     f"{plateau.cooldown}, min_lr {plateau.min_lr:g}; the plan above is before any lowering")
+    best = config.get("checkpoint")
+    if best is not None and best.keep_best:
+        lines.append(f"Checkpoints: the {best.keep_best} best by {best.monitor} kept beside the newest")
+    return lines
 
 
 def make_optimizer(config: ml_collections.ConfigDict, spe: int) -> tuple[Callable, optax.GradientTransformation]:
