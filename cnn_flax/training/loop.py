@@ -10,7 +10,7 @@ setting `loop.stop`; the loop then calls every hook's `on_stop` and returns.
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from cnn_flax.training.metrics import TrainMetrics
@@ -19,14 +19,13 @@ from cnn_flax.training.state import TrainState
 
 
 class Trainable(Protocol):
-    """What the loop needs of a trainer: its batches, its compiled step, its validation and its schedule.
+    """What the loop needs of a trainer: its batches, its compiled step, its validation and its learning rate.
 
     `cnn_flax.run.train.Trainer` is one; research code can drive the loop with anything that has these.
     """
 
     parallel: Any  # put_batch, put_replicated, fetch (training.parallel)
     evaluator: Any  # metrics(variables, split) -> {"loss", "accuracy"}
-    schedule: Callable[[int], Any]
     log_every_steps: int
 
     def batches(self, split: str, *, shuffle: bool, epoch: int, drop_remainder: bool,
