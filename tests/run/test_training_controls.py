@@ -111,6 +111,9 @@ def test_best_weights_and_best_checkpoint(controlled):
     best = modes.evaluate(on_val, workdir, "best")
     assert best["loss"] == pytest.approx(records[0]["val_loss"], rel=1e-5)
     assert modes.evaluate(on_val, workdir, "latest")["loss"] == pytest.approx(best["loss"], rel=1e-6)
+    precise = modes.evaluate(with_overrides(on_val.copy_and_resolve_references(), {"precise_bn_batches": 2}),
+                             workdir, "best")  # the same weights with BatchNorm statistics from 2 training batches
+    assert precise["loss"] != pytest.approx(best["loss"], rel=1e-3)
     with pytest.raises(UserError, match="--checkpoint=2: no such epoch .*saved: 3, 4"):
         checkpoint_epoch(workdir, "2")
     with pytest.raises(UserError, match="no checkpoint in .* records 'val_top5'"):
