@@ -1,0 +1,302 @@
+"""Every `python launch.py ...` command in README.md and docs/*.md parses as launch.py would parse it.
+
+A command a reader copies must run: its --config file exists and accepts its `:ARG`, every `--config.KEY`
+names a key that config has, every other flag is one launch.py defines, and every value parses. A command
+that only looks right (a key renamed since, a flag that never existed) is the documentation bug nobody
+notices until a newcomer pastes it. The README also stays short, and nothing names a path outside the
+repository.
+"""
+
+import copy
+import dataclasses
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import ml_collections
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # launch.py and configs/ live at the repository root
+    sys.path.insert(0, str(ROOT))
+
+import launch  # noqa: E402 - only defines its flags; main() runs under `if __name__ == "__main__"`
+from cnn_flax.ablation import apply_overrides, parse_variants  # noqa: E402
+from cnn_flax.config_args import load_config  # noqa: E402
+from cnn_flax.errors import UserError  # noqa: E402
+
+README_MAX_LINES = 260
+OUTSIDE_PATH = "../" + "shared"  # spelled in two pieces so that this file does not hold it
+_COMMAND = re.compile(r"(?:^|&&|;|\s)python3? launch\.py\b")
+_INLINE = re.compile(r"`([^`]*)`")
+_SEPARATORS = {"&&", "||", ";", "|"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    source: str  # "README.md:42"
+    args: tuple[str, ...]  # what follows `python launch.py`
+
+
+def doc_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def launch_commands(text: str, name: str) -> tuple[list[Command], list[str]]:
+    """The launch.py commands of a Markdown text, and the problems found while reading them.
+
+    A code line (indented, or in a fence) is a command when it runs launch.py, possibly after `&&`; lines
+    ending in a backslash continue on the next; `# comments` end it. In prose, a command is an inline code
+    span; one left open at the end of its line cannot be checked and is reported.
+    """
+    commands, problems = [], []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        start, line = i + 1, lines[i]
+        while line.rstrip().endswith("\\") and i + 1 < len(lines):
+            i += 1
+            line = line.rstrip()[:-1] + " " + lines[i].strip()
+        i += 1
+        where, stripped = f"{name}:{start}", line.strip()
+        found, problem = [], None
+        if "`" not in stripped:
+            if _COMMAND.search(stripped):
+                found, problem = _split_command(stripped, where)
+        else:
+            for span in _INLINE.findall(stripped):
+                if _COMMAND.search(span):
+                    spans, problem = _split_command(span, where)
+                    found += spans
+            unclosed = _INLINE.sub("", stripped).partition("`")[2]
+            if _COMMAND.search(unclosed):
+                problem = f"{where}: an inline launch.py command is not closed on its line; keep it on one line"
+        commands += found
+        problems += [problem] if problem else []
+    return commands, problems
+
+
+def _split_command(line: str, where: str) -> tuple[list[Command], str | None]:
+    try:
+        tokens = shlex.split(line, comments=True)
+    except ValueError as error:
+        return [], f"{where}: cannot split {line!r} as a shell line ({error})"
+    commands, segment = [], []
+    for token in [*tokens, ";"]:
+        if token not in _SEPARATORS:
+            segment.append(token)
+            continue
+        while segment and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", segment[0]):  # VAR=value before a command
+            segment.pop(0)
+        if len(segment) >= 2 and segment[0] in ("python", "python3") and segment[1] == "launch.py":
+            commands.append(Command(where, tuple(segment[2:])))
+        segment = []
+    return commands, None
+
+
+def _launch_flags() -> dict[str, flags.Flag]:
+    """The flags launch.py itself defines (not absl's own), by name."""
+    return {flag.name: flag for flag in launch.FLAGS.get_flags_for_module(launch.__name__)}
+
+
+def _config_key(config: ml_collections.ConfigDict, key: str) -> str | None:
+    """None when `key` (dotted) exists in `config`, else the first missing part."""
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return part
+        node = node[part]
+    return None
+
+
+def command_problems(command: Command) -> list[str]:
+    """What is wrong with one command, each problem one line naming the file and line; empty when it parses."""
+    where, own = command.source, _launch_flags()
+    problems, config_value, overrides, variants, args = [], None, [], None, list(command.args)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if not arg.startswith("-"):
+            problems.append(f"{where}: unexpected argument {arg!r} (launch.py takes flags only)")
+            continue
+        name, has_value, value = arg.lstrip("-").partition("=")
+        if name == "config" or name.startswith(("config.", "noconfig.")):
+            if name == "config":
+                config_value = value if has_value else (args[i] if i < len(args) else None)
+                i += 0 if has_value else 1
+            else:
+                overrides.append(name.split(".", 1)[1])
+            continue
+        flag = own.get(name)
+        if flag is None and name.startswith("no") and getattr(own.get(name[2:]), "boolean", False):
+            flag = own[name[2:]]  # --noverbose
+        if flag is None:
+            problems.append(f"{where}: --{name} is not a flag of launch.py; its flags are {', '.join(sorted(own))}")
+            continue
+        if not has_value and not flag.boolean and i < len(args):
+            value, has_value, i = args[i], True, i + 1  # `--flag value`, as absl reads a non-boolean flag
+        if has_value:
+            try:
+                flag.parser.parse(value)
+            except (ValueError, flags.Error) as error:
+                problems.append(f"{where}: --{name}={value!r} is not a valid value ({error})")
+        if flag.name == "variants":
+            variants = value
+    config = None
+    if config_value is not None:
+        path, _, config_arg = config_value.partition(":")
+        if not (ROOT / path).is_file():
+            problems.append(f"{where}: --config {path} does not exist in the repository")
+        else:
+            try:
+                config = load_config(str(ROOT / path) + (f":{config_arg}" if config_arg else ""))
+            except Exception as error:  # noqa: BLE001 - whatever get_config raises, the command cannot run
+                problems.append(f"{where}: {path}'s get_config({config_arg!r}) fails: {type(error).__name__}: {error}")
+    elif overrides:
+        problems.append(f"{where}: --config.{overrides[0]} without --config")
+    if config is not None:
+        for key in overrides:
+            missing = _config_key(config, key)
+            if missing is not None:
+                problems.append(f"{where}: --config.{key}: {config_value} has no key {missing!r}")
+        if variants is not None:
+            try:
+                for pairs in parse_variants(variants).values():
+                    apply_overrides(config, pairs)
+            except UserError as error:
+                problems.append(f"{where}: {error} in {config_value}")
+    if not problems:
+        problems += _absl_problems(command, config_value)
+    return problems
+
+
+def _absl_problems(command: Command, config_value: str | None) -> list[str]:
+    """Parse the command with launch.py's own flags and ml_collections's config flag, in flag values of its own
+    (so that one command's config overrides never leak into the next): this checks every value's type."""
+    args = [str(ROOT / a) if config_value and a == config_value else a for a in command.args]
+    args = [f"--config={ROOT / config_value}" if config_value and a == f"--config={config_value}" else a
+            for a in args]
+    argv = ["launch.py", *args]
+    values = flags.FlagValues()  # ml_collections finds the overrides to define in sys_argv
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
+    for name, flag in _launch_flags().items():
+        if name != "config":
+            values[name] = copy.deepcopy(flag)
+    try:
+        values(argv)
+        if config_value is not None:
+            values["config"].value  # noqa: B018 - ml_collections loads the file and applies overrides here
+    except Exception as error:  # noqa: BLE001 - absl and ml_collections raise several kinds
+        return [f"{command.source}: launch.py's flags reject it: {' '.join(str(error).split())}"]
+    return []
+
+
+def _all_commands() -> tuple[list[Command], list[str]]:
+    commands, problems = [], []
+    for path in doc_files():
+        found, bad = launch_commands(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
+        commands += found
+        problems += bad
+    return commands, problems
+
+
+DOC_COMMANDS, READING_PROBLEMS = _all_commands()
+
+
+@pytest.mark.parametrize("command", DOC_COMMANDS, ids=[f"{c.source}" for c in DOC_COMMANDS])
+def test_every_documented_command_parses(command):
+    assert command_problems(command) == []
+
+
+def test_every_documented_command_was_read():
+    assert READING_PROBLEMS == []
+    sources = {c.source.split(":")[0] for c in DOC_COMMANDS}
+    assert "README.md" in sources and any(s.startswith("docs/") for s in sources)
+    first = DOC_COMMANDS[0]
+    assert (first.source, first.args) == ("README.md:3", ("--config", "configs/quickstart.py"))
+
+
+def test_commands_are_read_across_continuations_comments_and_inline_code():
+    text = "\n".join([
+        "Intro with `python launch.py --config configs/quickstart.py --mode=summary` inline.",
+        "",
+        "    python launch.py --config configs/vgg_imagenet.py:A --mode=prepare \\",
+        "        --config.data.dir=/data/tfds   # once, hours",
+        "    pip install -e . && JAX_PLATFORMS=cpu python launch.py --config configs/quickstart.py",
+        "    python -m pytest   # not a launch.py command",
+        "Broken `python launch.py --config",
+        "configs/quickstart.py` across lines.",
+    ])
+    commands, problems = launch_commands(text, "x.md")
+    assert commands == [
+        Command("x.md:1", ("--config", "configs/quickstart.py", "--mode=summary")),
+        Command("x.md:3", ("--config", "configs/vgg_imagenet.py:A", "--mode=prepare", "--config.data.dir=/data/tfds")),
+        Command("x.md:5", ("--config", "configs/quickstart.py")),
+    ]
+    assert problems == ["x.md:7: an inline launch.py command is not closed on its line; keep it on one line"]
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("python launch.py --config configs/quickstart.py --config.optimizer.learning_rat=0.1",
+     "--config.optimizer.learning_rat: configs/quickstart.py has no key 'learning_rat'"),
+    ("python launch.py --config configs/minivgg_cifar10.py --config.model.stage4=False",
+     "--config.model.stage4: configs/minivgg_cifar10.py has no key 'stage4'"),
+    ("python launch.py --config configs/no_such.py", "--config configs/no_such.py does not exist"),
+    ("python launch.py --config configs/vgg16_finetune.py:tail --config.data.root=photos",
+     "configs/vgg16_finetune.py's get_config('tail') fails: ValueError: configs/vgg16_finetune.py:tail: use :head"),
+    ("python launch.py --config configs/quickstart.py:head", "configs/quickstart.py's get_config('head') fails"),
+    ("python launch.py --config configs/quickstart.py --epochs=3", "--epochs is not a flag of launch.py"),
+    ("python launch.py --config configs/quickstart.py --mode=trian", "--mode='trian' is not a valid value"),
+    ("python launch.py --config configs/quickstart.py photos/", "unexpected argument 'photos/'"),
+    ("python launch.py --config.num_epochs=3", "--config.num_epochs without --config"),
+    ("python launch.py --config configs/quickstart.py --config.num_epochs=five", "launch.py's flags reject it"),
+    ("python launch.py --config configs/quickstart.py --mode=ablate --variants 'a:;b:optimizer.lr=0.1'",
+     "unknown config key 'optimizer.lr'"),
+])
+def test_a_wrong_command_is_reported_with_its_cause(line, expected):
+    (command,), _ = launch_commands(f"    {line}   # a comment", "bad.md")
+    problems = command_problems(command)
+    assert len(problems) == 1 and problems[0].startswith("bad.md:1: ") and expected in problems[0], problems
+
+
+def test_the_same_commands_written_right_parse():
+    text = "\n".join([
+        "    python launch.py --config configs/quickstart.py --config.optimizer.learning_rate=0.1",
+        "    python launch.py --config configs/vgg_imagenet.py:E --mode=summary --workdir runs/e",
+        "    python launch.py --config configs/quickstart.py --mode=ablate --variants 'a:;b:optimizer.l2=0.1'",
+        "    python launch.py --mode=report --workdir runs/quickstart --noverbose",
+    ])
+    commands, _ = launch_commands(text, "good.md")
+    assert len(commands) == 4 and [command_problems(c) for c in commands] == [[], [], [], []]
+
+
+def test_the_readme_stays_short():
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move detail into docs/"
+
+
+def _repository_files() -> list[Path]:
+    """Tracked and untracked-but-not-ignored files; without git, every file outside .git and .venv."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                                capture_output=True, check=True).stdout.decode().split("\0")
+        return [ROOT / name for name in listed if name and (ROOT / name).is_file()]
+    except (OSError, subprocess.CalledProcessError):
+        found = []
+        for folder, subfolders, files in os.walk(ROOT):
+            subfolders[:] = [d for d in subfolders if d not in (".git", ".venv", "__pycache__", ".jax_cache")]
+            found += [Path(folder) / name for name in files]
+        return found
+
+
+def test_nothing_names_a_path_outside_the_repository():
+    files = _repository_files()
+    assert ROOT / "README.md" in files
+    naming = [str(path.relative_to(ROOT)) for path in files if OUTSIDE_PATH.encode() in path.read_bytes()]
+    assert naming == [], f"these files name {OUTSIDE_PATH}, which a clone does not have"
