@@ -14,9 +14,12 @@ import re
 import shlex
 import subprocess
 import sys
+import textwrap
+import types
 from pathlib import Path
 
 import ml_collections
+import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
@@ -300,3 +303,82 @@ def test_nothing_names_a_path_outside_the_repository():
     assert ROOT / "README.md" in files
     naming = [str(path.relative_to(ROOT)) for path in files if OUTSIDE_PATH.encode() in path.read_bytes()]
     assert naming == [], f"these files name {OUTSIDE_PATH}, which a clone does not have"
+
+
+# The worked examples of docs/architecture.md, run against the package: a page that teaches how to extend
+# the code must keep up with it.
+
+def python_blocks(section: str) -> list[str]:
+    """The ```python blocks under `## section` of docs/architecture.md, dedented, in order."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return [textwrap.dedent(block) for block in re.findall(r"```python\n(.*?)```", body, re.S)]
+
+
+def _run_block(code: str, namespace: dict | None = None) -> dict:
+    namespace = {} if namespace is None else namespace
+    exec(compile(code, str(ROOT / "docs" / "architecture.md"), "exec"), namespace)  # noqa: S102 - our own page
+    return namespace
+
+
+def test_the_architecture_page_adds_a_model_that_trains_from_its_config(monkeypatch):
+    import jax
+
+    from cnn_flax.models import MODELS, create_model, init_variables
+
+    module_code, config_code = python_blocks("Adding a model")
+    tiny_net = _run_block(module_code)["TinyNet"]
+    monkeypatch.setitem(MODELS, "tiny", tiny_net)
+    config = _run_block(config_code)["get_config"]()
+    assert (config.model.name, config.data.name) == ("tiny", "digits")
+    model = create_model({**config.model.to_dict(), "num_classes": 10})
+    variables = init_variables(model, jax.random.key(0), (32, 32, 3))
+    counts = jax.tree_util.tree_map(lambda a: a.size, variables["params"])
+    # 3x3 convolutions 3→32 and 32→64 with biases, then a dense 64→10 with bias.
+    assert sum(jax.tree_util.tree_leaves(counts)) == (27 * 32 + 32) + (288 * 64 + 64) + (64 * 10 + 10)
+    assert model.apply(variables, np.zeros((2, 32, 32, 3), np.float32)).shape == (2, 10)
+    with pytest.raises(UserError, match="model.stage4 does not apply to model 'tiny'; its options are num_classes"):
+        create_model({"name": "tiny", "stage4": False})
+
+
+def test_the_architecture_page_adds_a_dataset_that_serves_its_file(monkeypatch, tmp_path):
+    from sklearn.datasets import load_digits
+
+    import cnn_flax.data.registry as registry
+    from configs import quickstart
+
+    registry_code, source_code = python_blocks("Adding a dataset")
+    module = types.ModuleType("cnn_flax.data.sources.npz")
+    _run_block(source_code, module.__dict__)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(registry, "SOURCES", dict(registry.SOURCES))
+    _run_block(registry_code, dict(vars(registry)))
+    digits = load_digits()
+    images = np.repeat(np.repeat((digits.images * 15).astype(np.uint8), 4, axis=1), 4, axis=2)[..., None].repeat(3, -1)
+    labels = digits.target
+    path = tmp_path / "my_data.npz"
+    np.savez(path, x_train=images[:1200], y_train=labels[:1200], x_val=images[1200:1500], y_val=labels[1200:1500],
+             x_test=images[1500:], y_test=labels[1500:])
+    config = quickstart.get_config()  # as the page's command: --config.data.name=npz --config.data.root=my_data.npz
+    config.data.name, config.data.root = "npz", str(path)
+    source = registry.make_source(config.data)
+    assert source.info.num_classes == 10 and source.info.split_sizes == {"train": 1200, "val": 300, "test": 297}
+    test_images, test_labels = source.arrays("test")
+    np.testing.assert_array_equal(test_images, images[1500:])
+    np.testing.assert_array_equal(test_labels, labels[1500:])
+    config.data.resize = "stretch"  # a folder key the npz dataset does not read
+    with pytest.raises(UserError, match="data.resize does not apply to data.name='npz'; its keys are .*, root"):
+        registry.make_source(config.data)
+
+
+def test_the_architecture_page_hook_stops_at_its_accuracy():
+    from cnn_flax.training.loop import LoopState
+
+    hook_code, fit_code = python_blocks("Adding a training hook")
+    stop_at = _run_block(hook_code)["StopAtAccuracy"](0.95)
+    assert "StopAtAccuracy(0.95)" in fit_code
+    loop = LoopState(epoch=3, batch=10, num_epochs=5, steps_per_epoch=10, state=None, metrics=None)
+    for accuracy, stops in ((0.949, False), (0.95, True)):
+        loop.record, loop.stop = {"val_accuracy": accuracy}, False
+        stop_at.on_epoch_end(loop)
+        assert loop.stop is stops
