@@ -24,9 +24,9 @@ class Engine:
 
     def __init__(self, config: ml_collections.ConfigDict) -> None:
         self.config = config
-        self.exp = build_experiment(config)
+        self.experiment = build_experiment(config)
         self.parallel = setup_parallel(config)
-        self.preprocess = preprocessors(self.exp)
+        self.preprocess = preprocessors(self.experiment)
         self._on_device: dict[str, Any] = {}  # split -> OnDeviceBatches, loaded on first use
         self._traces: collections.Counter[str] = collections.Counter()
 
@@ -61,12 +61,12 @@ class Engine:
         options = dict(shuffle=shuffle, seed=config.seed, epoch=epoch, drop_remainder=drop_remainder,
                        start_batch=start_batch)
         if not config.data.on_device:
-            return self.exp.source.batches(split, config.batch_size, **options, process_index=jax.process_index(),
-                                           process_count=jax.process_count())
+            return self.experiment.source.batches(split, config.batch_size, **options,
+                                                  process_index=jax.process_index(), process_count=jax.process_count())
         if split not in self._on_device:
             from cnn_flax.data import OnDeviceBatches
 
-            self._on_device[split] = OnDeviceBatches(*self.exp.source.arrays(split), self.parallel.mesh)
+            self._on_device[split] = OnDeviceBatches(*self.experiment.source.arrays(split), self.parallel.mesh)
         return self._on_device[split].batches(config.batch_size, **options)
 
     def eval_batches(self, split: str) -> Iterator[dict]:
