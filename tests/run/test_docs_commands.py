@@ -1,41 +1,49 @@
 """Every `python launch.py ...` command in README.md and docs/*.md parses as launch.py would parse it.
 
 A command a reader copies must run: its --config file exists and accepts its `:ARG`, every `--config.KEY`
-names a key that config has, every other flag is one launch.py defines, and every value parses. A command
+names a key that config has, every other flag is one launch.py defines, and every value parses. The
+`python -m cnn_flax....` commands (the benchmarks) are parsed by their own argument parsers. A command
 that only looks right (a key renamed since, a flag that never existed) is the documentation bug nobody
 notices until a newcomer pastes it. The README also stays short, and nothing names a path outside the
 repository.
 """
 
+import argparse
+import contextlib
 import copy
 import dataclasses
+import importlib.util
+import io
 import os
 import re
+import runpy
 import shlex
 import subprocess
 import sys
 import textwrap
 import types
 from pathlib import Path
+from unittest import mock
 
 import ml_collections
 import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
+from repo_paths import ROOT as REPO
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # launch.py and configs/ live at the repository root
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(REPO)
+if REPO not in sys.path:  # launch.py and configs/ live at the repository root
+    sys.path.insert(0, REPO)
 
 import launch  # noqa: E402 - only defines its flags; main() runs under `if __name__ == "__main__"`
-from cnn_flax.ablation import apply_overrides, parse_variants  # noqa: E402
-from cnn_flax.config_args import load_config  # noqa: E402
 from cnn_flax.errors import UserError  # noqa: E402
+from cnn_flax.run.ablation import apply_overrides, parse_variants  # noqa: E402
+from cnn_flax.run.config_args import load_config  # noqa: E402
 
 README_MAX_LINES = 260
 OUTSIDE_PATH = "../" + "shared"  # spelled in two pieces so that this file does not hold it
-_COMMAND = re.compile(r"(?:^|&&|;|\s)python3? launch\.py\b")
+_COMMAND = re.compile(r"(?:^|&&|;|\s)python3? (?:launch\.py\b|-m cnn_flax\.)")
 _INLINE = re.compile(r"`([^`]*)`")
 _SEPARATORS = {"&&", "||", ";", "|"}
 
@@ -43,17 +51,18 @@ _SEPARATORS = {"&&", "||", ";", "|"}
 @dataclasses.dataclass(frozen=True)
 class Command:
     source: str  # "README.md:42"
-    args: tuple[str, ...]  # what follows `python launch.py`
+    args: tuple[str, ...]  # what follows `python launch.py` (or `python -m MODULE`)
+    module: str | None = None  # `python -m MODULE`; None for launch.py
 
 
 def doc_files() -> list[Path]:
     return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def launch_commands(text: str, name: str) -> tuple[list[Command], list[str]]:
-    """The launch.py commands of a Markdown text, and the problems found while reading them.
+def documented_commands(text: str, name: str) -> tuple[list[Command], list[str]]:
+    """The launch.py and `python -m cnn_flax....` commands of a Markdown text, and the problems found reading them.
 
-    A code line (indented, or in a fence) is a command when it runs launch.py, possibly after `&&`; lines
+    A code line (indented, or in a fence) is a command when it runs one, possibly after `&&`; lines
     ending in a backslash continue on the next; `# comments` end it. In prose, a command is an inline code
     span; one left open at the end of its line cannot be checked and is reported.
     """
@@ -78,7 +87,7 @@ def launch_commands(text: str, name: str) -> tuple[list[Command], list[str]]:
                     found += spans
             unclosed = _INLINE.sub("", stripped).partition("`")[2]
             if _COMMAND.search(unclosed):
-                problem = f"{where}: an inline launch.py command is not closed on its line; keep it on one line"
+                problem = f"{where}: an inline command is not closed on its line; keep it on one line"
         commands += found
         problems += [problem] if problem else []
     return commands, problems
@@ -98,6 +107,9 @@ def _split_command(line: str, where: str) -> tuple[list[Command], str | None]:
             segment.pop(0)
         if len(segment) >= 2 and segment[0] in ("python", "python3") and segment[1] == "launch.py":
             commands.append(Command(where, tuple(segment[2:])))
+        elif len(segment) >= 3 and segment[0] in ("python", "python3") and segment[1] == "-m" \
+                and segment[2].startswith("cnn_flax."):
+            commands.append(Command(where, tuple(segment[3:]), module=segment[2]))
         segment = []
     return commands, None
 
@@ -200,10 +212,43 @@ def _absl_problems(command: Command, config_value: str | None) -> list[str]:
     return []
 
 
+class _Parsed(Exception):  # noqa: N818 - not an error: the module's parser accepted the arguments
+    pass
+
+
+def module_problems(command: Command) -> list[str]:
+    """What is wrong with a `python -m cnn_flax....` command: the module exists and its argparse parser
+    accepts the arguments. The module runs as `__main__` up to its `parse_args`, which stops it there."""
+    where, module = command.source, command.module
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        return [f"{where}: python -m {module}: no such module"]
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(parser, args=None, namespace=None):
+        parse_args(parser, args, namespace)
+        raise _Parsed
+
+    errors = io.StringIO()
+    with mock.patch.object(argparse.ArgumentParser, "parse_args", parse_then_stop), \
+            mock.patch.object(sys, "argv", [module, *command.args]), contextlib.redirect_stderr(errors):
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=False)
+        except _Parsed:
+            return []
+        except SystemExit as exit_:
+            message = errors.getvalue().strip().splitlines() or [f"it exited ({exit_.code})"]
+            return [f"{where}: python -m {module} rejects its arguments: {message[-1]}"]
+    return [f"{where}: python -m {module} finished without parsing its arguments with argparse"]
+
+
 def _all_commands() -> tuple[list[Command], list[str]]:
     commands, problems = [], []
     for path in doc_files():
-        found, bad = launch_commands(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
+        found, bad = documented_commands(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
         commands += found
         problems += bad
     return commands, problems
@@ -214,7 +259,7 @@ DOC_COMMANDS, READING_PROBLEMS = _all_commands()
 
 @pytest.mark.parametrize("command", DOC_COMMANDS, ids=[f"{c.source}" for c in DOC_COMMANDS])
 def test_every_documented_command_parses(command):
-    assert command_problems(command) == []
+    assert (module_problems(command) if command.module else command_problems(command)) == []
 
 
 def test_every_documented_command_was_read():
@@ -236,13 +281,13 @@ def test_commands_are_read_across_continuations_comments_and_inline_code():
         "Broken `python launch.py --config",
         "configs/quickstart.py` across lines.",
     ])
-    commands, problems = launch_commands(text, "x.md")
+    commands, problems = documented_commands(text, "x.md")
     assert commands == [
         Command("x.md:1", ("--config", "configs/quickstart.py", "--mode=summary")),
         Command("x.md:3", ("--config", "configs/vgg_imagenet.py:A", "--mode=prepare", "--config.data.dir=/data/tfds")),
         Command("x.md:5", ("--config", "configs/quickstart.py")),
     ]
-    assert problems == ["x.md:7: an inline launch.py command is not closed on its line; keep it on one line"]
+    assert problems == ["x.md:7: an inline command is not closed on its line; keep it on one line"]
 
 
 @pytest.mark.parametrize("line, expected", [
@@ -263,9 +308,21 @@ def test_commands_are_read_across_continuations_comments_and_inline_code():
      "unknown config key 'optimizer.lr'"),
 ])
 def test_a_wrong_command_is_reported_with_its_cause(line, expected):
-    (command,), _ = launch_commands(f"    {line}   # a comment", "bad.md")
+    (command,), _ = documented_commands(f"    {line}   # a comment", "bad.md")
     problems = command_problems(command)
     assert len(problems) == 1 and problems[0].startswith("bad.md:1: ") and expected in problems[0], problems
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("python -m cnn_flax.bench.tabel --rounds 3", "python -m cnn_flax.bench.tabel: no such module"),
+    ("python -m cnn_flax.bench.table --laps 3", "error: unrecognized arguments: --laps 3"),
+    ("python -m cnn_flax.bench.table --rounds three", "invalid int value: 'three'"),
+])
+def test_a_wrong_module_command_is_reported_with_its_cause(line, expected):
+    (command,), _ = documented_commands(f"    {line}   # a comment", "bad.md")
+    problems = module_problems(command)
+    assert len(problems) == 1 and problems[0].startswith("bad.md:1: ") and expected in problems[0], problems
+    assert module_problems(Command("good.md:1", ("--rounds", "3", "--peers", "none"), "cnn_flax.bench.table")) == []
 
 
 def test_the_same_commands_written_right_parse():
@@ -275,7 +332,7 @@ def test_the_same_commands_written_right_parse():
         "    python launch.py --config configs/quickstart.py --mode=ablate --variants 'a:;b:optimizer.l2=0.1'",
         "    python launch.py --mode=report --workdir runs/quickstart --noverbose",
     ])
-    commands, _ = launch_commands(text, "good.md")
+    commands, _ = documented_commands(text, "good.md")
     assert len(commands) == 4 and [command_problems(c) for c in commands] == [[], [], [], []]
 
 
@@ -309,10 +366,16 @@ def test_nothing_names_a_path_outside_the_repository():
 # the code must keep up with it.
 
 def python_blocks(section: str) -> list[str]:
-    """The ```python blocks under `## section` of docs/architecture.md, dedented, in order."""
+    """The ```python blocks under `## section` of docs/architecture.md, in order; each is preceded by blank
+    lines up to its place in the page, so that a traceback names the page's own line."""
     text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
-    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
-    return [textwrap.dedent(block) for block in re.findall(r"```python\n(.*?)```", body, re.S)]
+    start = text.index(f"\n## {section}\n")
+    end = text.find("\n## ", start + 1)
+    blocks = []
+    for match in re.finditer(r"```python\n(.*?)```", text[: end if end > 0 else len(text)], re.S):
+        if match.start() > start:
+            blocks.append("\n" * text.count("\n", 0, match.start(1)) + textwrap.dedent(match.group(1)))
+    return blocks
 
 
 def _run_block(code: str, namespace: dict | None = None) -> dict:
@@ -321,7 +384,7 @@ def _run_block(code: str, namespace: dict | None = None) -> dict:
     return namespace
 
 
-def test_the_architecture_page_adds_a_model_that_trains_from_its_config(monkeypatch):
+def test_the_architecture_page_adds_a_model_that_builds_from_its_config(monkeypatch):
     import jax
 
     from cnn_flax.models import MODELS, create_model, init_variables
@@ -374,11 +437,42 @@ def test_the_architecture_page_adds_a_dataset_that_serves_its_file(monkeypatch, 
 def test_the_architecture_page_hook_stops_at_its_accuracy():
     from cnn_flax.training.loop import LoopState
 
-    hook_code, fit_code = python_blocks("Adding a training hook")
-    stop_at = _run_block(hook_code)["StopAtAccuracy"](0.95)
-    assert "StopAtAccuracy(0.95)" in fit_code
+    stop_at = _run_block(python_blocks("Adding a training hook")[0])["StopAtAccuracy"](0.95)
     loop = LoopState(epoch=3, batch=10, num_epochs=5, steps_per_epoch=10, state=None, metrics=None)
     for accuracy, stops in ((0.949, False), (0.95, True)):
         loop.record, loop.stop = {"val_accuracy": accuracy}, False
         stop_at.on_epoch_end(loop)
         assert loop.stop is stops
+
+
+@pytest.mark.slow
+def test_the_architecture_page_trains_with_its_hook(monkeypatch, tmp_path, capsys):
+    """The page's own lines, on the quickstart made tiny: the hook ends the run at the first epoch that
+    reaches its accuracy (0.0 here, so the first), and the page's print shows where."""
+    from run_configs import tiny_config
+
+    from configs import quickstart
+
+    hook_code, fit_code = python_blocks("Adding a training hook")
+    config = tiny_config(num_epochs=3)
+    monkeypatch.setattr(quickstart, "get_config", lambda: config)
+    monkeypatch.chdir(tmp_path)
+    namespace = _run_block(hook_code)
+    fit_code = fit_code.replace("StopAtAccuracy(0.95)", "StopAtAccuracy(0.0)")
+    _run_block(fit_code, namespace)
+    loop = namespace["loop"]
+    assert loop.stop and loop.epoch == 1 and capsys.readouterr().out.startswith(f"1 {loop.record['val_accuracy']}")
+    assert os.path.isfile(tmp_path / "runs" / "early_stop" / "history.json")
+
+
+def test_the_architecture_page_adds_a_mode(monkeypatch, capsys):
+    from cnn_flax.run import modes
+    from configs import quickstart
+
+    modes_code, launch_code = python_blocks("Adding a launcher mode")
+    count = _run_block(modes_code, dict(vars(modes)))["count"]
+    monkeypatch.setattr(modes, "count", count, raising=False)
+    _run_block(launch_code, dict(vars(launch)))["_count"](quickstart.get_config(), None)
+    assert capsys.readouterr().out == "train: 1347\nval: 450\ntest: 450\n"
+    section = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8").split("## Adding a launcher mode")[1]
+    assert "`train: 1347`, `val: 450`, `test: 450`" in " ".join(section.split())
