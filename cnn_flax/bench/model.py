@@ -105,7 +105,7 @@ class _BareSteps:
         parallel = trainer.parallel
         first = next(iter(trainer.batches("train", shuffle=True, epoch=0, drop_remainder=True)))
         self.batch = parallel.put_batch(first)
-        self.state = parallel.put_replicated(trainer.new_state(initial_variables(trainer.exp)))
+        self.state = parallel.put_replicated(trainer.new_state(initial_variables(trainer.experiment)))
         self.metrics = parallel.put_replicated(TrainMetrics.empty())
 
     def __call__(self, steps: int) -> float:
@@ -241,7 +241,7 @@ def benchmark_figures(config: ml_collections.ConfigDict, seconds: float | None =
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(run_config)
-        figures["model"] = trainer.exp.model_config.get("name", figures["model"])
+        figures["model"] = trainer.experiment.model_config.get("name", figures["model"])
         bare = _BareSteps(trainer)
         bare(1)
         figures["first_step_s"] = time.perf_counter() - start
@@ -252,7 +252,7 @@ def benchmark_figures(config: ml_collections.ConfigDict, seconds: float | None =
         if has_data:
             from cnn_flax.bench.input import measure_input
 
-            figures["input_img_per_s"] = measure_input(trainer.exp.source, "train", batch_size, input_seconds)
+            figures["input_img_per_s"] = measure_input(trainer.experiment.source, "train", batch_size, input_seconds)
         figures["compiles"] = trainer.compile_count("train")
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     figures["data"] = "real" if has_data else "synthetic"

@@ -42,7 +42,7 @@ def precision_figures(config: ml_collections.ConfigDict, seconds: float) -> dict
         bare[name](1)
         bare[name].infer(1)
     batch_size = config.batch_size
-    figures: dict[str, Any] = dict(model=next(iter(bare.values())).trainer.exp.model_config.get("name", "?"),
+    figures: dict[str, Any] = dict(model=next(iter(bare.values())).trainer.experiment.model_config.get("name", "?"),
                                    batch=batch_size)
     for kind in ("step", "eval"):
         runs: dict[str, Callable[[int], float]] = {

@@ -28,9 +28,9 @@ class Engine:
 
     def __init__(self, config: ml_collections.ConfigDict) -> None:
         self.config = config
-        self.exp = build_experiment(config)
+        self.experiment = build_experiment(config)
         self.parallel = setup_parallel(config)
-        self.preprocess = preprocessors(self.exp)
+        self.preprocess = preprocessors(self.experiment)
         self._on_device: dict[str, Any] = {}  # split -> OnDeviceBatches, loaded on first use
         self._traces: collections.Counter[str] = collections.Counter()
         self._precise_bn: dict[Any, Any] = {}  # compiled precise-BN steps, made on first use
@@ -66,12 +66,12 @@ class Engine:
         options = dict(shuffle=shuffle, seed=config.seed, epoch=epoch, drop_remainder=drop_remainder,
                        start_batch=start_batch)
         if not config.data.on_device:
-            return self.exp.source.batches(split, config.batch_size, **options, process_index=jax.process_index(),
-                                           process_count=jax.process_count())
+            return self.experiment.source.batches(split, config.batch_size, **options,
+                                                  process_index=jax.process_index(), process_count=jax.process_count())
         if split not in self._on_device:
             from cnn_flax.data import OnDeviceBatches
 
-            self._on_device[split] = OnDeviceBatches(*self.exp.source.arrays(split), self.parallel.mesh)
+            self._on_device[split] = OnDeviceBatches(*self.experiment.source.arrays(split), self.parallel.mesh)
         return self._on_device[split].batches(config.batch_size, **options)
 
     def precise_batch_stats(self, variables: dict[str, Any], num_batches: int | None = None) -> dict[str, Any]:
@@ -86,7 +86,7 @@ class Engine:
         if not count or not jax.tree_util.tree_leaves(variables.get("batch_stats", {})):
             return variables
         if "precise_bn" not in self._precise_bn:
-            model, accum = self.exp.model, self.config.optimizer.accum_steps
+            model, accum = self.experiment.model, self.config.optimizer.accum_steps
             for start in (0.0, 1.0):
                 step = make_batch_stats_step(model, self.preprocess, accum_steps=accum, start=start)
                 self._precise_bn[start] = self.compile(f"precise_bn_{start:g}", step, donate=())

@@ -28,7 +28,7 @@ class Evaluator:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        model, preprocess = engine.exp.model, engine.preprocess
+        model, preprocess = engine.experiment.model, engine.preprocess
         self.eval_step = engine.compile(
             "eval", make_eval_step(model, preprocess, axis_name=engine.parallel.axis_name), donate=(2,))
         self.predict_step = {flip: engine.compile_predict("predict_flip" if flip else "predict",
@@ -72,7 +72,7 @@ class Evaluator:
             if kept < num_images:  # every process takes part: fetch_rows gathers across processes
                 images.append(parallel.fetch_rows(batch["image"])[mask][:num_images - kept])
                 kept += len(images[-1])
-        first = np.concatenate(images) if images else np.zeros((0, *self.engine.exp.input_shape), np.uint8)
+        first = np.concatenate(images) if images else np.zeros((0, *self.engine.experiment.input_shape), np.uint8)
         return np.concatenate(logits), np.concatenate(labels), first
 
     def scores(self, variables: Variables, split: str) -> dict[str, float]:
@@ -87,7 +87,7 @@ class Evaluator:
 
         {} on processes other than 0, which take part in the evaluation but write nothing.
         """
-        config, exp = self.engine.config, self.engine.exp
+        config, experiment = self.engine.config, self.engine.experiment
         split = config.eval_split
         results = {}
         variants = [("", False, variables)] + ([("tta_", True, variables)] if config.tta else [])
@@ -98,10 +98,10 @@ class Evaluator:
             logits, labels, images = self.predictions(weights, split, flip, 0 if prefix else SHOWN_IMAGES, worst)
             if files.is_writer:
                 results[prefix or "plain"] = write_evaluation(
-                    files.workdir, split=split, scores=logits, labels=labels, class_names=exp.class_names,
+                    files.workdir, split=split, scores=logits, labels=labels, class_names=experiment.class_names,
                     images=None if prefix else images, loss=_mean_loss(logits, labels), prefix=prefix)
                 if worst is not None:
-                    write_mistakes(files.workdir, worst, exp.class_names, self._file_names(split))
+                    write_mistakes(files.workdir, worst, experiment.class_names, self._file_names(split))
         if "ema_" in results:
             results["plain"].update({f"ema_{k}": results["ema_"][k] for k in ("rank1", "rank5", "loss")})
             files.write_json("metrics.json", results["plain"])
@@ -109,7 +109,7 @@ class Evaluator:
 
     def _file_names(self, split: str) -> list[str] | None:
         """The file of each example of `split` in order, for sources that know them (folder datasets)."""
-        image_paths = getattr(self.engine.exp.source, "image_paths", None)
+        image_paths = getattr(self.engine.experiment.source, "image_paths", None)
         return None if image_paths is None else list(image_paths(split))
 
 

@@ -129,7 +129,7 @@ def build_experiment(config: ml_collections.ConfigDict, need_data: bool = True) 
     return Experiment(config, model, model_config, shape, source, info)
 
 
-def steps_per_epoch(config: ml_collections.ConfigDict, source: DataSource) -> int:
+def train_steps_per_epoch(config: ml_collections.ConfigDict, source: DataSource) -> int:
     available = source.num_batches("train", config.batch_size, drop_remainder=True)
     wanted = int(config.steps_per_epoch)
     if available == 0:
@@ -143,14 +143,15 @@ def steps_per_epoch(config: ml_collections.ConfigDict, source: DataSource) -> in
 
 def optimizer_plan(config: ml_collections.ConfigDict) -> list[str]:
     """The optimizer and the learning rate by epoch, as --mode=summary and report.html show them."""
-    spe = int(config.steps_per_epoch)
-    if spe <= 0:
+    steps_per_epoch = int(config.steps_per_epoch)
+    if steps_per_epoch <= 0:
         entry = source_entry(config.data.name)
         train_size = entry.train_size if entry is not None and entry.train_size else config.batch_size
-        spe = max(train_size // config.batch_size, 1)
+        steps_per_epoch = max(train_size // config.batch_size, 1)
     lines = [f"Optimizer: {describe_optimizer(config.optimizer)}; batch {config.batch_size}; "
-             f"{config.num_epochs} epochs of {spe} steps", "Learning rate plan:"]
-    lines += [f"  {line}" for line in learning_rate_plan(config.optimizer, config.schedule, config.num_epochs, spe)]
+             f"{config.num_epochs} epochs of {steps_per_epoch} steps", "Learning rate plan:"]
+    lines += [f"  {line}" for line in learning_rate_plan(config.optimizer, config.schedule, config.num_epochs,
+                                                         steps_per_epoch)]
     return lines + _controls_plan(config)
 
 
@@ -174,26 +175,28 @@ def _controls_plan(config: ml_collections.ConfigDict) -> list[str]:
     return lines
 
 
-def make_optimizer(config: ml_collections.ConfigDict, spe: int) -> tuple[Callable, optax.GradientTransformation]:
-    schedule = build_schedule(config.optimizer, config.schedule, config.num_epochs, spe)
+def make_optimizer(config: ml_collections.ConfigDict,
+                   steps_per_epoch: int) -> tuple[Callable, optax.GradientTransformation]:
+    schedule = build_schedule(config.optimizer, config.schedule, config.num_epochs, steps_per_epoch)
     return schedule, with_param_groups(config.optimizer, build_optimizer(config.optimizer, schedule))
 
 
-def make_scaled_optimizer(config: ml_collections.ConfigDict, spe: int) -> Callable[[Any], optax.GradientTransformation]:
+def make_scaled_optimizer(config: ml_collections.ConfigDict,
+                          steps_per_epoch: int) -> Callable[[Any], optax.GradientTransformation]:
     """`scale -> the optimizer with its schedule's rate times scale`, for ReduceLROnPlateau.
 
     Called inside the compiled step with the train state's scale: the rate enters each update rule where its
     learning rate does (inside Keras SGD's velocity, before LARS's momentum), which multiplying the finished
     update would not; the optimizer state has the same structure whatever the scale.
     """
-    schedule = build_schedule(config.optimizer, config.schedule, config.num_epochs, spe)
+    schedule = build_schedule(config.optimizer, config.schedule, config.num_epochs, steps_per_epoch)
     return lambda scale: with_param_groups(
         config.optimizer, build_optimizer(config.optimizer, lambda step: schedule(step) * scale))
 
 
-def preprocessors(exp: Experiment) -> Callable:
-    assert exp.info is not None
-    return make_preprocess(exp.config.data, exp.info)
+def preprocessors(experiment: Experiment) -> Callable:
+    assert experiment.info is not None
+    return make_preprocess(experiment.config.data, experiment.info)
 
 
 def setup_parallel(config: ml_collections.ConfigDict):
@@ -204,10 +207,10 @@ def setup_parallel(config: ml_collections.ConfigDict):
     return make_parallel(config.parallel)
 
 
-def initial_variables(exp: Experiment) -> dict[str, Any]:
+def initial_variables(experiment: Experiment) -> dict[str, Any]:
     """Fresh weights from config.seed, or the weights named by config.init_from."""
-    variables = init_variables(exp.model, jax.random.key(exp.config.seed), exp.input_shape)
-    source = exp.config.init_from
+    variables = init_variables(experiment.model, jax.random.key(experiment.config.seed), experiment.input_shape)
+    source = experiment.config.init_from
     if not source:
         return variables
     if not os.path.exists(source):
@@ -216,7 +219,8 @@ def initial_variables(exp: Experiment) -> dict[str, Any]:
         from cnn_flax.pretrained import load_keras_weights
 
         log.info("Initialising from Keras weights %s", source)
-        return load_keras_weights(source, exp.model, variables, exp.input_shape, skip=_init_skip(exp.config))
+        return load_keras_weights(source, experiment.model, variables, experiment.input_shape,
+                                  skip=_init_skip(experiment.config))
     try:
         return load_variables(source, variables)
     except UserError as error:
@@ -231,37 +235,39 @@ def _init_skip(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     return tuple(s for s in config.init_skip.split(",") if s)
 
 
-def initial_state(exp: Experiment, new_state: Callable[[dict[str, Any]], Any], spe: int) -> tuple[Any, int]:
+def initial_state(experiment: Experiment, new_state: Callable[[dict[str, Any]], Any],
+                  steps_per_epoch: int) -> tuple[Any, int]:
     """The state a new run starts from (`new_state(variables)` makes it), and the epochs already done.
 
     0 epochs, except from a Keras file, which continues where its run stopped: after `init_epoch`
     (default: the N of epoch_N.hdf5), and with optimizer.keras=True with the file's optimizer slots and
     iteration count in the optax state.
     """
-    source = exp.config.init_from
+    source = experiment.config.init_from
     if not (source and is_keras_file(source) and os.path.exists(source)):
-        return new_state(initial_variables(exp)), 0
+        return new_state(initial_variables(experiment)), 0
     from cnn_flax.pretrained.keras_h5 import epoch_from_name, read_keras_checkpoint
     from cnn_flax.training.keras_optim import restore_keras_slots
 
-    template = init_variables(exp.model, jax.random.key(exp.config.seed), exp.input_shape)
-    checkpoint = read_keras_checkpoint(source, exp.model, template, exp.input_shape, skip=_init_skip(exp.config))
+    template = init_variables(experiment.model, jax.random.key(experiment.config.seed), experiment.input_shape)
+    checkpoint = read_keras_checkpoint(source, experiment.model, template, experiment.input_shape,
+                                       skip=_init_skip(experiment.config))
     state = new_state(checkpoint.variables)
-    epoch = int(exp.config.init_epoch)
+    epoch = int(experiment.config.init_epoch)
     if epoch < 0:
         epoch = epoch_from_name(source) or 0
     saved = checkpoint.optimizer
-    if saved is not None and exp.config.optimizer.keras:
+    if saved is not None and experiment.config.optimizer.keras:
         opt_state = restore_keras_slots(state.opt_state, saved.name, saved.iterations, saved.slots, source)
         state = state.replace(opt_state=opt_state)
-        if saved.iterations != epoch * spe:
+        if saved.iterations != epoch * steps_per_epoch:
             log.warning("%s: its optimizer made %d steps but epoch %d of %d steps ends at step %d; the learning "
-                        "rate schedule follows the optimizer's count", source, saved.iterations, epoch, spe,
-                        epoch * spe)
+                        "rate schedule follows the optimizer's count", source, saved.iterations, epoch, steps_per_epoch,
+                        epoch * steps_per_epoch)
     elif saved is not None:
         log.warning("%s holds the Keras %s optimizer's state; optimizer.keras=False starts a fresh optax state "
                     "(set --config.optimizer.keras=True to continue the Keras run exactly)", source, saved.name)
     elif checkpoint.optimizer_note:
         log.warning("%s: %s; the optimizer starts afresh", source, checkpoint.optimizer_note)
     log.info("Continuing from Keras checkpoint %s after epoch %d", source, epoch)
-    return state.replace(step=jnp.asarray(epoch * spe, state.step.dtype)), epoch
+    return state.replace(step=jnp.asarray(epoch * steps_per_epoch, state.step.dtype)), epoch

@@ -38,34 +38,34 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str 
                         "nothing to export")
     method = config.data.normalize
     caffe = method == "caffe"
-    exp = build_experiment(config, need_data=not caffe or config.data.name == "folder")
+    experiment = build_experiment(config, need_data=not caffe or config.data.name == "folder")
     # float32 (see function.py), and without the CPU training kernels: XLA's own pooling, which every
     # runtime and converter knows.
-    model = create_model(exp.model_config, dtype=jnp.float32, cpu_kernels=False)
-    variables, source = _weights(config, workdir, exp, model, checkpoint)
+    model = create_model(experiment.model_config, dtype=jnp.float32, cpu_kernels=False)
+    variables, source = _weights(config, workdir, experiment, model, checkpoint)
     if config.precise_bn_batches:  # the statistics evaluate and predict use too
         variables = precise_host_variables(config, variables)
         source["batch_norm_statistics"] = f"recomputed over {config.precise_bn_batches} training batches"
-    function = build_inference_function(model, variables, exp.input_shape, method, exp.info)
-    if caffe and exp.info is None and exp.model_config["num_classes"] == 1000:
+    function = build_inference_function(model, variables, experiment.input_shape, method, experiment.info)
+    if caffe and experiment.info is None and experiment.model_config["num_classes"] == 1000:
         from cnn_flax.pretrained import imagenet_class_names
 
         class_names = imagenet_class_names()
     else:
-        class_names = exp.class_names
+        class_names = experiment.class_names
     normalization: dict[str, Any] = {"method": method}
     if method == "mean_rgb":
-        normalization["mean_rgb"] = [float(v) for v in exp.info.mean_rgb]
+        normalization["mean_rgb"] = [float(v) for v in experiment.info.mean_rgb]
     elif method == "mean_image":
-        normalization["mean_image_shape"] = list(exp.info.mean_image.shape)
-    facts = {"config": config.name, "model": exp.model_config, "normalization": normalization,
+        normalization["mean_image_shape"] = list(experiment.info.mean_image.shape)
+    facts = {"config": config.name, "model": experiment.model_config, "normalization": normalization,
              "image_decoding": image_decoding(config.data), "source": source,
              "trained_dtype": "bfloat16" if config.half_precision else "float32"}
     return write_export(function, directory, class_names, facts, onnx=config.export.onnx,
                         tflite=bool(config.export.tflite), overwrite=overwrite)
 
 
-def _weights(config: ml_collections.ConfigDict, workdir: str, exp, model,
+def _weights(config: ml_collections.ConfigDict, workdir: str, experiment, model,
              checkpoint: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The variables to export and a description of where they came from, for export.json."""
     directory = os.path.join(workdir, "checkpoints")
@@ -75,7 +75,7 @@ def _weights(config: ml_collections.ConfigDict, workdir: str, exp, model,
             if config.init_from and config.ema_eval:
                 raise UserError("ema_eval (--ema): init_from weights carry no moving average; drop --ema")
             if config.init_from:
-                return initial_variables(exp), {"init_from": os.path.abspath(config.init_from)}
+                return initial_variables(experiment), {"init_from": os.path.abspath(config.init_from)}
             raise UserError(f"no checkpoint in {directory} and no init_from; train first or set "
                             "--config.init_from=FILE.h5")
         epoch = epochs[-1]
@@ -86,7 +86,7 @@ def _weights(config: ml_collections.ConfigDict, workdir: str, exp, model,
             raise UserError(f"--checkpoint={checkpoint}: no checkpoint in {directory}; train first")
         epoch = checkpoint_epoch(workdir, checkpoint, config.checkpoint.monitor, config.checkpoint.mode)
     path = os.path.join(directory, f"epoch_{epoch}")
-    template = jax.eval_shape(lambda: init_traced(model, exp.input_shape, jax.random.key(0)))
+    template = jax.eval_shape(lambda: init_traced(model, experiment.input_shape, jax.random.key(0)))
     source = {"checkpoint": os.path.abspath(path), "epoch": epoch}
     if config.ema_eval:  # --ema: the moving average of the weights the run kept
         source["weights"] = "moving average"

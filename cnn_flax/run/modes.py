@@ -28,9 +28,9 @@ log = logging.getLogger("cnn_flax")
 
 def summary(config: ml_collections.ConfigDict) -> str:
     """Model table and totals, then the optimizer and the learning rate by epoch. Needs no data."""
-    exp = build_experiment(config, need_data=False)
-    lines = [summary_text(exp.model, exp.input_shape, title=config.name)]
-    if "num_classes" not in exp.model_config:
+    experiment = build_experiment(config, need_data=False)
+    lines = [summary_text(experiment.model, experiment.input_shape, title=config.name)]
+    if "num_classes" not in experiment.model_config:
         return lines[0]
     return "\n".join([*lines, "", *optimizer_plan(config)])
 
@@ -65,8 +65,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = 
         raise UserError("ema_eval (--ema) needs the run's ema_decay: set --config.ema_decay to the value it was "
                         "trained with")
     evaluator, files = Evaluator.from_config(config), RunFiles(workdir)
-    exp = evaluator.engine.exp
-    template = jax.eval_shape(lambda: init_variables(exp.model, jax.random.key(0), exp.input_shape))
+    experiment = evaluator.engine.experiment
+    template = jax.eval_shape(lambda: init_variables(experiment.model, jax.random.key(0), experiment.input_shape))
     checkpoints = Checkpoints(files.checkpoints)
     try:
         epochs = checkpoints.saved_epochs()
@@ -81,7 +81,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = 
                 if config.ema_eval:
                     raise UserError("ema_eval (--ema): init_from weights carry no moving average; evaluate a "
                                     "checkpoint of this workdir or drop --ema")
-                variables = initial_variables(exp)
+                variables = initial_variables(experiment)
             else:
                 raise UserError(f"no checkpoint in {checkpoints.directory} and no init_from; train first or set "
                                 "--config.init_from")
@@ -127,12 +127,12 @@ def _monitor(config: ml_collections.ConfigDict) -> tuple[str, bool]:
     return config.checkpoint.monitor, plateau_maximizes(config.checkpoint.monitor, config.checkpoint.mode)
 
 
-def _inference_variables(config: ml_collections.ConfigDict, workdir: str, exp,
+def _inference_variables(config: ml_collections.ConfigDict, workdir: str, experiment,
                          checkpoint: str = "latest") -> dict[str, Any]:
     """The `checkpoint` (latest, best or an epoch number) of the workdir if it has any, else init_from's weights."""
     directory = RunFiles(workdir).checkpoints
     if os.path.isdir(directory) and Checkpoints(directory).saved_epochs():
-        template = jax.eval_shape(lambda: init_variables(exp.model, jax.random.key(0), exp.input_shape))
+        template = jax.eval_shape(lambda: init_variables(experiment.model, jax.random.key(0), experiment.input_shape))
         epoch = checkpoint_epoch(workdir, checkpoint, config.checkpoint.monitor, config.checkpoint.mode)
         return load_variables(os.path.join(directory, f"epoch_{epoch}"), template, ema=config.ema_eval)
     if checkpoint != "latest":
@@ -140,7 +140,7 @@ def _inference_variables(config: ml_collections.ConfigDict, workdir: str, exp,
     if config.init_from:
         if config.ema_eval:
             raise UserError("ema_eval (--ema): init_from weights carry no moving average; drop --ema")
-        return initial_variables(exp)
+        return initial_variables(experiment)
     raise UserError(f"no checkpoint in {directory} and no init_from; train first or set --config.init_from")
 
 
@@ -156,19 +156,19 @@ def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str],
 
     files = image_files(paths)
     caffe = config.data.normalize == "caffe"
-    exp = build_experiment(config, need_data=not caffe or config.data.name == "folder")
-    variables = precise_host_variables(config, _inference_variables(config, workdir, exp, checkpoint))
-    if caffe and exp.info is None:
+    experiment = build_experiment(config, need_data=not caffe or config.data.name == "folder")
+    variables = precise_host_variables(config, _inference_variables(config, workdir, experiment, checkpoint))
+    if caffe and experiment.info is None:
         from cnn_flax.pretrained import caffe_preprocess, imagenet_class_names
 
         preprocess = caffe_preprocess
-        names = imagenet_class_names() if exp.model_config.get("num_classes") == 1000 else exp.class_names
+        names = imagenet_class_names() if experiment.model_config.get("num_classes") == 1000 else experiment.class_names
     else:
-        data_preprocess = make_preprocess(config.data, exp.info)
+        data_preprocess = make_preprocess(config.data, experiment.info)
         preprocess = lambda images: data_preprocess(images, None)  # noqa: E731
-        names = exp.class_names
-    load = image_loader(image_decoding(config.data), exp.input_shape[:2])
-    return predict_files(model_probabilities(exp.model, variables, preprocess), files, load, names,
+        names = experiment.class_names
+    load = image_loader(image_decoding(config.data), experiment.input_shape[:2])
+    return predict_files(model_probabilities(experiment.model, variables, preprocess), files, load, names,
                          workdir, batch_size=config.batch_size, write=RunFiles(workdir).is_writer)
 
 

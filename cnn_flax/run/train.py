@@ -28,7 +28,7 @@ from cnn_flax.errors import UserError
 from cnn_flax.models import init_variables
 from cnn_flax.run.engine import Engine
 from cnn_flax.run.evaluator import Evaluator
-from cnn_flax.run.experiment import initial_state, make_optimizer, make_scaled_optimizer, steps_per_epoch
+from cnn_flax.run.experiment import initial_state, make_optimizer, make_scaled_optimizer, train_steps_per_epoch
 from cnn_flax.run.report_page import write_run_report
 from cnn_flax.training.checkpoint import Checkpoints, KeepBest
 from cnn_flax.training.controls import plateau_maximizes
@@ -36,8 +36,8 @@ from cnn_flax.training.history import History
 from cnn_flax.training.hooks import (
     EarlyStop,
     FiniteLossCheck,
-    Report,
     SaveCheckpoints,
+    ShowProgress,
     StopOnRequest,
     StopRequest,
     WriteHistory,
@@ -77,23 +77,24 @@ class Trainer(Engine):
 
     def __init__(self, config: ml_collections.ConfigDict) -> None:
         super().__init__(config)
-        self.spe = steps_per_epoch(config, self.exp.source)
-        self.schedule, self.tx = make_optimizer(config, self.spe)
+        self.steps_per_epoch = train_steps_per_epoch(config, self.experiment.source)
+        self.schedule, self.tx = make_optimizer(config, self.steps_per_epoch)
         # ReduceLROnPlateau's factor lives in the train state; restore_best_weights keeps a copy of the weights there.
         self.lr_scaled = bool(config.reduce_lr_on_plateau.enabled)
         self.keeps_best = bool(config.early_stopping.enabled and config.early_stopping.restore_best_weights)
         self.train_step = self.compile("train", make_train_step(
-            self.exp.model, self.tx, self.preprocess, seed=config.seed, aux_weight=config.loss.aux_weight,
+            self.experiment.model, self.tx, self.preprocess, seed=config.seed, aux_weight=config.loss.aux_weight,
             l2=config.optimizer.l2, label_smoothing=config.loss.label_smoothing,
             accum_steps=config.optimizer.accum_steps, ema_decay=config.ema_decay, ema_warmup=config.ema_warmup,
             axis_name=self.parallel.axis_name, mixing=make_mixing(config.data), freeze=config.optimizer.freeze,
-            scaled_tx=make_scaled_optimizer(config, self.spe) if self.lr_scaled else None))
+            scaled_tx=make_scaled_optimizer(config, self.steps_per_epoch) if self.lr_scaled else None))
         self.evaluator = Evaluator(self)
         self.log_every_steps = int(config.log_every_steps)
 
     def template(self) -> dict[str, Any]:
         """Zeros shaped like a checkpoint's tree, to restore into."""
-        variables = jax.eval_shape(lambda: init_variables(self.exp.model, jax.random.key(0), self.exp.input_shape))
+        experiment = self.experiment
+        variables = jax.eval_shape(lambda: init_variables(experiment.model, jax.random.key(0), experiment.input_shape))
         state = jax.eval_shape(lambda v: self.new_state(v), variables)
         as_numpy = lambda s: np.zeros(s.shape, s.dtype)  # noqa: E731
         return {"state": jax.tree_util.tree_map(as_numpy, state),
@@ -118,21 +119,23 @@ class Trainer(Engine):
 
     def meta(self, epochs_done: int, batch: int) -> dict[str, Any]:
         """A checkpoint's description: its position in the data order and the model it belongs to."""
-        return dict(epoch=epochs_done, batch=batch, step=epochs_done * self.spe + batch, steps_per_epoch=self.spe,
-                    batch_size=self.config.batch_size, model=self.exp.model_config,
-                    input_shape=list(self.exp.input_shape), ema=bool(self.config.ema_decay),
+        return dict(epoch=epochs_done, batch=batch, step=epochs_done * self.steps_per_epoch + batch,
+                    steps_per_epoch=self.steps_per_epoch,
+                    batch_size=self.config.batch_size, model=self.experiment.model_config,
+                    input_shape=list(self.experiment.input_shape), ema=bool(self.config.ema_decay),
                     lr_scale=self.lr_scaled, best_weights=self.keeps_best)
 
     def check_same_run(self, meta: dict[str, Any], workdir: str) -> None:
         """Refuse another run's checkpoints before reading them: their parameters would not fit this model."""
-        exp, config = self.exp, self.config
-        if _architecture(meta["model"]) != _architecture(exp.model_config):
-            raise UserError(f"{workdir} holds checkpoints of model {meta['model']}, not {exp.model_config}; "
+        experiment, config = self.experiment, self.config
+        if _architecture(meta["model"]) != _architecture(experiment.model_config):
+            raise UserError(f"{workdir} holds checkpoints of model {meta['model']}, not {experiment.model_config}; "
                             "use another --workdir for this config")
-        shape = tuple(meta.get("input_shape", exp.input_shape))  # older checkpoints lack it
-        if shape != tuple(exp.input_shape):  # the input size fixes the first dense layer's shape
+        shape = tuple(meta.get("input_shape", experiment.input_shape))  # older checkpoints lack it
+        if shape != tuple(experiment.input_shape):  # the input size fixes the first dense layer's shape
             raise UserError(f"{workdir} holds checkpoints of the model for {shape[0]}x{shape[1]} inputs, not "
-                            f"{exp.input_shape[0]}x{exp.input_shape[1]}; use another --workdir for this config")
+                            f"{experiment.input_shape[0]}x{experiment.input_shape[1]}; use another --workdir for this "
+                            "config")
         if meta.get("ema", False) != bool(config.ema_decay):  # the train state has another shape
             raise UserError(f"{workdir} holds checkpoints {'with' if meta.get('ema') else 'without'} a moving average "
                             "of the weights; keep ema_decay as it was (0 or not) or use another --workdir")
@@ -142,7 +145,7 @@ class Trainer(Engine):
                 raise UserError(f"{workdir} holds checkpoints {'with' if meta.get(key) else 'without'} {option} "
                                 "(its train state has another shape); keep the setting it was trained with or use "
                                 "another --workdir")
-        if meta["batch"] and (meta["steps_per_epoch"], meta["batch_size"]) != (self.spe, config.batch_size):
+        if meta["batch"] and (meta["steps_per_epoch"], meta["batch_size"]) != (self.steps_per_epoch, config.batch_size):
             raise UserError(f"{workdir} was interrupted mid-epoch with batch_size={meta['batch_size']} and "
                             f"{meta['steps_per_epoch']} steps per epoch; resume with the same values")
 
@@ -162,7 +165,8 @@ class Trainer(Engine):
         if resume_epoch > 0:
             raise UserError(f"resume_epoch={resume_epoch}: no checkpoint at or before that epoch in "
                             f"{checkpoints.directory}")
-        state, epochs_done = initial_state(self.exp, self.new_state, self.spe)  # a Keras file may continue a run
+        # a Keras file may continue a run
+        state, epochs_done = initial_state(self.experiment, self.new_state, self.steps_per_epoch)
         return state, TrainMetrics.empty(), self.meta(epochs_done, 0)
 
 
@@ -194,7 +198,7 @@ def fit(trainer: Trainer, files: RunFiles, reporter: Reporter, hooks: Sequence[H
         state, metrics, meta = trainer.restore_or_init(checkpoints)
         history = History.load(files.path("history.json")).truncate(meta["epoch"])
         loop = LoopState(epoch=meta["epoch"] + 1, batch=meta["batch"], num_epochs=config.num_epochs,
-                         steps_per_epoch=trainer.spe, state=trainer.parallel.put_replicated(state),
+                         steps_per_epoch=trainer.steps_per_epoch, state=trainer.parallel.put_replicated(state),
                          metrics=trainer.parallel.put_replicated(metrics))
         controls = control_hooks(config, trainer.parallel, meta.get("controls"), history)
         if any(isinstance(hook, EarlyStop) and hook.state.stopped_epoch for hook in controls):
@@ -202,7 +206,7 @@ def fit(trainer: Trainer, files: RunFiles, reporter: Reporter, hooks: Sequence[H
             loop.stop = loop.early_stopped = True
             return loop
         with StopRequest() as request:
-            own = [FiniteLossCheck(checkpoints), *controls, WriteHistory(history, files), Report(reporter),
+            own = [FiniteLossCheck(checkpoints), *controls, WriteHistory(history, files), ShowProgress(reporter),
                    StopOnRequest(request, config.log_every_steps),
                    SaveCheckpoints(trainer, checkpoints, config.checkpoint_every_epochs, controls)]
             return run_epochs(trainer, loop, [*own, *hooks])

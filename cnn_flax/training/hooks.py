@@ -228,7 +228,7 @@ class WriteHistory(Hook):
             plot_history(self.history.records, self.files.path("training.png"))
 
 
-class Report(Hook):
+class ShowProgress(Hook):
     """The progress bar, TensorBoard scalars and W&B, through the run's `Reporter`."""
 
     def __init__(self, reporter: Reporter) -> None:

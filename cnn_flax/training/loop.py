@@ -93,14 +93,14 @@ class Hook:
 
 def run_epochs(trainer: Trainable, loop: LoopState, hooks: Sequence[Hook]) -> LoopState:
     """Train from `loop`'s position to the end of its last epoch, or until a hook sets `loop.stop`."""
-    parallel, spe = trainer.parallel, loop.steps_per_epoch
+    parallel, steps_per_epoch = trainer.parallel, loop.steps_per_epoch
     log_every = max(trainer.log_every_steps, 1)
     while loop.epoch <= loop.num_epochs:
         started = time.time()
         _call(hooks, "on_epoch_start", loop)
         batches = trainer.batches("train", shuffle=True, epoch=loop.epoch - 1, drop_remainder=True,
                                   start_batch=loop.batch)
-        batches = (b for _, b in zip(range(spe - loop.batch), batches, strict=False))
+        batches = (b for _, b in zip(range(steps_per_epoch - loop.batch), batches, strict=False))
         for batch in device_prefetch(batches, parallel.put_batch):
             loop.state, loop.metrics = trainer.train_step(loop.state, batch, loop.metrics)
             loop.batch += 1
@@ -115,7 +115,7 @@ def run_epochs(trainer: Trainable, loop: LoopState, hooks: Sequence[Hook]) -> Lo
         if loop.state.ema:  # the moving average of the weights, scored beside them
             averaged = trainer.evaluator.metrics(loop.state.averaged().variables, "val")
             val.update({f"ema_{k}": v for k, v in averaged.items()})
-        rate = trainer.learning_rate(loop.state, (loop.epoch - 1) * spe)  # the epoch's first step, plateau included
+        rate = trainer.learning_rate(loop.state, (loop.epoch - 1) * steps_per_epoch)  # plateau factor included
         loop.record = dict(epoch=loop.epoch, learning_rate=float(f"{rate:.7g}"),  # 0.001, not 0.0010000000474974513
                            train_loss=loop.train["loss"], train_accuracy=loop.train["accuracy"],
                            val_loss=val["loss"], val_accuracy=val["accuracy"], seconds=round(time.time() - started, 3),

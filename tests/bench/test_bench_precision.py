@@ -49,7 +49,7 @@ def test_bfloat16_evaluation_agrees_with_float32_on_the_same_weights():
 
 def test_bfloat16_train_step_moves_running_statistics_by_the_batch_statistics():
     trainer = Trainer(tiny_config(half_precision=True, **NO_AUGMENT))
-    variables = _with_statistics(initial_variables(trainer.exp))
+    variables = _with_statistics(initial_variables(trainer.experiment))
     batch = next(iter(trainer.batches("train", shuffle=True, epoch=0, drop_remainder=True)))
     parallel = trainer.parallel
     state, _ = trainer.train_step(parallel.put_replicated(trainer.new_state(variables)), parallel.put_batch(batch),

@@ -151,10 +151,10 @@ def separate_process(zoo, trained, tmp_path_factory):
     from cnn_flax.run.experiment import build_experiment
     from cnn_flax.training.checkpoint import load_variables
 
-    exp = build_experiment(config)
-    template = jax.eval_shape(lambda: init_traced(exp.model, exp.input_shape, jax.random.key(0)))
+    experiment = build_experiment(config)
+    template = jax.eval_shape(lambda: init_traced(experiment.model, experiment.input_shape, jax.random.key(0)))
     variables = load_variables(workdir, template)
-    expected = flax_probabilities(exp.model, variables, images, "scale", None)
+    expected = flax_probabilities(experiment.model, variables, images, "scale", None)
     cases = {name: (folder, imgs, want, ZOO_BATCHES) for name, (folder, imgs, want, _) in zoo.items()}
     cases["quickstart"] = (os.path.join(workdir, "export"), images, expected, QUICKSTART_BATCHES)
     spec = []

@@ -105,8 +105,8 @@ def test_a_model_created_with_cpu_kernels_computes_what_plain_linen_computes(nam
 
 def test_the_train_step_with_cpu_kernels_compiles_once():
     trainer = Trainer(tiny_config())
-    assert trainer.exp.model.cpu_kernels  # the experiment chose them for the CPU backend
-    state = trainer.parallel.put_replicated(trainer.new_state(initial_variables(trainer.exp)))
+    assert trainer.experiment.model.cpu_kernels  # the experiment chose them for the CPU backend
+    state = trainer.parallel.put_replicated(trainer.new_state(initial_variables(trainer.experiment)))
     metrics = trainer.parallel.put_replicated(TrainMetrics.empty())
     batches = trainer.batches("train", shuffle=True, epoch=0, drop_remainder=True)
     for _, batch in zip(range(3), batches, strict=False):

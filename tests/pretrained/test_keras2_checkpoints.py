@@ -81,13 +81,14 @@ def leaves(tree) -> dict[tuple[str, ...], np.ndarray]:
 
 
 def test_tf_keras2_file_through_init_from_gives_keras_logits(expected):
-    exp = build_experiment(config(), need_data=False)
-    variables = initial_variables(exp)
-    logits = np.asarray(jax.jit(lambda v, x: exp.model.apply(v, x, train=False))(variables, expected["images"]))
+    experiment = build_experiment(config(), need_data=False)
+    variables = initial_variables(experiment)
+    logits = np.asarray(jax.jit(lambda v, x: experiment.model.apply(v, x, train=False))(variables, expected["images"]))
     assert_close(logits, expected["logits"], 1e-4)
     probabilities = np.asarray(jax.nn.softmax(logits))
     np.testing.assert_allclose(probabilities, expected["probabilities"], atol=1e-5)
-    fresh = np.asarray(exp.model.apply(init_variables(exp.model, jax.random.key(0), SHAPE), expected["images"]))
+    fresh_variables = init_variables(experiment.model, jax.random.key(0), SHAPE)
+    fresh = np.asarray(experiment.model.apply(fresh_variables, expected["images"]))
     assert np.max(np.abs(fresh - expected["logits"])) > 0.1 * np.max(np.abs(expected["logits"]))
 
 
@@ -116,15 +117,16 @@ def unbiased_moving_variance(ours: np.ndarray, before: np.ndarray, count: int, m
 
 
 def test_one_step_from_the_tf_keras2_optimizer_is_keras_next_step(expected, tmp_path):
-    exp = build_experiment(config(**{"optimizer.learning_rate": float(expected["resume_rate"])}), need_data=False)
-    spe = 42  # the digits train split in batches of 32, remainder dropped (Keras's fit ran 43 a epoch)
-    _, tx = make_optimizer(exp.config, spe)
-    state, epochs_done = initial_state(exp, lambda variables: TrainState.create(variables, tx), spe)
+    rate = float(expected["resume_rate"])
+    experiment = build_experiment(config(**{"optimizer.learning_rate": rate}), need_data=False)
+    steps_per_epoch = 42  # the digits train split in batches of 32, remainder dropped (Keras's fit ran 43 a epoch)
+    _, tx = make_optimizer(experiment.config, steps_per_epoch)
+    state, epochs_done = initial_state(experiment, lambda variables: TrainState.create(variables, tx), steps_per_epoch)
     assert epochs_done == 10  # epoch_10.hdf5
     keras_state = [leaf for leaf in jax.tree_util.tree_leaves(state.opt_state, is_leaf=lambda n: hasattr(n, "momentum"))
                    if hasattr(leaf, "momentum")][0]
     assert int(keras_state.iterations) == int(expected["iterations"]) == 430
-    step = make_train_step(exp.model, tx, lambda x, key: x, seed=0)
+    step = make_train_step(experiment.model, tx, lambda x, key: x, seed=0)
     batch = dict(image=expected["next_images"], label=expected["next_labels"].astype(np.int32))
     with nn.intercept_methods(no_dropout):
         new_state, _ = jax.jit(step)(state, batch, TrainMetrics.empty())

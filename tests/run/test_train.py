@@ -190,8 +190,8 @@ def test_init_from_another_runs_checkpoint(uninterrupted, tmp_path):
 
     reference, _ = _params(uninterrupted[0], 2)
     for source in (uninterrupted[0] + "/checkpoints/epoch_2", uninterrupted[0]):
-        exp = build_experiment(tiny_config(init_from=source))
-        variables = initial_variables(exp)
+        experiment = build_experiment(tiny_config(init_from=source))
+        variables = initial_variables(experiment)
         expected = reference if source.endswith("epoch_2") else _params(uninterrupted[0], 4)[0]
         jax.tree_util.tree_map(np.testing.assert_array_equal, variables["params"], expected.params)
         jax.tree_util.tree_map(np.testing.assert_array_equal, variables["batch_stats"], expected.batch_stats)

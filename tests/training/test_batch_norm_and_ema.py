@@ -16,7 +16,7 @@ from cnn_flax.training.step import ema_decay_at, split_micro_batches
 def _cumulative_average(trainer, variables, num_batches, accum_steps):
     """BatchNorm statistics averaged over micro-batches by the model itself: the k-th update with momentum
     (k − 1)/k leaves the running values at the mean of the first k micro-batches' statistics."""
-    config = trainer.exp.model_config
+    config = trainer.experiment.model_config
     stats, k = variables["batch_stats"], 0
     for _, batch in zip(range(num_batches), trainer.batches("train", shuffle=True, epoch=0, drop_remainder=True),
                         strict=False):
@@ -33,7 +33,7 @@ def _cumulative_average(trainer, variables, num_batches, accum_steps):
 @pytest.mark.parametrize("accum_steps", [1, 2])
 def test_precise_bn_is_the_mean_of_the_batches_statistics(accum_steps):
     trainer = Trainer(tiny_config(**{"optimizer.accum_steps": accum_steps, "precise_bn_batches": 3}))
-    state = trainer.new_state(trainer.exp.model.init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)), train=False))
+    state = trainer.new_state(trainer.experiment.model.init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)), train=False))
     host = {"params": state.params, "batch_stats": state.batch_stats}
     recomputed = trainer.parallel.fetch(trainer.precise_batch_stats(trainer.parallel.put_replicated(host)))
     expected = _cumulative_average(trainer, host, 3, accum_steps)
@@ -54,7 +54,7 @@ def test_the_moving_average_warms_up_as_tensorflow_and_timm():
     assert [float(ema_decay_at(t, 0.99)) for t in (0, 1, 8, 890, 10_000)] == pytest.approx(
         [1 / 10, 2 / 11, 9 / 18, 0.99, 0.99])
     trainer = Trainer(tiny_config(ema_decay=0.99))
-    state = trainer.parallel.put_replicated(trainer.new_state(trainer.exp.model.init(
+    state = trainer.parallel.put_replicated(trainer.new_state(trainer.experiment.model.init(
         jax.random.key(1), jnp.zeros((1, 16, 16, 3)), train=False)))
     start = trainer.parallel.fetch(state.params)
     metrics = trainer.parallel.put_replicated(TrainMetrics.empty())

@@ -87,16 +87,16 @@ def test_evaluation_needs_no_optimizer(monkeypatch, tmp_path):
     monkeypatch.setattr(cnn_flax.run.train, "make_optimizer", no_optimizer)
     config = tiny_config()
     evaluator = Evaluator.from_config(config)
-    exp = evaluator.engine.exp
-    variables = initial_variables(exp)
+    experiment = evaluator.engine.experiment
+    variables = initial_variables(experiment)
     scores = evaluator.scores(evaluator.on_devices(variables), "test")
 
     # The same figures computed independently: the model applied to the source's first eval_steps batches.
     logits, labels = [], []
-    batches = exp.source.batches("test", config.batch_size, shuffle=False, seed=0, epoch=0, drop_remainder=False)
+    batches = experiment.source.batches("test", config.batch_size, shuffle=False, seed=0, epoch=0, drop_remainder=False)
     for _, batch in zip(range(config.eval_steps), batches, strict=False):
         images = evaluator.engine.preprocess(batch["image"], None)
-        logits.append(np.asarray(exp.model.apply(variables, images, train=False))[batch["mask"].astype(bool)])
+        logits.append(np.asarray(experiment.model.apply(variables, images, train=False))[batch["mask"].astype(bool)])
         labels.append(batch["label"][batch["mask"].astype(bool)])
     expected = rank_accuracies(np.concatenate(logits), np.concatenate(labels))
     assert len(np.concatenate(labels)) == 64
