@@ -206,10 +206,7 @@ class Checkpoints:
                                   meta=ocp.args.JsonSave(meta))
         try:
             with _raised_not_logged():
-                if metrics is None:  # the call the reliability tests intercept keeps its three arguments
-                    write_checkpoint(manager, number, args)
-                else:
-                    write_checkpoint(manager, number, args, metrics)
+                write_checkpoint(manager, number, args, metrics)
         except Exception as error:
             reason = _storage_problem(error)
             if reason is None:

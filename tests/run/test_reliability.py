@@ -44,9 +44,9 @@ class NoSpaceForMeta(dict):
     def items(self):  # what json.dumps reads, after the arrays were handed to the writer
         raise error
 
-def write_then_fail(manager, number, args):
+def write_then_fail(manager, number, args, *metrics):
     meta = NoSpaceForMeta(args.meta.item) if number > 3 else args.meta.item
-    write(manager, number, type(args)(state=args.state, meta=type(args.meta)(meta)))
+    write(manager, number, type(args)(state=args.state, meta=type(args.meta)(meta)), *metrics)
 
 checkpoint.write_checkpoint = write_then_fail
 sys.argv = sys.argv[2:]
