@@ -1,4 +1,5 @@
-"""BatchNorm's running statistics recomputed from training batches ("precise BN", as detectron2 and timm do).
+"""BatchNorm's running statistics recomputed from training batches ("precise BN", as fvcore's
+update_bn_stats does for detectron2).
 
 A short run (the quickstart's 4 epochs: ~170 updates of the running averages at momentum 0.99) leaves
 them close to their initial values, and a moving average of the weights has statistics that no set of

@@ -2,7 +2,8 @@
 
 Before the EMA warmup and precise BN this run reached 0.92 training accuracy with a test rank-1 of 0.30, and
 0.096 (chance) for the moving average: BatchNorm's running statistics and the average still held their
-initial values. End to end on the real 32x32 digits, so marked slow.
+initial values. Measured with this recipe and precise_bn_batches=20: rank-1 0.991 for both, with the
+quickstart's momentum 0.9 and with Keras's 0.99 alike. End to end on the real 32x32 digits, so marked slow.
 """
 
 import pytest
