@@ -1,15 +1,16 @@
 """BatchNorm's running statistics recomputed from training batches ("precise BN", as fvcore's
 update_bn_stats does for detectron2).
 
-A short run (the quickstart's 4 epochs: ~170 updates of the running averages at momentum 0.99) leaves
-them close to their initial values, and a moving average of the weights has statistics that no set of
-weights ever produced. Precise BN replaces them by the plain mean, over N training batches, of each
-batch's mean and variance — what the running averages estimate, without their lag.
+A short run leaves them behind the weights they should describe (the running averages lag by about
+1/(1 − momentum) updates: the 4-epoch current-recipe quickstart at Keras's 0.99 validates at 0.47 with them
+and tests at 0.991 with recomputed ones), and a moving average of the weights has statistics that no set of
+weights produced. Precise BN replaces them by the plain mean, over N training batches, of each batch's mean
+and variance, computed with the final weights.
 
 Each layer's update is running ← m·running + (1 − m)·batch. Applying the model in training mode to a
 batch with all running statistics at 0 therefore returns (1 − m)·batch for every layer at once (training
 mode normalises with the batch's own statistics, so deeper layers do not depend on the running values),
-and one probe with them at 1 gives m. No layer's momentum needs to be known, so every zoo model works.
+and one probe with them at 1 gives m: no layer's momentum needs to be known.
 The images are those the evaluation sees (no augmentation): the statistics serve inference.
 """
 
