@@ -152,6 +152,7 @@ def fit(trainer: Trainer, files: RunFiles, reporter: Reporter, hooks: Sequence[H
         loop = LoopState(epoch=meta["epoch"] + 1, batch=meta["batch"], num_epochs=config.num_epochs,
                          steps_per_epoch=trainer.spe, state=trainer.parallel.put_replicated(state),
                          metrics=trainer.parallel.put_replicated(metrics))
+        del state, metrics  # the copies on the devices are the run's; these would stay alive until it ends
         with StopRequest() as request:
             own = [FiniteLossCheck(checkpoints), WriteHistory(history, files), Report(reporter),
                    StopOnRequest(request, config.log_every_steps),

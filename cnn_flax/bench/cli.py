@@ -80,7 +80,8 @@ def tune_runtime() -> None:
 
 
 def format_value(key: str, value: Any) -> str:
-    """Ratios with three decimals, durations with two, other floats with one; `seconds` as given."""
+    """Ratios with three decimals, durations with two, operations per step with four digits, other floats
+    with one; `seconds` as given."""
     if isinstance(value, bool):
         return str(int(value))
     if not isinstance(value, float):
@@ -89,6 +90,8 @@ def format_value(key: str, value: Any) -> str:
         return f"{value:g}"
     if "_over_" in key or key.endswith("_of_peak"):
         return f"{value:.3f}"
+    if key.endswith("_gflop"):  # per step: small models do a fraction of one
+        return f"{value:.4g}"
     if key.endswith("_s") and not key.endswith("_per_s"):
         return f"{value:.2f}"
     return f"{value:.1f}"
