@@ -272,7 +272,9 @@ def compiled_figures(step: Any, *args: Any, name: str, devices: int) -> dict[str
     memory = compiled.memory_analysis()
     if memory is not None:
         for part in ("argument", "output", "temp", "generated_code"):
-            figures[f"{name}_{part.replace('generated_', '')}_mb"] = getattr(memory, f"{part}_size_in_bytes") / 2**20
+            size = getattr(memory, f"{part}_size_in_bytes")
+            if size or part != "generated_code":  # XLA's CPU backend does not report its code's size
+                figures[f"{name}_{part.replace('generated_', '')}_mb"] = size / 2**20
     costs = compiled.cost_analysis()
     costs = costs[0] if isinstance(costs, list | tuple) and costs else costs  # a list of one in older JAX
     if costs and costs.get("flops", 0) > 0:

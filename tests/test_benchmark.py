@@ -26,12 +26,20 @@ BENCHMARK_LINE = re.compile(r"^benchmark model=(\w+) batch=(\d+) devices=(\d+) s
 
 
 def _forward_macs_per_image(params, size: int) -> int:
-    """Multiply-adds of the tiny MiniVGG's convolutions and dense layers for one image, from its kernels:
-    a 3x3 convolution does kernel.size products at every pixel of its block (16x16, then 8x8 after a pool)."""
+    """Multiply-adds of the tiny MiniVGG's convolutions and dense layers for one image, from its kernels.
+
+    A 3x3 'same' convolution (16x16, then 8x8 after a pool) multiplies each of its Cin·Cout filters' taps
+    only where they fall inside the image: XLA counts no product with the zero padding.
+    """
+    def taps(side: int, kernel: int = 3) -> int:  # kernel taps inside the image, summed over one axis
+        reach = kernel // 2
+        return sum(0 <= o + d < side for o in range(side) for d in range(-reach, reach + 1))
+
     macs = 0
     for block, side in (("block1", size), ("block2", size // 2)):
         for conv in ("conv1", "conv2"):
-            macs += params[f"{block}_{conv}"]["conv"]["kernel"].size * side * side
+            _, _, inputs, outputs = params[f"{block}_{conv}"]["conv"]["kernel"].shape
+            macs += inputs * outputs * taps(side) ** 2
     return macs + params["fc1"]["kernel"].size + params["predictions"]["kernel"].size
 
 
@@ -55,10 +63,10 @@ def test_benchmark_line_on_real_data_and_one_compile():
     assert 100 < figures["step_peak_rss_mb"] <= figures["loop_peak_rss_mb"] <= figures["peak_rss_mb"]
     assert figures["rss_imports_mb"] > 50 and figures["rss_first_step_mb"] > 0 and 0 < figures["first_step_s"]
     assert 0 < figures["step_argument_mb"] < figures["peak_rss_mb"] and figures["step_temp_mb"] > 0
-    assert 0 < figures["eval_temp_mb"] and figures["step_code_mb"] > 0
+    assert 0 < figures["eval_temp_mb"] < figures["step_temp_mb"]
     # XLA's operation count of inference is the model's forward pass on the 32 images of all 8 devices (plus
     # BatchNorm, ReLU, pooling and normalisation: a few per cent); a train step also runs the backward pass.
-    params = Trainer(tiny_config()).template()["state"]["params"]
+    params = Trainer(tiny_config()).template()["state"].params
     forward = 2 * _forward_macs_per_image(params, 16) * 32 / 1e9
     assert forward <= figures["eval_gflop"] < 1.15 * forward
     assert 2.5 * figures["eval_gflop"] < figures["step_gflop"] < 4 * figures["eval_gflop"]
@@ -70,7 +78,7 @@ def test_benchmark_line_on_real_data_and_one_compile():
                      r"step_gflop_per_s=[\d.]+ loop_gflop_per_s=[\d.]+ eval_gflop_per_s=[\d.]+ step_of_peak=[\d.]+ "
                      r"loop_of_peak=[\d.]+ eval_of_peak=[\d.]+ rss_imports_mb=[\d.]+ rss_runtime_mb=[\d.]+ "
                      r"rss_first_step_mb=[\d.]+ step_argument_mb=[\d.]+ step_output_mb=[\d.]+ step_temp_mb=[\d.]+ "
-                     r"step_code_mb=[\d.]+ eval_temp_mb=[\d.]+ eval_peak_rss_mb=[\d.]+ step_peak_rss_mb=[\d.]+ "
+                     r"(step_code_mb=[\d.]+ )?eval_temp_mb=[\d.]+ eval_peak_rss_mb=[\d.]+ step_peak_rss_mb=[\d.]+ "
                      r"loop_peak_rss_mb=[\d.]+ peak_rss_mb=[\d.]+ data=", line), line
 
 
