@@ -61,7 +61,7 @@ def load_config(path: str, batch: int | None = None) -> "ml_collections.ConfigDi
 
     The working directory goes on sys.path first: config files import `configs.common`.
     """
-    from cnn_flax.config_args import load_config as load
+    from cnn_flax.run.config_args import load_config as load
 
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())

@@ -5,7 +5,7 @@
 
 Each phase (`eval`: inference; `train`: the train step with its optimizer) runs on one random batch kept
 in memory: one step that traces or compiles, then warm-up windows until the rate holds still, then timed
-windows of a frozen step count, the median window giving images/s (`bench_phases`, as ours). The default
+windows of a frozen step count, the median window giving images/s (`bench.phases`, as ours). The default
 `--phase both` runs the eval phase in a child process and then the train phase in this one, so that each
 phase's peak resident memory (VmHWM) is that of a process that did only it, as ours are measured. Prints one
 line: `peer=FRAMEWORK model=… batch=… params=… train_img_per_s=… eval_img_per_s=… …_peak_rss_mb=…`.
@@ -19,7 +19,7 @@ from typing import Any
 
 from cnn_flax.bench import cli
 from cnn_flax.bench.peers.deck import MODELS
-from cnn_flax.bench_phases import phase_after_one
+from cnn_flax.bench.phases import phase_after_one
 from cnn_flax.defaults import base
 from cnn_flax.errors import UserError
 
