@@ -144,6 +144,18 @@ def peak_rss_mb(pid: int | str = "self") -> float | None:
     return peak
 
 
+def reset_peak() -> bool:
+    """Start this process's high-water mark afresh at its resident size now, so that the next reading of
+    `peak_rss_mb` is the peak of what ran in between (Linux 4.0 and later: "5" to /proc/self/clear_refs).
+    False where that is not possible: peaks then count from the process's start."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def run_measured(command: Sequence[str], cwd: Path = REPO,
                  env: dict[str, str] | None = None) -> tuple[int, str, str, float]:
     """(exit code, stdout, stderr, peak RSS in MB) of a fresh process running `command`; the peak is polled

@@ -23,21 +23,24 @@ How far from the hardware: XLA's cost analysis of each compiled step gives its o
 GFLOP/s, and `*_of_peak` is that over `peak_gflop_per_s`, a large float32 matrix product timed in this
 process after the phases.
 
-Memory, per phase: each phase's peak is the kernel's resident high-water mark (VmHWM) at its end. The
-eval phase runs in a process of its own (this module, started with the resolved config), so its peak is
-that of a process that only serves the model. The bare step and then the loop run here, one train state
-at a time: the bare step's state is dropped before the loop builds its own. They share a process because
-the loop's bare windows must run beside it, and they come in the order in which memory only grows (the
-loop needs all the step needs), so the step's peak is its own and the loop's adds the input pipeline.
-Freeing a phase's buffers lowers neither the high-water mark nor, as the allocator keeps freed memory
-(`runtime.keep_freed_host_memory`), the resident size, so a phase is measured honestly in one process
-only after phases that need less; eval needs least but must not hold a train state, hence its own
-process, while a process per train phase would compile twice and lose the pairing. Where the bytes go:
-`rss_imports_mb` (resident when the benchmark starts: the interpreter and the libraries imported),
-`rss_runtime_mb` (the JAX runtime starting), `rss_first_step_mb` (the trainer, the state, the compiled
-step and its first run), XLA's memory analysis of the train step (`step_argument_mb`, `step_output_mb`,
-`step_temp_mb`, `step_code_mb`) and of inference (`eval_temp_mb`); `first_step_s` is the time from
-building the trainer to the first step's result (what a user waits before training starts).
+Memory, per phase: each phase's peak is the kernel's resident high-water mark (VmHWM) from the phase's
+start (`cli.reset_peak`) to its end, so it holds what the phase needs with what is resident already
+(interpreter, libraries, runtime), and not a transient of what came before (a compilation, a probe).
+The eval phase runs in a process of its own (this module, started with the config), which also finds
+out whether the data is here, so its peak is that of a process that only serves the model, and the
+benchmark's own process loads TensorFlow only when the data needs it. The bare step and then the loop
+run here, one train state at a time: the bare step's state is dropped before the loop builds its own,
+and the loop's bare windows run on the loop's state. Freeing a phase's buffers does not shrink the
+process (the allocator keeps freed memory, `runtime.keep_freed_host_memory`), so phases share a process
+only in the order in which memory grows (the loop needs all that the step needs); eval needs least but
+must hold no train state, hence its own process, while a process per train phase would compile twice and
+lose the pairing. Where the bytes go: `rss_imports_mb` (resident when the benchmark starts: the
+interpreter and the libraries imported), `rss_runtime_mb` (the JAX runtime starting, when it had not),
+`rss_trainer_mb` (the trainer: data source, with TensorFlow when TFDS reads the data, model, optimizer),
+`rss_first_step_mb` (the state, the compiled step and its first run), XLA's memory analysis of the train
+step (`step_argument_mb`, `step_output_mb`, `step_temp_mb`, `step_code_mb` where the backend reports
+it) and of inference (`eval_temp_mb`); `first_step_s` is the time from building the trainer to the first
+step's result (what a user waits before training starts).
 """
 
 import contextlib
@@ -244,6 +247,7 @@ def _loop_and_step(trainer: "Trainer", bare: BareSteps, scratch: str, seconds: f
     step = phase_after_one(seconds, bare, warm_up_only=True)
     step_peak = cli.peak_rss_mb()
     bare.release()
+    cli.reset_peak()
     loop, paired = Phase(seconds, WINDOWS, steps=step.steps), []
 
     def bare_window(state: LoopState) -> None:
@@ -309,9 +313,10 @@ def matmul_peak(seconds: float, size: int | None = None, clock: Callable[[], flo
 
 def eval_figures(trainer: "Trainer", seconds: float) -> dict[str, Any]:
     """The inference phase: the compiled predict step on a device-resident batch, with fresh weights and no
-    train state; then this process's peak memory, and what XLA says of the compiled step."""
+    train state; then the peak memory while it ran, and what XLA says of the compiled step."""
     from cnn_flax.run.experiment import initial_variables
 
+    cli.reset_peak()
     start, parallel = time.perf_counter(), trainer.parallel
     predict = trainer.evaluator.predict_step[False]
     variables = parallel.put_replicated(initial_variables(trainer.experiment))
@@ -335,25 +340,36 @@ def eval_figures(trainer: "Trainer", seconds: float) -> dict[str, Any]:
     return figures
 
 
-EVAL_KEYS = ("eval_img_per_s", "eval_steps", "eval_first_s", "eval_peak_rss_mb", "eval_temp_mb", "eval_gflop")
+EVAL_KEYS = ("eval_img_per_s", "eval_steps", "eval_first_s", "eval_peak_rss_mb", "eval_temp_mb", "eval_gflop", "data")
 
 
-def _eval_in_child(run_config: ml_collections.ConfigDict, seconds: float, scratch: str) -> dict[str, Any]:
-    """`eval_figures` in a fresh process of this module, on the same resolved config (passed as JSON)."""
+def _eval_in_child(config: ml_collections.ConfigDict, seconds: float, scratch: str) -> dict[str, Any]:
+    """`eval_phase` in a fresh process of this module, on the same config (passed as JSON)."""
     path = os.path.join(scratch, "config.json")
     with open(path, "w") as handle:
-        handle.write(run_config.to_json())
+        handle.write(config.to_json())
     figures = cli.child_figures([sys.executable, "-m", __name__, "--config-json", path, f"--seconds={seconds!r}"],
                                 "benchmark_eval ")
     return {key: int(value) if key == "eval_steps" else value for key, value in figures.items() if key in EVAL_KEYS}
+
+
+def eval_phase(config: ml_collections.ConfigDict, seconds: float) -> dict[str, Any]:
+    """Whether the config's data is here (`data`), and the eval phase on it or on random images of its shape."""
+    from cnn_flax.run.train import Trainer
+
+    has_data = data_available(config)
+    trainer = Trainer(benchmark_config(config, synthetic_steps(config), has_data))
+    return dict(eval_figures(trainer, seconds), data="real" if has_data else "synthetic")
 
 
 def benchmark_figures(config: ml_collections.ConfigDict, seconds: float | None = None, input_seconds: float = 3.0,
                       eval_apart: bool = True) -> dict[str, Any]:
     """The figures of `benchmark` as a dict; each phase times `seconds` (default: config.benchmark.seconds).
 
-    The eval phase runs in a child process (`eval_apart`) or, when not, in this one before the train phases
-    (its peak is then this process's so far); the step and the loop run here, one train state at a time.
+    The eval phase runs in a child process (`eval_apart`), which also finds out whether the data is here: a
+    probe for absent TFDS data imports TensorFlow (most of a gigabyte), which a run on random images would
+    not otherwise load. Without `eval_apart` both happen here first. The step and the loop run here, one
+    train state at a time, each phase's peak counted from its start.
     """
     from cnn_flax.run.train import Trainer
 
@@ -363,24 +379,30 @@ def benchmark_figures(config: ml_collections.ConfigDict, seconds: float | None =
     figures: dict[str, Any] = dict(rss_imports_mb=cli.rss_mb())
     jax.devices()  # the runtime starts: its threads, allocator and device clients
     figures["rss_runtime_mb"] = cli.rss_mb() - figures["rss_imports_mb"]
-    has_data = data_available(config)
-    run_config = benchmark_config(config, synthetic_steps(config), has_data)
-    batch_size = run_config.batch_size
-    figures.update(model=run_config.model.get("name", "?"), batch=batch_size, devices=jax.device_count(),
-                   seconds=seconds)
     with tempfile.TemporaryDirectory() as scratch:
-        if eval_apart:
-            figures.update(_eval_in_child(run_config, seconds, scratch))
-        start, ready = time.perf_counter(), cli.rss_mb()
+        eval_figures_ = _eval_in_child(config, seconds, scratch) if eval_apart else None
+        if eval_figures_ is None:
+            has_data = data_available(config)
+        else:
+            has_data = eval_figures_.pop("data") == "real"
+            figures.update(eval_figures_)
+        run_config = benchmark_config(config, synthetic_steps(config), has_data)
+        batch_size = run_config.batch_size
+        figures.update(model=run_config.model.get("name", "?"), batch=batch_size, devices=jax.device_count(),
+                       seconds=seconds)
+        start, before = time.perf_counter(), cli.rss_mb()
         trainer = Trainer(run_config)
         figures["model"] = trainer.experiment.model_config.get("name", figures["model"])
+        figures["rss_trainer_mb"] = cli.rss_mb() - before
         if not eval_apart:
             figures.update(eval_figures(trainer, seconds))
-            start, ready = time.perf_counter(), cli.rss_mb()
+            start = time.perf_counter()
+        cli.reset_peak()
+        before = cli.rss_mb()
         bare = BareSteps(trainer)
         bare(1)
         figures["first_step_s"] = time.perf_counter() - start
-        figures["rss_first_step_mb"] = cli.rss_mb() - ready
+        figures["rss_first_step_mb"] = cli.rss_mb() - before
         timed, last = _loop_and_step(trainer, bare, scratch, seconds)
         figures.update(timed)
         if has_data:
@@ -390,7 +412,7 @@ def benchmark_figures(config: ml_collections.ConfigDict, seconds: float | None =
         figures.update(compiled_figures(trainer.train_step, last.state, bare.batch, last.metrics, name="step",
                                         devices=jax.device_count()))
         figures["compiles"] = trainer.compile_count("train")
-    figures["peak_rss_mb"] = cli.peak_rss_mb()
+    figures["peak_rss_mb"] = max(figures["step_peak_rss_mb"], figures["loop_peak_rss_mb"])
     figures["peak_gflop_per_s"] = matmul_peak(min(seconds, PEAK_SECONDS))
     for phase, flops in (("step", "step_gflop"), ("loop", "step_gflop"), ("eval", "eval_gflop")):
         if flops in figures:
@@ -409,10 +431,12 @@ LINE_KEYS = (
     # distance from the hardware: operations per step, achieved rates and their share of the matrix product's
     "peak_gflop_per_s", "step_gflop", "eval_gflop", "step_gflop_per_s", "loop_gflop_per_s", "eval_gflop_per_s",
     "step_of_peak", "loop_of_peak", "eval_of_peak",
-    # where the bytes go: imports, runtime, the first step (state, compiled code, its buffers), XLA's analysis
-    "rss_imports_mb", "rss_runtime_mb", "rss_first_step_mb", "step_argument_mb", "step_output_mb", "step_temp_mb",
-    "step_code_mb", "eval_temp_mb",
-    # the high-water mark at each phase's end: eval (its own process), bare step, loop; then the whole process
+    # where the bytes go: imports, runtime, the trainer (data, model), the first step (state, compiled code,
+    # its buffers), XLA's analysis of the compiled steps
+    "rss_imports_mb", "rss_runtime_mb", "rss_trainer_mb", "rss_first_step_mb", "step_argument_mb", "step_output_mb",
+    "step_temp_mb", "step_code_mb", "eval_temp_mb",
+    # the high-water mark of each phase, from its start: eval (its own process), bare step, loop; the train
+    # phases' larger
     "eval_peak_rss_mb", "step_peak_rss_mb", "loop_peak_rss_mb", "peak_rss_mb",
     "data", "device", "seconds", "steps", "loop_steps", "compiles")
 
@@ -432,15 +456,13 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """The eval phase alone, in the process a benchmark started for it (`--config-json`)."""
     parser = cli.parser(__doc__, seconds=base("benchmark").benchmark.seconds)
-    parser.add_argument("--config-json", required=True, help="the resolved config of the parent benchmark")
+    parser.add_argument("--config-json", required=True, help="the config of the parent benchmark")
     args = parser.parse_args(argv)
     cli.check_positive(seconds=args.seconds)
     cli.tune_runtime()
-    from cnn_flax.run.train import Trainer
-
     with open(args.config_json) as handle:
         config = ml_collections.ConfigDict(json.load(handle))
-    print(cli.format_line("benchmark_eval", eval_figures(Trainer(config), args.seconds), EVAL_KEYS), flush=True)
+    print(cli.format_line("benchmark_eval", eval_phase(config, args.seconds), EVAL_KEYS), flush=True)
     return 0
 
 

@@ -2,7 +2,6 @@
 
 import pytest
 
-from cnn_flax.bench import cli
 from cnn_flax.bench import table as bench_table
 from cnn_flax.errors import UserError
 
@@ -93,32 +92,6 @@ def test_failed_process_is_logged_and_left_out():
     # No peers: ratios against them are blank; a line without loop_over_step gives the ratio of the medians.
     assert "| — | — | 20.0 | 22.0 | — | — | 1.10x |" in bf16
     assert "Medians of 2 round(s), img/s, peers and ours interleaved, 20 s per timed phase" in table
-
-
-def test_parse_line_takes_numbers_and_words():
-    values = cli.parse_line("noise=1\n" + ours_line(1, 2, 3), "benchmark ")
-    assert values["model"] == "minivgg" and values["loop_img_per_s"] == 2.0 and values["device"] == "cpu"
-    with pytest.raises(ValueError, match="no line"):
-        cli.parse_line("nothing", "peer=")
-
-
-def test_lines_format_each_kind_of_figure():
-    figures = dict(model="minivgg", batch=64, seconds=0.5, loop_over_step=0.98765, first_step_s=12.345,
-                   step_gflop=0.0123456, step_of_peak=0.25, eval_img_per_s=1234.56, xla=True)
-    assert cli.format_line("benchmark", figures, ["model", "batch", "eval_img_per_s", "loop_over_step",
-                                                  "first_step_s", "step_gflop", "step_of_peak", "seconds", "xla",
-                                                  "absent"]) == (
-        "benchmark model=minivgg batch=64 eval_img_per_s=1234.6 loop_over_step=0.988 first_step_s=12.35 "
-        "step_gflop=0.01235 step_of_peak=0.250 seconds=0.5 xla=1")
-
-
-def test_measured_process_reports_its_own_peak_memory(tmp_path):
-    code, out, err, rss = cli.run_measured(
-        ["python3", "-c", "import sys, time; b = bytearray(200 * 2**20); time.sleep(0.5); print('peer=x ok=1'); "
-         "sys.stderr.write('e')"],
-        tmp_path)
-    assert (code, out, err) == (0, "peer=x ok=1\n", "e")
-    assert 200 <= rss < 2000
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):
