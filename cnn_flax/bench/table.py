@@ -110,8 +110,8 @@ def markdown_tables(results: list[Result], models: Sequence[str], rounds: int, s
              "| Keras eval | PyTorch eval | ours eval | eval/Keras | eval/PyTorch |", "|" + "---|" * 13]
     memory = ["| model | ours eval MB | Keras eval MB | PyTorch eval MB | eval/PyTorch | ours step MB | ours loop MB "
               "| Keras train MB | PyTorch train MB | loop/PyTorch |", "|" + "---|" * 10]
-    bytes_ = ["| model | first step s | imports MB | runtime MB | first step MB | XLA step argument MB | output MB "
-              "| temp MB | code MB | XLA eval temp MB |", "|" + "---|" * 10]
+    bytes_ = ["| model | first step s | imports MB | runtime MB | trainer MB | first step MB | XLA step argument MB "
+              "| output MB | temp MB | code MB | XLA eval temp MB |", "|" + "---|" * 11]
     limit = ["| model | matmul peak GFLOP/s | GFLOP per train image | ours step | ours loop | Keras train "
              "| PyTorch train | ours eval | Keras eval | PyTorch eval |", "|" + "---|" * 10]
     for model in models:
@@ -137,8 +137,8 @@ def markdown_tables(results: list[Result], models: Sequence[str], rounds: int, s
                                        _fmt(k["train_peak_rss_mb"], 0), _fmt(t["train_peak_rss_mb"], 0),
                                        _ratio(ours_loop, t["train_peak_rss_mb"])]))
             bytes_.append(_row(title, [_fmt(o.get("first_step_s")), *(_fmt(o.get(key), 0) for key in (
-                "rss_imports_mb", "rss_runtime_mb", "rss_first_step_mb", "step_argument_mb", "step_output_mb",
-                "step_temp_mb", "step_code_mb", "eval_temp_mb"))]))
+                "rss_imports_mb", "rss_runtime_mb", "rss_trainer_mb", "rss_first_step_mb", "step_argument_mb",
+                "step_output_mb", "step_temp_mb", "step_code_mb", "eval_temp_mb"))]))
             peak, batch = o.get("peak_gflop_per_s"), o.get("batch")
             train_image = o["step_gflop"] / batch if o.get("step_gflop") and batch else None
             eval_image = o["eval_gflop"] / batch if o.get("eval_gflop") and batch else None
