@@ -19,7 +19,8 @@ def test_each_augmentation_gets_a_line_with_its_rate_over_off(capsys):
     assert lines[0]["name"] == "off_normalise_only" and lines[0]["rate_over_off"] == 1.0
     for line in lines:
         assert line["batch"] == 4 and line["size"] == 8 and line["img_per_s"] > 0
-        assert line["rate_over_off"] == pytest.approx(line["img_per_s"] / lines[0]["img_per_s"], rel=2e-3, abs=1e-3)
+        ratio = line["img_per_s"] / lines[0]["img_per_s"]  # from the rates as printed, rounded
+        assert line["rate_over_off"] == pytest.approx(ratio, rel=0.02, abs=1e-3)
 
 
 def test_the_hdf5_reader_and_the_deck_augmentation(tmp_path, capsys):
