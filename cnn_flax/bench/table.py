@@ -1,4 +1,4 @@
-"""The performance tables in one command: every deck model, ours and both peers, interleaved.
+"""docs/performance.md's tables in one command: every deck model, ours and both peers, interleaved.
 
     python -m cnn_flax.bench.table --rounds 3                       # MiniVGG, MiniGoogLeNet, DeeperGoogLeNet
     python -m cnn_flax.bench.table --rounds 3 --half-precision      # adds bfloat16 rows of ours
