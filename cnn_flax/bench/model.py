@@ -26,9 +26,10 @@ process after the phases.
 Memory, per phase: each phase's peak is the kernel's resident high-water mark (VmHWM) from the phase's
 start (`cli.reset_peak`) to its end, so it holds what the phase needs with what is resident already
 (interpreter, libraries, runtime), and not a transient of what came before (a compilation, a probe).
-The eval phase runs in a process of its own (this module, started with the config), which also finds
-out whether the data is here, so its peak is that of a process that only serves the model, and the
-benchmark's own process loads TensorFlow only when the data needs it. The bare step and then the loop
+On a CPU the eval phase runs in a process of its own (this module, started with the config), which also
+finds out whether the data is here, so its peak is that of a process that only serves the model, and the
+benchmark's own process loads TensorFlow only when the data needs it (on an accelerator it runs first in
+the benchmark's process: two processes would each claim most of the device's memory). The bare step and then the loop
 run here, one train state at a time: the bare step's state is dropped before the loop builds its own,
 and the loop's bare windows run on the loop's state. Freeing a phase's buffers does not shrink the
 process (the allocator keeps freed memory, `runtime.keep_freed_host_memory`), so phases share a process
@@ -363,13 +364,15 @@ def eval_phase(config: ml_collections.ConfigDict, seconds: float) -> dict[str, A
 
 
 def benchmark_figures(config: ml_collections.ConfigDict, seconds: float | None = None, input_seconds: float = 3.0,
-                      eval_apart: bool = True) -> dict[str, Any]:
+                      eval_apart: bool | None = None) -> dict[str, Any]:
     """The figures of `benchmark` as a dict; each phase times `seconds` (default: config.benchmark.seconds).
 
     The eval phase runs in a child process (`eval_apart`), which also finds out whether the data is here: a
     probe for absent TFDS data imports TensorFlow (most of a gigabyte), which a run on random images would
-    not otherwise load. Without `eval_apart` both happen here first. The step and the loop run here, one
-    train state at a time, each phase's peak counted from its start.
+    not otherwise load. Without `eval_apart` both happen here first. By default it is apart on a CPU only:
+    on an accelerator two processes would each claim most of the device's memory (JAX preallocates), and
+    there the host's resident memory is not what limits a model. The step and the loop run here, one train
+    state at a time, each phase's peak counted from its start.
     """
     from cnn_flax.run.train import Trainer
 
@@ -379,6 +382,7 @@ def benchmark_figures(config: ml_collections.ConfigDict, seconds: float | None =
     figures: dict[str, Any] = dict(rss_imports_mb=cli.rss_mb())
     jax.devices()  # the runtime starts: its threads, allocator and device clients
     figures["rss_runtime_mb"] = cli.rss_mb() - figures["rss_imports_mb"]
+    eval_apart = jax.default_backend() == "cpu" if eval_apart is None else eval_apart
     with tempfile.TemporaryDirectory() as scratch:
         eval_figures_ = _eval_in_child(config, seconds, scratch) if eval_apart else None
         if eval_figures_ is None:
