@@ -25,23 +25,24 @@ process after the phases.
 
 Memory, per phase: each phase's peak is the kernel's resident high-water mark (VmHWM) from the phase's
 start (`cli.reset_peak`) to its end, so it holds what the phase needs with what is resident already
-(interpreter, libraries, runtime), and not a transient of what came before (a compilation, a probe).
-On a CPU the eval phase runs in a process of its own (this module, started with the config), which also
-finds out whether the data is here, so its peak is that of a process that only serves the model, and the
-benchmark's own process loads TensorFlow only when the data needs it (on an accelerator it runs first in
-the benchmark's process: two processes would each claim most of the device's memory). The bare step and then the loop
-run here, one train state at a time: the bare step's state is dropped before the loop builds its own,
-and the loop's bare windows run on the loop's state. Freeing a phase's buffers does not shrink the
-process (the allocator keeps freed memory, `runtime.keep_freed_host_memory`), so phases share a process
-only in the order in which memory grows (the loop needs all that the step needs); eval needs least but
-must hold no train state, hence its own process, while a process per train phase would compile twice and
-lose the pairing. Where the bytes go: `rss_imports_mb` (resident when the benchmark starts: the
-interpreter and the libraries imported), `rss_runtime_mb` (the JAX runtime starting, when it had not),
-`rss_trainer_mb` (the trainer: data source, with TensorFlow when TFDS reads the data, model, optimizer),
-`rss_first_step_mb` (the state, the compiled step and its first run), XLA's memory analysis of the train
-step (`step_argument_mb`, `step_output_mb`, `step_temp_mb`, `step_code_mb` where the backend reports
-it) and of inference (`eval_temp_mb`); `first_step_s` is the time from building the trainer to the first
-step's result (what a user waits before training starts).
+(interpreter, libraries, runtime), and not a transient of what came before (a compilation, a probe). On a
+CPU the eval phase runs in a process of its own (this module, started with the config), on random images
+of the config's shape, so its peak is that of a process that only serves the model; afterwards that
+process finds out whether the data is here, so the benchmark's own process loads TensorFlow only when the
+data needs it (on an accelerator it runs first in the benchmark's process: two processes would each claim
+most of the device's memory). The bare step and then the loop run here, one train state at a time: the
+bare step's state is dropped before the loop builds its own, and the loop's bare windows run on the loop's
+state. Freeing a phase's buffers does not shrink the process (the allocator keeps freed memory,
+`runtime.keep_freed_host_memory`), so phases share a process only in the order in which memory grows (the
+loop needs all that the step needs); eval needs least but must hold no train state, hence its own process,
+while a process per train phase would compile twice and lose the pairing. Where the bytes go:
+`rss_imports_mb` (resident when the benchmark starts: the interpreter and the libraries imported),
+`rss_runtime_mb` (the JAX runtime starting, when it had not), `rss_trainer_mb` (the trainer: data source,
+with TensorFlow when TFDS reads the data, model, optimizer), `rss_first_step_mb` (the state, the compiled
+step and its first run), XLA's memory analysis of the train step (`step_argument_mb`, `step_output_mb`,
+`step_temp_mb`, `step_code_mb` where the backend reports it) and of inference (`eval_temp_mb`);
+`first_step_s` is the time from building the trainer to the first step's result (what a user waits before
+training starts).
 """
 
 import contextlib
@@ -355,12 +356,16 @@ def _eval_in_child(config: ml_collections.ConfigDict, seconds: float, scratch: s
 
 
 def eval_phase(config: ml_collections.ConfigDict, seconds: float) -> dict[str, Any]:
-    """Whether the config's data is here (`data`), and the eval phase on it or on random images of its shape."""
+    """The eval phase on random images of the config's shape, then whether its data is here (`data`).
+
+    Inference on one device-resident batch costs the same whatever its pixels, and a process that serves
+    the model holds no dataset: the phase's peak is the model's. The probe comes after it because for
+    absent TFDS data it imports TensorFlow, which would stay resident.
+    """
     from cnn_flax.run.train import Trainer
 
-    has_data = data_available(config)
-    trainer = Trainer(benchmark_config(config, synthetic_steps(config), has_data))
-    return dict(eval_figures(trainer, seconds), data="real" if has_data else "synthetic")
+    figures = eval_figures(Trainer(benchmark_config(config, synthetic_steps(config), use_data=False)), seconds)
+    return dict(figures, data="real" if data_available(config) else "synthetic")
 
 
 def benchmark_figures(config: ml_collections.ConfigDict, seconds: float | None = None, input_seconds: float = 3.0,
