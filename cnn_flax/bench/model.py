@@ -64,6 +64,7 @@ from cnn_flax.bench import cli
 from cnn_flax.bench.phases import WINDOWS, Phase, phase_after_one
 from cnn_flax.defaults import base
 from cnn_flax.errors import UserError
+from cnn_flax.runtime import release_freed_host_memory
 from cnn_flax.training.loop import Hook, LoopState
 
 if TYPE_CHECKING:
@@ -411,6 +412,7 @@ def benchmark_figures(config: ml_collections.ConfigDict, seconds: float | None =
         bare = BareSteps(trainer)
         bare(1)
         figures["first_step_s"] = time.perf_counter() - start
+        release_freed_host_memory()  # as a run's first step is followed (hooks.ReleaseCompileMemory)
         figures["rss_first_step_mb"] = cli.rss_mb() - before
         timed, last = _loop_and_step(trainer, bare, scratch, seconds)
         figures.update(timed)

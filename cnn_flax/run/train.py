@@ -34,6 +34,7 @@ from cnn_flax.training.checkpoint import Checkpoints
 from cnn_flax.training.history import History
 from cnn_flax.training.hooks import (
     FiniteLossCheck,
+    ReleaseCompileMemory,
     SaveCheckpoints,
     ShowProgress,
     StopOnRequest,
@@ -169,7 +170,7 @@ def fit(trainer: Trainer, files: RunFiles, reporter: Reporter, hooks: Sequence[H
         with StopRequest() as request:
             own = [FiniteLossCheck(checkpoints), WriteHistory(history, files), ShowProgress(reporter),
                    StopOnRequest(request, config.log_every_steps),
-                   SaveCheckpoints(trainer, checkpoints, config.checkpoint_every_epochs)]
+                   SaveCheckpoints(trainer, checkpoints, config.checkpoint_every_epochs), ReleaseCompileMemory()]
             return run_epochs(trainer, loop, [*own, *hooks])
     finally:
         checkpoints.close()

@@ -17,6 +17,7 @@ from cnn_flax.bench import model as bench_model
 from cnn_flax.bench.model import benchmark_figures, compiled_figures, data_available, format_line, synthetic_steps
 from cnn_flax.data import make_source
 from cnn_flax.run.train import Trainer, fit
+from cnn_flax.training import hooks
 from cnn_flax.training.progress import Reporter
 from cnn_flax.training.workdir import RunFiles
 
@@ -102,7 +103,11 @@ def test_benchmark_falls_back_to_synthetic_data_with_one_train_state_alive(tmp_p
         return advance(self, loop, steps)
 
     monkeypatch.setattr(bench_model.BareSteps, "advance", counted)
+    released = []  # after the bare step's first step, and once in the loop, as every run does (its hook)
+    monkeypatch.setattr(bench_model, "release_freed_host_memory", lambda: released.append("bare"))
+    monkeypatch.setattr(hooks, "release_freed_host_memory", lambda: released.append("loop"))
     figures = benchmark_figures(config, eval_apart=False)
+    assert released == ["bare", "loop"]
     line = format_line(figures)
     assert BENCHMARK_LINE.match(line), line
     assert " data=synthetic " in line and "input_img_per_s" not in line
