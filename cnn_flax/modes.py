@@ -145,20 +145,22 @@ def _inference_variables(config: ml_collections.ConfigDict, workdir: str, exp) -
 def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -> list[dict[str, Any]]:
     """Top-5 classes of image files and of every image under folders, into predictions.json and .csv.
 
-    Keras's 'caffe' preprocessing and ImageNet's class names for ImageNet configs; a folder dataset's class
-    names (and the decoding its prepare used) for folder configs.
+    Keras's 'caffe' (or torchvision's) preprocessing and ImageNet's class names for ImageNet configs; a folder
+    dataset's class names (and the decoding its prepare used) for folder configs.
     """
     from cnn_flax.data import make_preprocess
+    from cnn_flax.data.preprocess import IMAGENET_NORMALIZATIONS, normalize
     from cnn_flax.predict import image_decoding, image_files, image_loader, model_probabilities, predict_files
 
     files = image_files(paths)
-    caffe = config.data.normalize == "caffe"
+    caffe = config.data.normalize in IMAGENET_NORMALIZATIONS
     exp = build_experiment(config, need_data=not caffe or config.data.name == "folder")
     variables = _inference_variables(config, workdir, exp)
     if caffe and exp.info is None:
-        from cnn_flax.pretrained import caffe_preprocess, imagenet_class_names
+        from cnn_flax.pretrained import imagenet_class_names
 
-        preprocess = caffe_preprocess
+        method = config.data.normalize
+        preprocess = lambda images: normalize(images, method, None)  # noqa: E731
         names = imagenet_class_names() if exp.model_config.get("num_classes") == 1000 else exp.class_names
     else:
         data_preprocess = make_preprocess(config.data, exp.info)

@@ -18,9 +18,14 @@ from cnn_flax.data.core import DatasetInfo
 from cnn_flax.data.sources import base_data_config, with_defaults
 from cnn_flax.errors import UserError
 
-NORMALIZE_METHODS = ("scale", "mean_image", "mean_rgb", "caffe", "none")
+NORMALIZE_METHODS = ("scale", "mean_image", "mean_rgb", "caffe", "torchvision", "none")
+# The preprocessings of published ImageNet weights, which need no statistics of the run's own data.
+IMAGENET_NORMALIZATIONS = ("caffe", "torchvision")
 # Keras's 'caffe' preprocessing for VGG and the ImageNet weights: RGB→BGR, minus these BGR means.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+# torchvision's ImageNet weights: RGB in [0, 1], minus this mean, divided by this standard deviation.
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
 
 
 def caffe_preprocess(images: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
@@ -35,7 +40,7 @@ def caffe_preprocess(images: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
 
 def normalize(images: jax.Array, method: str, info: DatasetInfo) -> jax.Array:
     """float32 images: /255 ('scale'), minus the train mean image or mean RGB (pixel scale), Keras's VGG
-    'caffe' (BGR minus ImageNet means), or as is."""
+    'caffe' (BGR minus ImageNet means), torchvision's ImageNet mean and deviation ('torchvision'), or as is."""
     x = jnp.asarray(images).astype(jnp.float32)
     if method == "scale":
         return x / 255.0
@@ -45,6 +50,9 @@ def normalize(images: jax.Array, method: str, info: DatasetInfo) -> jax.Array:
         return x - jnp.asarray(info.mean_rgb, jnp.float32)
     if method == "caffe":
         return caffe_preprocess(x)
+    if method == "torchvision":
+        mean = jnp.asarray(TORCHVISION_MEAN, jnp.float32)
+        return (x / 255.0 - mean) / jnp.asarray(TORCHVISION_STD, jnp.float32)
     if method == "none":
         return x
     raise UserError(f"data.normalize={method!r} is unknown; use one of {', '.join(NORMALIZE_METHODS)}")

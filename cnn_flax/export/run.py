@@ -7,6 +7,7 @@ names (the data's, or Keras's ImageNet words for the 'caffe' configs), which nor
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cnn_flax.data.preprocess import IMAGENET_NORMALIZATIONS
 from cnn_flax.errors import UserError
 from cnn_flax.experiment import build_experiment, initial_variables
 from cnn_flax.export.function import build_inference_function
@@ -36,7 +38,7 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str 
         raise UserError(f"model {config.model.name!r} gives feature maps, not class probabilities; there is "
                         "nothing to export")
     method = config.data.normalize
-    caffe = method == "caffe"
+    caffe = method in IMAGENET_NORMALIZATIONS
     exp = build_experiment(config, need_data=not caffe or config.data.name == "folder")
     # float32 (see function.py), and without the CPU training kernels: XLA's own pooling, which every
     # runtime and converter knows.
@@ -56,9 +58,27 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str 
         normalization["mean_image_shape"] = list(exp.info.mean_image.shape)
     facts = {"config": config.name, "model": exp.model_config, "normalization": normalization,
              "image_decoding": image_decoding(config.data), "source": source,
-             "trained_dtype": "bfloat16" if config.half_precision else "float32"}
+             "trained_dtype": "bfloat16" if config.half_precision else "float32",
+             "dataset": config.data.name, "metrics": _run_file(workdir, "metrics.json"),
+             "command": _training_command(workdir)}
     return write_export(function, directory, class_names, facts, onnx=config.export.onnx,
-                        tflite=bool(config.export.tflite), overwrite=overwrite)
+                        tflite=bool(config.export.tflite), overwrite=overwrite, variables=variables)
+
+
+def _run_file(workdir: str, name: str) -> Any:
+    """A JSON file the run left, or None (not evaluated yet, or a workdir holding only init_from)."""
+    try:
+        with open(os.path.join(workdir, name), encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def _training_command(workdir: str) -> str | None:
+    """The last launch.py command that trained this workdir, as run_info.json recorded it."""
+    info = _run_file(workdir, "run_info.json") or {}
+    commands = [c.get("command") for c in info.get("commands", []) if isinstance(c, dict) and c.get("mode") == "train"]
+    return next((c for c in reversed(commands) if c), None)
 
 
 def _weights(config: ml_collections.ConfigDict, workdir: str, exp, model,
