@@ -206,7 +206,7 @@ def test_export_json_describes_the_folder(trained):
     with open(os.path.join(folder, "export.json")) as handle:
         assert json.load(handle) == manifest
     assert manifest["formats"] == {"jax": "model.jax", "saved_model": "saved_model", "onnx": "model.onnx",
-                                   "tflite": "model.tflite"}
+                                   "tflite": "model.tflite", "safetensors": "model.safetensors"}
     assert manifest["input_shape"] == [16, 16, 3]
     assert manifest["class_names"] == [str(i) for i in range(10)]
     assert manifest["normalization"] == {"method": "scale"}
