@@ -17,18 +17,18 @@ import jax
 import numpy as np
 import pytest
 import yaml
-from conftest import tiny_config
+from run_configs import tiny_config
 from safetensors.numpy import load_file
 
 from cnn_flax.errors import UserError
-from cnn_flax.experiment import build_experiment, initial_variables
-from cnn_flax.export.run import export_run
 from cnn_flax.models import create_model, init_traced
 from cnn_flax.models.summary import layer_rows
 from cnn_flax.pretrained import hub
 from cnn_flax.pretrained.safetensors_io import flatten_variables, read_safetensors, save_variables
 from cnn_flax.pretrained.weight_files import load_weight_file
-from cnn_flax.train import train_and_evaluate
+from cnn_flax.run.experiment import build_experiment, initial_variables
+from cnn_flax.run.export import export_run
+from cnn_flax.run.train import train_and_evaluate
 from cnn_flax.training.checkpoint import load_variables
 
 # Every architecture of the zoo as its configs use it, at the smallest input it takes (shapes only: no compile).
