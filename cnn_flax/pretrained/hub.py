@@ -62,9 +62,15 @@ def push_folder(folder: str, repo_id: str, *, private: bool = False, revision: s
     check_repo_id(repo_id)
     if not os.path.isfile(os.path.join(folder, "model.safetensors")):
         raise UserError(f"{folder} holds no model.safetensors; run --mode=export first")
-    from huggingface_hub import HfApi
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
 
-    api = HfApi()
-    url = api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, commit_message=message)
+    api = huggingface_hub.HfApi()
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, commit_message=message)
+    except (HfHubHTTPError, OSError) as error:  # offline mode and connection failures are OSErrors
+        first = " ".join(str(error).split())[:200] or type(error).__name__
+        raise UserError(f"pushing {folder} to {repo_id} failed ({first}); check the network, HF_HUB_OFFLINE and "
+                        "your token (hf auth login)") from None
     return str(url)

@@ -10,6 +10,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import huggingface_hub
 import huggingface_hub.constants as hub_constants
@@ -17,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 import yaml
+from repo_paths import ROOT
 from run_configs import tiny_config
 from safetensors.numpy import load_file
 
@@ -217,3 +220,21 @@ def test_the_pushed_folder_file_by_file(exported, monkeypatch):
         hub.push_folder(folder, "no-slash")
     with pytest.raises(UserError, match="holds no model.safetensors; run --mode=export first"):
         hub.push_folder(workdir, "someone/quickstart")
+
+
+@pytest.mark.slow
+def test_launch_push_reaches_upload_and_says_why_it_failed_offline(exported):
+    """--mode=push as users type it: the export folder goes to the Hub client, whose offline refusal is one line."""
+    _, workdir, _, _ = exported
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
+    command = [sys.executable, "launch.py", "--mode=push", f"--workdir={workdir}"]
+    missing = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0
+    assert missing.stderr.strip().splitlines()[-1] == ("error: --mode=push needs --repo_id=user/name (the Hugging Face "
+                                                       "model repository to create or update)")
+    offline = subprocess.run([*command, "--repo_id=someone/quickstart"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert offline.returncode != 0
+    last = offline.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: pushing {os.path.join(workdir, 'export')} to someone/quickstart failed (")
+    assert "offline mode is enabled" in last and last.endswith("(hf auth login)")
