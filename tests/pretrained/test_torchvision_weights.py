@@ -15,12 +15,15 @@ import jax
 import ml_dtypes
 import numpy as np
 import pytest
+from PIL import Image
 
 from cnn_flax.errors import UserError
 from cnn_flax.models import create_model, init_variables
+from cnn_flax.pretrained import imagenet_class_names
 from cnn_flax.pretrained.safetensors_io import save_variables
 from cnn_flax.pretrained.torch_pickle import read_torch_file
 from cnn_flax.pretrained.weight_files import load_weight_file
+from cnn_flax.run import modes
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -220,3 +223,35 @@ def test_a_new_classifier_keeps_the_models_own_layer(tmp_path):
     save_variables(tmp_path / "ours.safetensors", loaded)  # and our own file of it reads back unchanged
     again = load_weight_file(str(tmp_path / "ours.safetensors"), model, template, (32, 32, 3))
     jax.tree_util.tree_map(np.testing.assert_array_equal, again, loaded)
+
+
+def test_mode_predict_with_torchvision_weights_and_normalisation(tmp_path, capsys):
+    """--mode=predict as the docs give it (vgg_imagenet:A, init_from=the .pth, data.normalize=torchvision) at 32x32,
+    where torchvision's convolutions end in 1x1 maps: torch's own layers with its ImageNet normalisation agree."""
+    import importlib
+
+    features, state = features_state("A", seed=4)
+    classifier = torch.nn.Sequential(torch.nn.Linear(512, 4096), torch.nn.ReLU(), torch.nn.Dropout(),
+                                     torch.nn.Linear(4096, 4096), torch.nn.ReLU(), torch.nn.Dropout(),
+                                     torch.nn.Linear(4096, 1000))
+    state.update({f"classifier.{k}": v for k, v in classifier.state_dict().items()})
+    torch.save(state, tmp_path / "vgg11-32.pth", _use_new_zipfile_serialization=False)
+    config = importlib.import_module("configs.vgg_imagenet").get_config("A")
+    config.data.image_size = 32
+    config.data.normalize = "torchvision"
+    config.init_from = str(tmp_path / "vgg11-32.pth")
+    pixels = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    paths = []
+    for i, image in enumerate(pixels):
+        paths.append(str(tmp_path / f"photo_{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    predictions = modes.predict(config, str(tmp_path / "run"), paths)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    inputs = ((pixels / 255.0 - mean) / std).astype(np.float32)
+    network = torch.nn.Sequential(features, torch.nn.Flatten(), classifier)
+    expected = torch.softmax(torch.from_numpy(torch_logits(network, inputs)), dim=1).numpy()
+    for row, entry in zip(expected, predictions, strict=True):
+        assert [p["index"] for p in entry["top5"]] == list(np.argsort(-row, kind="stable")[:5])
+        np.testing.assert_allclose([p["prob"] for p in entry["top5"]], np.sort(row)[::-1][:5], rtol=1e-4)
+    names = imagenet_class_names()
+    assert [p["name"] for p in predictions[0]["top5"]] == [names[p["index"]] for p in predictions[0]["top5"]]
