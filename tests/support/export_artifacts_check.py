@@ -7,7 +7,7 @@ model's float32 probabilities for those images), "batches"}. For each runtime wh
 holds, the images go through in each batch size; printed (JSON): per case and runtime, the largest
 difference from the expected probabilities, whether the top-5 agree and the seconds it took (loading and
 compiling included), and for TFLite the input's stored shape. Only TensorFlow (with its TFLite
-interpreter), onnxruntime and JAX are used, as the README shows; the last line checks that neither
+interpreter), onnxruntime and JAX are used, as docs/export.md shows; the last line checks that neither
 cnn_flax nor Flax was loaded.
 """
 
