@@ -58,7 +58,10 @@ class Model:
         """The layers `features` takes, as --mode=summary names them, in call order."""
         from cnn_flax.models.summary import layer_rows
 
-        return [row.name for row in layer_rows(self.model, self.input_shape)[0]]
+        cache = self.__dict__.setdefault("_functions", {})
+        if "layer_names" not in cache:  # traced once (shapes only) per object
+            cache["layer_names"] = [row.name for row in layer_rows(self.model, self.input_shape)[0]]
+        return list(cache["layer_names"])
 
     def logits(self, inputs: Any) -> np.ndarray:
         """The model's output (inference mode) for inputs as the model takes them (normalised floats)."""
@@ -114,7 +117,7 @@ class Run(Model):
     """
 
     workdir: str = ""
-    config: ml_collections.ConfigDict = None
+    config: ml_collections.ConfigDict | None = None
     class_names: tuple[str, ...] = ()
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     epoch: int | None = None  # the checkpoint's epoch; None for init_from weights
