@@ -76,7 +76,8 @@ def model_card(variables: Mapping[str, Any], facts: Mapping[str, Any], class_nam
              "## Architecture", "",
              "| option | value |", "|---|---|",
              *[f"| {key} | `{value}` |" for key, value in sorted(model.items())],
-             "", f"Parameters: {total:,} in all, {trainable:,} trainable (BatchNorm statistics are the rest).", "",
+             "", f"Parameters: {total:,} in all, {trainable:,} trainable"
+             + (" (BatchNorm statistics are the rest)." if total != trainable else "."), "",
              "## Data", "",
              f"Dataset `{dataset}`, {len(class_names)} classes: "
              + ", ".join(str(n) for n in class_names[:20]) + (" ..." if len(class_names) > 20 else "") + ".", "",
