@@ -24,6 +24,9 @@ flags.DEFINE_bool("ema", False, "--mode=evaluate/predict/export: use the moving 
                   "ema_decay (same as --config.ema_eval=True).")
 flags.DEFINE_bool("overwrite", False, "--mode=prepare: rebuild dataset files that already exist; --mode=export: "
                   "replace WORKDIR/export.")
+flags.DEFINE_string("repo_id", None, "--mode=push: the Hugging Face model repository (user/name) that WORKDIR/export "
+                    "is uploaded to (created if needed; the token as huggingface_hub finds it).")
+flags.DEFINE_bool("private", False, "--mode=push: create the repository as private.")
 flags.DEFINE_string("export_dir", None, "--mode=predict / benchmark: answer from this export folder alone "
                     "(--config not needed).")
 flags.DEFINE_enum("export_runtime", "jax", ["jax", "saved_model", "onnx", "tflite"],
@@ -121,6 +124,15 @@ def _export(config, workdir: str) -> None:
     print(f"Exported {', '.join(written['formats'].values())} to {os.path.join(workdir, 'export')}")
 
 
+def _push(config, workdir: str) -> None:
+    from cnn_flax.errors import UserError
+    from cnn_flax.pretrained.hub import push_folder
+
+    if not FLAGS.repo_id:
+        raise UserError("--mode=push needs --repo_id=user/name (the Hugging Face model repository to create or update)")
+    print(push_folder(os.path.join(workdir, "export"), FLAGS.repo_id, private=FLAGS.private))
+
+
 def _report(config, workdir: str) -> None:
     from cnn_flax.run.report_page import rebuild_report
 
@@ -137,6 +149,7 @@ MODES = {
     "benchmark": _benchmark,
     "ablate": _ablate,
     "export": _export,
+    "push": _push,
     "report": _report,
 }
 flags.DEFINE_enum("mode", "train", list(MODES), "What to do.")
@@ -148,10 +161,11 @@ def run() -> int:
     config, mode = FLAGS.config, FLAGS.mode
     if FLAGS.export_dir and mode not in ("predict", "benchmark"):
         raise UserError(f"--export_dir is for --mode=predict or --mode=benchmark, not --mode={mode}")
-    without_config = (mode == "report" and FLAGS.workdir) or (mode in ("predict", "benchmark") and FLAGS.export_dir)
+    without_config = ((mode in ("report", "push") and FLAGS.workdir)
+                      or (mode in ("predict", "benchmark") and FLAGS.export_dir))
     if config is None and not without_config:
-        if mode == "report":
-            raise UserError("--mode=report needs --workdir=runs/NAME (or --config to name runs/<config name>)")
+        if mode in ("report", "push"):
+            raise UserError(f"--mode={mode} needs --workdir=runs/NAME (or --config to name runs/<config name>)")
         raise UserError("--config=configs/NAME.py is required (except for --mode=report --workdir=DIR and "
                         "--mode=predict/benchmark --export_dir)")
     if config is not None and FLAGS.ema:

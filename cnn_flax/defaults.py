@@ -22,7 +22,9 @@ def base(name: str) -> ml_collections.ConfigDict:
     config.eval_split = "test"  # the split of the final report
     config.parallel = "jit"  # or "pmap"
     config.half_precision = False  # bfloat16 compute, float32 parameters and BatchNorm statistics
-    config.init_from = ""  # a Keras .h5 file, or a workdir / checkpoints/epoch_N of another run
+    # A weight file (Keras .h5, torchvision VGG .pth, .safetensors), hf://user/name[@revision], an export
+    # folder, or a workdir / checkpoints/epoch_N of another run.
+    config.init_from = ""
     config.init_skip = ""  # comma-separated layer names not to take from init_from (e.g. predictions)
     config.resume_epoch = -1  # restart from this saved epoch (later checkpoints are set aside)
     # Training from a Keras file in init_from continues after this epoch (-1: the N of an epoch_N.hdf5 name,

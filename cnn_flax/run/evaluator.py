@@ -78,7 +78,7 @@ class Evaluator:
     def scores(self, variables: Variables, split: str) -> dict[str, float]:
         """Loss and rank-1/rank-5 accuracy of `split`, computed on the host from every example's logits."""
         logits, labels, _ = self.predictions(variables, split)
-        return dict(loss=_mean_loss(logits, labels), **rank_accuracies(logits, labels))
+        return split_scores(logits, labels)
 
     def report(self, variables: Variables, files: RunFiles, averaged: Variables | None = None) -> dict[str, Any]:
         """The evaluation files of eval_split and their metrics: of `variables`, with config.tta also of their
@@ -111,6 +111,11 @@ class Evaluator:
         """The file of each example of `split` in order, for sources that know them (folder datasets)."""
         image_paths = getattr(self.engine.experiment.source, "image_paths", None)
         return None if image_paths is None else list(image_paths(split))
+
+
+def split_scores(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Loss and rank-1/rank-5 accuracy from every example's logits, as metrics.json states them."""
+    return dict(loss=_mean_loss(logits, labels), **rank_accuracies(logits, labels))
 
 
 def _mean_loss(logits: np.ndarray, labels: np.ndarray) -> float:

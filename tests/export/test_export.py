@@ -206,7 +206,7 @@ def test_export_json_describes_the_folder(trained):
     with open(os.path.join(folder, "export.json")) as handle:
         assert json.load(handle) == manifest
     assert manifest["formats"] == {"jax": "model.jax", "saved_model": "saved_model", "onnx": "model.onnx",
-                                   "tflite": "model.tflite"}
+                                   "tflite": "model.tflite", "safetensors": "model.safetensors"}
     assert manifest["input_shape"] == [16, 16, 3]
     assert manifest["class_names"] == [str(i) for i in range(10)]
     assert manifest["normalization"] == {"method": "scale"}
@@ -300,7 +300,7 @@ def test_export_from_keras_weights_gives_keras_predictions(tmp_path):
     assert config.data.normalize == "scale"  # the Keras side below divides by 255 for it
     manifest = export_run(config, str(tmp_path / "run"))
     assert manifest["source"] == {"init_from": weights}
-    assert manifest["formats"] == {"jax": "model.jax", "saved_model": "saved_model"}
+    assert manifest["formats"] == {"jax": "model.jax", "saved_model": "saved_model", "safetensors": "model.safetensors"}
     images = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
     keras_probabilities = network.predict(images.astype(np.float32) / 255.0, verbose=0)
     assert np.max(keras_probabilities) < 0.999 and np.min(np.max(keras_probabilities, axis=1)) > 0.2
