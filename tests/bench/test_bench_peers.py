@@ -1,5 +1,5 @@
-"""The Keras and PyTorch peers: our architectures exactly (tables and parameter counts), and a tiny timed run of
-each prints the line the table reads, from a process that imported none of our JAX code.
+"""The Keras and PyTorch peers: our architectures exactly (tables read from our source, parameter counts), and a
+tiny timed run of each prints the line the table reads, from a process that imported none of our JAX code.
 
 A framework that is not installed skips its tests with the reason (`pip install 'cnn_flax[bench]'` adds PyTorch).
 """
@@ -24,10 +24,12 @@ def _needs(package: str) -> None:
         pytest.skip(f"{package} is not installed (pip install 'cnn_flax[bench]')")
 
 
-def test_the_peers_tables_are_our_models_tables():
+def test_the_peers_read_our_models_tables_from_their_source():
     assert deck.MINI_GOOGLENET == googlenet.MINI_GOOGLENET
     assert deck.INCEPTION == {name: googlenet.INCEPTION[name] for name in ("3a", "3b", "4a", "4b", "4c", "4d", "4e")}
     assert deck.MINIVGG_STAGES == minivgg.STAGES
+    with pytest.raises(LookupError, match="cnn_flax/models/googlenet.py has no constant GOOGLENET"):
+        deck.model_constant("googlenet", "GOOGLENET")  # a class, not a literal constant
 
 
 @pytest.mark.parametrize("name", list(deck.MODELS))

@@ -1,28 +1,35 @@
-"""The deck's models as plain tables, for the Keras and PyTorch peers; they import nothing.
+"""The deck's models as plain tables for the Keras and PyTorch peers, read from cnn_flax.models' own source.
 
-The tables are cnn_flax.models' own (a test compares them, and each peer's parameter count with ours), kept
-here because importing cnn_flax.models would load Flax and JAX into a peer's process and its memory.
+Importing cnn_flax.models would load Flax and JAX into a peer's process and its memory, so the tables
+(MiniGoogLeNet's modules, DeeperGoogLeNet's inception rows, MiniVGG's stages) are read from the models'
+files as literals (`ast.literal_eval`: nothing in them runs). Our models and the peers thus share one
+table each; the tests also compare each peer's parameter count with ours.
 """
 
+import ast
 import dataclasses
+from pathlib import Path
+from typing import Any
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+
+
+def model_constant(module: str, name: str) -> Any:
+    """The literal value of the top-level constant `name` of cnn_flax/models/<module>.py."""
+    tree = ast.parse((MODELS_DIR / f"{module}.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        targets = [node.target] if isinstance(node, ast.AnnAssign) else getattr(node, "targets", [])
+        if any(isinstance(target, ast.Name) and target.id == name for target in targets):
+            return ast.literal_eval(node.value)
+    raise LookupError(f"cnn_flax/models/{module}.py has no constant {name}")
+
 
 # MiniGoogLeNet (Zhang et al.): a conv_module of 96, then ('inc', #1x1, #3x3) and ('down', #3x3) modules.
-MINI_GOOGLENET = (
-    ("inc", 32, 32), ("inc", 32, 48), ("down", 80),
-    ("inc", 112, 48), ("inc", 96, 64), ("inc", 80, 80), ("inc", 48, 96), ("down", 96),
-    ("inc", 176, 160), ("inc", 176, 160),
-)
-# DeeperGoogLeNet's inception modules: (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj).
-INCEPTION = {
-    "3a": (64, 96, 128, 16, 32, 32),
-    "3b": (128, 128, 192, 32, 96, 64),
-    "4a": (192, 96, 208, 16, 48, 64),
-    "4b": (160, 112, 224, 24, 64, 64),
-    "4c": (128, 128, 256, 24, 64, 64),
-    "4d": (112, 144, 288, 32, 64, 64),
-    "4e": (256, 160, 320, 32, 128, 128),
-}
-MINIVGG_STAGES = (32, 64)
+MINI_GOOGLENET: tuple[tuple[Any, ...], ...] = model_constant("googlenet", "MINI_GOOGLENET")
+# DeeperGoogLeNet's inception modules, stages 3 and 4: (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj).
+INCEPTION: dict[str, tuple[int, ...]] = {name: row for name, row in model_constant("googlenet", "INCEPTION").items()
+                                         if name[0] in "34"}
+MINIVGG_STAGES: tuple[int, ...] = model_constant("minivgg", "STAGES")
 BN_MOMENTUM, BN_EPSILON = 0.99, 1e-3  # Keras's defaults, as ours
 
 
