@@ -109,7 +109,7 @@ def markdown_tables(results: list[Result], models: Sequence[str], rounds: int, s
     speed = ["| model | Keras train | PyTorch train | ours step | ours loop | loop/Keras | loop/PyTorch | loop/step "
              "| Keras eval | PyTorch eval | ours eval | eval/Keras | eval/PyTorch |", "|" + "---|" * 13]
     memory = ["| model | ours eval MB | Keras eval MB | PyTorch eval MB | eval/PyTorch | ours step MB | ours loop MB "
-              "| Keras train MB | PyTorch train MB | loop/PyTorch |", "|" + "---|" * 10]
+              "| Keras train MB | PyTorch train MB | train/PyTorch |", "|" + "---|" * 10]
     bytes_ = ["| model | first step s | imports MB | runtime MB | trainer MB | first step MB | XLA step argument MB "
               "| output MB | temp MB | code MB | XLA eval temp MB |", "|" + "---|" * 11]
     limit = ["| model | matmul peak GFLOP/s | GFLOP per train image | ours step | ours loop | Keras train "
@@ -130,12 +130,12 @@ def markdown_tables(results: list[Result], models: Sequence[str], rounds: int, s
             kt, tt, ke, te = k["train_img_per_s"], t["train_img_per_s"], k["eval_img_per_s"], t["eval_img_per_s"]
             speed.append(_row(title, [_fmt(kt), _fmt(tt), _fmt(step), _fmt(loop), _ratio(loop, kt), _ratio(loop, tt),
                                       loop_step, _fmt(ke), _fmt(te), _fmt(ev), _ratio(ev, ke), _ratio(ev, te)]))
-            ours_eval, ours_loop = o.get("eval_peak_rss_mb"), o.get("loop_peak_rss_mb")
+            ours_eval, ours_loop, ours_train = (o.get(f"{key}_rss_mb") for key in ("eval_peak", "loop_peak", "peak"))
             memory.append(_row(title, [_fmt(ours_eval, 0), _fmt(k["eval_peak_rss_mb"], 0),
                                        _fmt(t["eval_peak_rss_mb"], 0), _ratio(ours_eval, t["eval_peak_rss_mb"]),
                                        _fmt(o.get("step_peak_rss_mb"), 0), _fmt(ours_loop, 0),
                                        _fmt(k["train_peak_rss_mb"], 0), _fmt(t["train_peak_rss_mb"], 0),
-                                       _ratio(ours_loop, t["train_peak_rss_mb"])]))
+                                       _ratio(ours_train, t["train_peak_rss_mb"])]))
             bytes_.append(_row(title, [_fmt(o.get("first_step_s")), *(_fmt(o.get(key), 0) for key in (
                 "rss_imports_mb", "rss_runtime_mb", "rss_trainer_mb", "rss_first_step_mb", "step_argument_mb",
                 "step_output_mb", "step_temp_mb", "step_code_mb", "eval_temp_mb"))]))
