@@ -25,7 +25,8 @@ process after the phases.
 
 Memory, per phase: each phase's peak is the kernel's resident high-water mark (VmHWM) from the phase's
 start (`cli.reset_peak`) to its end, so it holds what the phase needs with what is resident already
-(interpreter, libraries, runtime), and not a transient of what came before (a compilation, a probe). On a
+(interpreter, libraries, runtime), and not a transient of what came before (a probe, another phase); the
+bare step's includes compiling it. On a
 CPU the eval phase runs in a process of its own (this module, started with the config), on random images
 of the config's shape, so its peak is that of a process that only serves the model; afterwards that
 process finds out whether the data is here, so the benchmark's own process loads TensorFlow only when the
