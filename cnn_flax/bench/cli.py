@@ -14,6 +14,7 @@ a peer process imports only its own framework.
 
 import argparse
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -117,6 +118,18 @@ def parse_line(output: str, prefix: str) -> dict[str, float | str]:
         except ValueError:
             values[key] = value
     return values
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what the platform says), for a table's heading."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _status_mb(pid: int | str, field: str) -> float | None:

@@ -17,7 +17,8 @@ as they arrive; the tables go to stdout.
 """
 
 import dataclasses
-import platform
+import datetime
+import os
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -153,8 +154,9 @@ def markdown_tables(results: list[Result], models: Sequence[str], rounds: int, s
                 _share(credited(ke, eval_image), peak), _share(credited(te, eval_image), peak)]))
     got = sorted({r.model for r in results})
     devices = sorted({str(r.values["device"]) for r in results if r.runner.startswith("ours") and "device" in r.values})
-    note = (f"Medians of {rounds} round(s), img/s, peers and ours interleaved, {seconds:g} s per timed phase; "
-            f"models measured: {', '.join(got)}; device: {', '.join(devices) or '?'} ({platform.processor() or '?'}).")
+    note = (f"{datetime.date.today().isoformat()}, {cli.cpu_model()}, {os.cpu_count()} cores, device "
+            f"{', '.join(devices) or '?'}: medians of {rounds} round(s), img/s, peers and ours interleaved, "
+            f"{seconds:g} s per timed phase; models measured: {', '.join(got)}.")
     return "\n".join([note, "", *speed, "", "Peak resident memory per phase (VmHWM):", "", *memory, "",
                       "Where our bytes go (resident MB at each point; XLA's analysis of the compiled steps):", "",
                       *bytes_, "", "Distance from the machine's limit: GFLOP/s achieved (share of the float32 matrix "

@@ -1,7 +1,10 @@
 """The table command's plan, parsing, medians and ratios, on recorded process outputs (nothing is timed)."""
 
+import os
+
 import pytest
 
+from cnn_flax.bench import cli
 from cnn_flax.bench import table as bench_table
 from cnn_flax.errors import UserError
 
@@ -91,7 +94,8 @@ def test_failed_process_is_logged_and_left_out():
     bf16 = next(line for line in table.splitlines() if line.startswith("| MiniGoogLeNet (CIFAR-10 shape) bfloat16"))
     # No peers: ratios against them are blank; a line without loop_over_step gives the ratio of the medians.
     assert "| — | — | 20.0 | 22.0 | — | — | 1.10x |" in bf16
-    assert "Medians of 2 round(s), img/s, peers and ours interleaved, 20 s per timed phase" in table
+    assert "medians of 2 round(s), img/s, peers and ours interleaved, 20 s per timed phase" in table
+    assert f"{cli.cpu_model()}, {os.cpu_count()} cores, device cpu: " in table.splitlines()[0]
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):
