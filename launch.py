@@ -20,6 +20,8 @@ flags.DEFINE_enum("mode", "train", ["train", "evaluate", "summary", "prepare", "
 flags.DEFINE_string("checkpoint", "latest", "--mode=evaluate: latest, all, or an epoch number; --mode=export: "
                     "latest or an epoch number.")
 flags.DEFINE_list("images", [], "--mode=predict: image files, or folders of them (searched recursively), to classify.")
+flags.DEFINE_bool("gradcam", False, "--mode=predict: also write WORKDIR/gradcam/<image>_cam.png, the Grad-CAM map "
+                  "of each image's predicted class (layer: --config.gradcam.layer).")
 flags.DEFINE_string("variants", None, "--mode=ablate: 'name:key=value,...;name2:...' (default: the deck's "
                     "extensions: baseline, conv_act_bn, elu).")
 flags.DEFINE_bool("ema", False, "--mode=evaluate/predict/export: use the moving average of the weights kept with "
@@ -66,6 +68,10 @@ def run_export_folder() -> int:
     if FLAGS.mode == "predict":
         from cnn_flax.export.predict import predict_from_export
 
+        if FLAGS.gradcam:
+            raise UserError("--gradcam needs the model's layers: predict with --config (and the run's --workdir), "
+                            "not --export_dir")
+
         predict_from_export(FLAGS.export_dir, FLAGS.images, FLAGS.workdir, FLAGS.export_runtime)
     elif FLAGS.mode == "benchmark":
         from cnn_flax.export.benchmark import benchmark_export
@@ -106,7 +112,7 @@ def run() -> int:
     elif FLAGS.mode == "evaluate":
         modes.evaluate(config, workdir, FLAGS.checkpoint)
     elif FLAGS.mode == "predict":
-        modes.predict(config, workdir, FLAGS.images)
+        modes.predict(config, workdir, FLAGS.images, gradcam=FLAGS.gradcam)
     elif FLAGS.mode == "benchmark":
         from cnn_flax.benchmark import benchmark
 

@@ -142,11 +142,13 @@ def _inference_variables(config: ml_collections.ConfigDict, workdir: str, exp) -
     raise UserError(f"no checkpoint in {directory} and no init_from; train first or set --config.init_from")
 
 
-def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -> list[dict[str, Any]]:
+def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str],
+            gradcam: bool = False) -> list[dict[str, Any]]:
     """Top-5 classes of image files and of every image under folders, into predictions.json and .csv.
 
     Keras's 'caffe' preprocessing and ImageNet's class names for ImageNet configs; a folder dataset's class
-    names (and the decoding its prepare used) for folder configs.
+    names (and the decoding its prepare used) for folder configs. With `gradcam`, also an overlay per image
+    of the Grad-CAM map of its predicted class, in WORKDIR/gradcam/<image stem>_cam.png (gradcam.json lists them).
     """
     from cnn_flax.data import make_preprocess
     from cnn_flax.predict import image_decoding, image_files, image_loader, model_probabilities, predict_files
@@ -165,8 +167,21 @@ def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -
         preprocess = lambda images: data_preprocess(images, None)  # noqa: E731
         names = exp.class_names
     load = image_loader(image_decoding(config.data), exp.input_shape[:2])
-    return predict_files(model_probabilities(exp.model, variables, preprocess), files, load, names,
-                         workdir, batch_size=config.batch_size, write=RunFiles(workdir).is_writer)
+    if gradcam:  # a layer that does not exist is reported before any image is classified
+        from cnn_flax.run.gradcam import GradCam
+
+        cam = GradCam(exp.model, variables, preprocess, exp.input_shape, config.gradcam.layer,
+                      batch_size=min(config.batch_size, 32))
+    results = predict_files(model_probabilities(exp.model, variables, preprocess), files, load, names,
+                            workdir, batch_size=config.batch_size, write=RunFiles(workdir).is_writer)
+    if gradcam and RunFiles(workdir).is_writer:
+        from cnn_flax.run.gradcam import write_overlays
+
+        written = write_overlays(cam, load, [row["image"] for row in results],
+                                 [row["top5"][0]["index"] for row in results], os.path.join(workdir, "gradcam"), names)
+        log.info("Grad-CAM maps (layer %s) of %d images in %s", cam.layer, len(written),
+                 os.path.join(workdir, "gradcam"))
+    return results
 
 
 __all__ = ["evaluate", "predict", "prepare", "summary", "write_evaluation"]

@@ -144,6 +144,11 @@ def _predictions(workdir: Path) -> tuple[str, str, str]:
         rows = [(i + 1, row.get("file", f"#{row['index']}"), row["true"], row["predicted"],
                  _number(row["prob_true"]), _number(row["prob_predicted"])) for i, row in enumerate(mistakes or [])]
         parts += ["<h3>Worst mistakes first</h3>", figure, _table(header, rows)]
+        maps = _image(workdir / "mistakes_gradcam.png", "Grad-CAM maps of the worst mistakes")
+        if maps:
+            parts += ['<h3 id="gradcam">Where the network looked (Grad-CAM)</h3><p class="note">Each mistake with '
+                      "the Grad-CAM map of its true class (middle) and of the class predicted (right): red where "
+                      "the evidence for that class lies.</p>", maps]
     first = _image(workdir / "predictions.png", "predictions")
     if first:
         parts += ["<h3>The first examples of the split</h3>", first]
