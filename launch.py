@@ -16,7 +16,7 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (configs
                                 "reads the workdir's config.json instead.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where the run writes everything (default: runs/<config name>).")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "summary", "prepare", "predict", "benchmark", "ablate",
-                                    "export", "report"], "What to do.")
+                                    "export", "report", "lr_find"], "What to do.")
 flags.DEFINE_string("checkpoint", "latest", "--mode=evaluate: latest, all, or an epoch number; --mode=export: "
                     "latest or an epoch number.")
 flags.DEFINE_list("images", [], "--mode=predict: image files, or folders of them (searched recursively), to classify.")
@@ -122,6 +122,11 @@ def run() -> int:
 
         written = export_run(config, workdir, FLAGS.checkpoint, overwrite=FLAGS.overwrite)
         print(f"Exported {', '.join(written['formats'].values())} to {os.path.join(workdir, 'export')}")
+    elif FLAGS.mode == "lr_find":
+        from cnn_flax.run.lr_find import describe_result, lr_find
+
+        print(describe_result(lr_find(config, workdir)))
+        print(f"(plot: {os.path.join(workdir, 'lr_find.png')}, numbers: {os.path.join(workdir, 'lr_find.json')})")
     elif FLAGS.mode == "ablate":
         from cnn_flax.ablation import DECK_EXTENSIONS, run_ablation
 
