@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from cnn_flax.atomic import atomic_file
-from cnn_flax.evaluation._files import new_figure, save_figure
+from cnn_flax.evaluation.files import new_figure, save_figure
 
 # The overlay files of small inputs (digits' and CIFAR-10's 32x32) are enlarged to at least this many pixels a
 # side, by whole pixels, so the map can be seen; the heat map itself is interpolated to that size.

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cnn_flax.errors import UserError
-from cnn_flax.evaluation._files import new_figure, save_figure
+from cnn_flax.evaluation.files import new_figure, save_figure
 
 
 def check_sweep(min_lr: float, max_lr: float, steps: int, smoothing: float, diverge_factor: float) -> None:

@@ -20,16 +20,18 @@ import ml_collections
 import numpy as np
 import optax
 
-from cnn_flax.data.augment_modern import make_mixing
-from cnn_flax.engine import Engine, RunFiles, device_prefetch
+from cnn_flax.data.augment.recipes import make_mixing
 from cnn_flax.evaluation.lr_find import check_sweep, diverged, plot_lr_find, smooth, suggestions, sweep_rates
-from cnn_flax.experiment import initial_variables, steps_per_epoch
-from cnn_flax.run_report import write_run_report
+from cnn_flax.run.engine import Engine
+from cnn_flax.run.experiment import initial_variables, train_steps_per_epoch
+from cnn_flax.run.report_page import write_run_report
 from cnn_flax.training.metrics import TrainMetrics
 from cnn_flax.training.optim import build_optimizer, describe_optimizer
+from cnn_flax.training.parallel import device_prefetch
 from cnn_flax.training.param_groups import with_param_groups
 from cnn_flax.training.state import TrainState
 from cnn_flax.training.step import make_train_step
+from cnn_flax.training.workdir import RunFiles
 
 log = logging.getLogger("cnn_flax")
 
@@ -58,22 +60,22 @@ def lr_find(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     smoothing, factor = float(settings.smoothing), float(settings.diverge_factor)
     check_sweep(min_lr, max_lr, steps, smoothing, factor)
     engine, files = Engine(config), RunFiles(workdir)
-    exp, parallel = engine.exp, engine.parallel
+    experiment, parallel = engine.experiment, engine.parallel
     tx = sweep_optimizer(config)
     train_step = engine.compile("lr_find", make_train_step(
-        exp.model, tx, engine.preprocess, seed=config.seed, aux_weight=config.loss.aux_weight, l2=config.optimizer.l2,
-        label_smoothing=config.loss.label_smoothing, accum_steps=config.optimizer.accum_steps,
+        experiment.model, tx, engine.preprocess, seed=config.seed, aux_weight=config.loss.aux_weight,
+        l2=config.optimizer.l2, label_smoothing=config.loss.label_smoothing, accum_steps=config.optimizer.accum_steps,
         axis_name=parallel.axis_name, mixing=make_mixing(config.data), freeze=config.optimizer.freeze))
-    state = parallel.put_replicated(TrainState.create(initial_variables(exp), tx))
+    state = parallel.put_replicated(TrainState.create(initial_variables(experiment), tx))
     empty = TrainMetrics.empty()
-    spe = steps_per_epoch(config, exp.source)
+    steps_per_epoch = train_steps_per_epoch(config, experiment.source)
     rates = sweep_rates(min_lr, max_lr, steps)
     losses: list[float] = []
     diverging, epoch = False, 0
     log.info("lr_find: %d steps from %g to %g with %s", steps, min_lr, max_lr, describe_optimizer(config.optimizer))
     while len(losses) < steps and not diverging:  # as many epochs of the train split as the steps need
         batches = engine.batches("train", shuffle=True, epoch=epoch, drop_remainder=True)
-        batches = (b for _, b in zip(range(min(spe, steps - len(losses))), batches, strict=False))
+        batches = (b for _, b in zip(range(min(steps_per_epoch, steps - len(losses))), batches, strict=False))
         for batch in device_prefetch(batches, parallel.put_batch):
             state, metrics = train_step(state, batch, parallel.put_replicated(empty))
             losses.append(float(parallel.fetch(metrics).compute()["loss"]))
