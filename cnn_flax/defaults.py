@@ -80,7 +80,7 @@ def base(name: str) -> ml_collections.ConfigDict:
         num_classes=10, synthetic_sizes=dict(train=2048, val=512, test=512)))
     config.data.augment = ml_collections.ConfigDict(dict(
         rotation=0.0, zoom=0.0, width_shift=0.0, height_shift=0.0, shear=0.0, horizontal_flip=False,
-        # Current recipes' augmentation, in the train step too (all off here; README "Modern augmentation").
+        # Current recipes' augmentation, in the train step too (all off here; docs/data.md explains each).
         # Inception random-resized-crop: area fraction and aspect-ratio ranges of the box, resized back.
         random_resized_crop=False, rrc_scale=(0.08, 1.0), rrc_ratio=(3 / 4, 4 / 3),
         randaugment_n=0, randaugment_m=9.0,  # RandAugment layers (0: off) and magnitude on 0..10

@@ -1,4 +1,4 @@
-"""The README's performance table in one command: every deck model, ours and both peers, interleaved.
+"""docs/performance.md's table in one command: every deck model, ours and both peers, interleaved.
 
     python -m cnn_flax.bench.table --rounds 3                       # MiniVGG, MiniGoogLeNet, DeeperGoogLeNet
     python -m cnn_flax.bench.table --rounds 3 --half-precision      # adds bfloat16 rows of ours

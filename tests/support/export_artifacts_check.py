@@ -6,9 +6,9 @@ SPEC.json lists cases {"name", "dir", "images" (.npy, uint8 [N, H, W, 3]), "expe
 model's float32 probabilities for those images), "batches"}. For each runtime whose artifact the folder
 holds, the images go through in each batch size; printed (JSON): per case and runtime, the largest
 difference from the expected probabilities, whether the top-5 agree and the seconds it took (loading and
-compiling included), and for TFLite the input's stored shape. Only TensorFlow, LiteRT's TFLite interpreter
-(TensorFlow's where ai-edge-litert is not installed), onnxruntime and JAX are used, as the README shows;
-the last line checks that neither cnn_flax nor Flax was loaded.
+compiling included), and for TFLite the input's stored shape and the interpreter that read it. Only
+TensorFlow, LiteRT's TFLite interpreter (TensorFlow's where ai-edge-litert is not installed), onnxruntime
+and JAX are used, as docs/export.md shows; the last line checks that neither cnn_flax nor Flax was loaded.
 """
 
 import json
