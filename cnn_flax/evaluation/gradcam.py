@@ -136,9 +136,9 @@ def plot_mistake_maps(images: Any, true_maps: Any, predicted_maps: Any, captions
     if not (len(true_maps) == len(predicted_maps) == len(captions) == count) or count == 0:
         raise ValueError(f"need one true map, predicted map and caption per image ({count} images), got "
                          f"{len(true_maps)}, {len(predicted_maps)} and {len(captions)}")
-    height = 2.3 * count + 0.5
+    height = 2.3 * count + 0.8  # 0.8 inch of the height for the title, above the first row's captions
     figure = new_figure(figsize=(7.2, height))
-    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.01, top=1 - 0.5 / height, wspace=0.08, hspace=0.3)
+    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.01, top=1 - 0.8 / height, wspace=0.08, hspace=0.3)
     axes = figure.subplots(count, 3, squeeze=False)
     for i in range(count):
         image = images[i]
@@ -148,5 +148,5 @@ def plot_mistake_maps(images: Any, true_maps: Any, predicted_maps: Any, captions
             shown = panel.squeeze(-1) if panel.ndim == 3 and panel.shape[-1] == 1 else panel
             ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
             ax.set_title(caption, fontsize=7, color=colour)
-    figure.suptitle(title)
+    figure.suptitle(title, y=1 - 0.15 / height, va="top")
     save_figure(figure, path, dpi=100)
