@@ -98,7 +98,9 @@ def plot_lr_find(result: Mapping[str, Any], path: str | os.PathLike) -> None:
     if finite.size:  # the start of the explosion is shown, not all of it: it would flatten the useful part
         low, start = float(finite.min()), float(finite[0])
         span = max(start - low, 1e-3)
-        ax.set_ylim(low - 0.1 * span, max(min(float(finite.max()), start + span), start) + 0.05 * span)
+        raw = np.asarray([v for v in result["losses"] if v is not None and math.isfinite(v)], np.float64)
+        bottom = min(low, float(raw.min())) if raw.size else low  # each step's loss dips below the average
+        ax.set_ylim(bottom - 0.05 * span, max(min(float(finite.max()), start + span), start) + 0.05 * span)
     ax.set(xlabel="learning rate (log scale)", ylabel="training loss",
            title=f"Learning-rate range test: {len(rates)} steps, {result['stopped']}")
     ax.grid(True, alpha=0.3)

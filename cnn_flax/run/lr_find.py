@@ -72,7 +72,7 @@ def lr_find(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     rates = sweep_rates(min_lr, max_lr, steps)
     losses: list[float] = []
     diverging, epoch = False, 0
-    log.info("lr_find: %d steps from %g to %g with %s", steps, min_lr, max_lr, describe_optimizer(config.optimizer))
+    log.info("lr_find: %d steps from %g to %g with %s", steps, min_lr, max_lr, _update_rule(config.optimizer))
     while len(losses) < steps and not diverging:  # as many epochs of the train split as the steps need
         batches = engine.batches("train", shuffle=True, epoch=epoch, drop_remainder=True)
         batches = (b for _, b in zip(range(min(steps_per_epoch, steps - len(losses))), batches, strict=False))
@@ -90,13 +90,20 @@ def lr_find(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
               "smoothed": [_json_float(v) for v in smoothed], "suggestions": found,
               "suggested": found["minimum_over_10"], "stopped": stopped,
               "settings": dict(min_lr=min_lr, max_lr=max_lr, steps=steps, smoothing=smoothing, diverge_factor=factor),
-              "optimizer": describe_optimizer(config.optimizer), "batch_size": int(config.batch_size)}
+              "optimizer": _update_rule(config.optimizer), "batch_size": int(config.batch_size)}
     if files.is_writer:
         os.makedirs(workdir, exist_ok=True)
         files.write_json("lr_find.json", result)
         plot_lr_find(result, files.path("lr_find.png"))
         write_run_report(workdir, "lr_find", config)
     return result
+
+
+def _update_rule(optimizer: ml_collections.ConfigDict) -> str:
+    """The optimizer as --mode=summary describes it, less the configured rate, which the sweep replaces."""
+    name, _, inner = describe_optimizer(optimizer).partition(" (")
+    parts = [part for part in inner.rstrip(")").split(", ") if part and not part.startswith("lr ")]
+    return f"{name} ({', '.join(parts)})" if parts else name
 
 
 def _json_float(value: float) -> float | None:
