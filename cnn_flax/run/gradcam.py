@@ -152,9 +152,13 @@ def unique_stems(paths: Sequence[str]) -> list[str]:
 def write_overlays(cam: GradCam, load: Callable[[str], np.ndarray], paths: Sequence[str], classes: Sequence[int],
                    folder: str, class_names: Sequence[str], chunk: int = 64) -> list[dict[str, Any]]:
     """`folder/<image stem>_cam.png` per image: the map of classes[i] over the image the model saw (`load(path)`,
-    a chunk of images at a time), and `folder/gradcam.json` saying which image, class and layer each shows."""
+    a chunk of images at a time), and `folder/gradcam.json` saying which image, class and layer each shows.
+    Overlays of an earlier call that this one does not rewrite are removed, as predictions.json is replaced."""
     os.makedirs(folder, exist_ok=True)
     stems = unique_stems(paths)
+    for name in set(os.listdir(folder)) - {f"{stem}_cam.png" for stem in stems}:
+        if name.endswith("_cam.png"):  # an earlier prediction's overlay: the folder shows this prediction only
+            os.remove(os.path.join(folder, name))
     rows = []
     for start in range(0, len(paths), chunk):
         part = slice(start, start + chunk)

@@ -221,6 +221,8 @@ def test_predict_with_gradcam_writes_an_overlay_per_image(trained_run, tmp_path)
     for row in listed:
         with Image.open(row["cam"]) as image:
             assert image.size == (16 * 14, 16 * 14) and image.mode == "RGB"  # 16x16 inputs shown at 224x224
+    modes.predict(config, workdir, [paths[1]], gradcam=True)  # another prediction replaces the folder's overlays
+    assert sorted(os.listdir(os.path.join(workdir, "gradcam"))) == ["gradcam.json", "two_cam.png"]
 
 
 def test_predict_with_gradcam_refuses_a_layer_the_model_lacks(trained_run):
