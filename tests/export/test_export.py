@@ -436,7 +436,7 @@ def test_a_model_without_classes_is_not_exported(tmp_path):
 
 
 def test_benchmark_prints_one_line_per_runtime(tiny_export, monkeypatch):
-    from cnn_flax.export import benchmark
+    from cnn_flax.bench import export as benchmark
 
     monkeypatch.setattr(benchmark, "MIN_SECONDS", 0.02)  # the lines, not the figures, are under test
     lines = benchmark.benchmark_export(tiny_export, batches=(1, 4)).splitlines()
