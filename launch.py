@@ -18,6 +18,8 @@ flags.DEFINE_string("workdir", None, "Where the run writes everything (default: 
 flags.DEFINE_string("checkpoint", "latest", "--mode=evaluate: latest, all, or an epoch number; --mode=export: "
                     "latest or an epoch number.")
 flags.DEFINE_list("images", [], "--mode=predict: image files, or folders of them (searched recursively), to classify.")
+flags.DEFINE_bool("gradcam", False, "--mode=predict: also write WORKDIR/gradcam/<image>_cam.png, the Grad-CAM map "
+                  "of each image's predicted class (layer: --config.gradcam.layer).")
 flags.DEFINE_string("variants", None, "--mode=ablate: 'name:key=value,...;name2:...' (default: the deck's "
                     "extensions: baseline, conv_act_bn, elu).")
 flags.DEFINE_bool("ema", False, "--mode=evaluate/predict/export: use the moving average of the weights kept with "
@@ -91,13 +93,17 @@ def _prepare(config, workdir: str) -> None:
 
 def _predict(config, workdir: str) -> None:
     if FLAGS.export_dir:  # the export folder alone: no config, checkpoint or dataset
+        from cnn_flax.errors import UserError
         from cnn_flax.run.predict import predict_from_export
 
+        if FLAGS.gradcam:
+            raise UserError("--gradcam needs the model's layers: predict with --config (and the run's --workdir), "
+                            "not --export_dir")
         predict_from_export(FLAGS.export_dir, FLAGS.images, FLAGS.workdir, FLAGS.export_runtime)
         return
     from cnn_flax.run import modes
 
-    modes.predict(config, workdir, FLAGS.images)
+    modes.predict(config, workdir, FLAGS.images, gradcam=FLAGS.gradcam)
 
 
 def _benchmark(config, workdir: str) -> None:
@@ -133,6 +139,13 @@ def _push(config, workdir: str) -> None:
     print(push_folder(os.path.join(workdir, "export"), FLAGS.repo_id, private=FLAGS.private))
 
 
+def _lr_find(config, workdir: str) -> None:
+    from cnn_flax.run.lr_find import describe_result, lr_find
+
+    print(describe_result(lr_find(config, workdir)))
+    print(f"(plot: {os.path.join(workdir, 'lr_find.png')}, numbers: {os.path.join(workdir, 'lr_find.json')})")
+
+
 def _report(config, workdir: str) -> None:
     from cnn_flax.run.report_page import rebuild_report
 
@@ -151,6 +164,7 @@ MODES = {
     "export": _export,
     "push": _push,
     "report": _report,
+    "lr_find": _lr_find,
 }
 flags.DEFINE_enum("mode", "train", list(MODES), "What to do.")
 

@@ -4,6 +4,7 @@ Each is one function of (config, workdir, …) so research code can call them as
 """
 
 import logging
+import os
 from typing import Any
 
 import jax
@@ -101,19 +102,36 @@ def _evaluate_every_epoch(evaluator: Evaluator, checkpoints: Checkpoints, templa
     return {"epochs": rows}
 
 
-def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -> list[dict[str, Any]]:
+def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str],
+            gradcam: bool = False) -> list[dict[str, Any]]:
     """Top-5 classes of image files and of every image under folders, into predictions.json and .csv.
 
     Keras's 'caffe' (or torchvision's) preprocessing and ImageNet's class names for ImageNet configs; a folder
-    dataset's class names (and the decoding its prepare used) for folder configs.
+    dataset's class names (and the decoding its prepare used) for folder configs. With `gradcam`, also an overlay
+    per image of the Grad-CAM map of its predicted class, in WORKDIR/gradcam/<image stem>_cam.png (gradcam.json
+    lists them).
     """
     from cnn_flax.run.predict import image_decoding, image_files, image_loader, predict_files
 
     files = image_files(paths)
     run = open_run(config, workdir, ema=config.ema_eval)
     load = image_loader(image_decoding(config.data), run.input_shape[:2])
-    return predict_files(run.probabilities(), files, load, run.class_names,
-                         workdir, batch_size=config.batch_size, write=RunFiles(workdir).is_writer)
+    if gradcam:  # a layer that does not exist is reported before any image is classified
+        from cnn_flax.run.gradcam import GradCam
+
+        cam = GradCam(run.model, run.variables, run.preprocess, run.input_shape, config.gradcam.layer,
+                      batch_size=min(config.batch_size, 32))
+    results = predict_files(run.probabilities(), files, load, run.class_names,
+                            workdir, batch_size=config.batch_size, write=RunFiles(workdir).is_writer)
+    if gradcam and RunFiles(workdir).is_writer:
+        from cnn_flax.run.gradcam import write_overlays
+
+        written = write_overlays(cam, load, [row["image"] for row in results],
+                                 [row["top5"][0]["index"] for row in results], os.path.join(workdir, "gradcam"),
+                                 run.class_names)
+        log.info("Grad-CAM maps (layer %s) of %d images in %s", cam.layer, len(written),
+                 os.path.join(workdir, "gradcam"))
+    return results
 
 
 __all__ = ["evaluate", "predict", "prepare", "summary", "write_evaluation"]
