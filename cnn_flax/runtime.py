@@ -84,6 +84,24 @@ def keep_freed_host_memory() -> bool:
                 libc.mallopt(m_trim_threshold, keep) == 1])
 
 
+def release_freed_host_memory() -> bool:
+    """Hand what the heap holds freed back to the kernel, once (glibc's malloc_trim); True if some went.
+
+    With `keep_freed_host_memory` glibc never trims, so that every step reuses its temporaries' block; but
+    what compiling the train step frees then stays resident for the whole run as well. Measured here
+    (MiniGoogLeNet, batch 64, 2-core CPU): 1.42 GB resident over the steps without, 1.19 GB when this ran
+    once after the first step. The next step takes its block again and keeps it, so it costs one step's
+    page faults. Does nothing off glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.malloc_trim(0))
+
+
 def use_compile_cache() -> str:
     """Keep compiled XLA programs on disk between runs; returns the folder, or "" when switched off.
 

@@ -1,6 +1,8 @@
 """Process-wide settings launch.py applies: explicit, and the user's own choices win."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -43,3 +45,17 @@ def test_initialisation_compiles_once_per_model_and_shape():
     b = init_variables(again, jax.random.key(0), [16, 16, 3])
     assert _compiled_init.cache_info().misses == compiled
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda x, y: bool((x == y).all()), a, b))
+
+
+def test_released_host_memory_leaves_the_process():
+    """With the allocator keeping freed memory, a freed 300 MB block stays resident until it is released."""
+    probe = ("from cnn_flax.runtime import keep_freed_host_memory, release_freed_host_memory\n"
+             "from cnn_flax.bench.cli import rss_mb\n"
+             "assert keep_freed_host_memory()\n"
+             "block = bytearray(300 * 2**20); before = rss_mb(); del block; kept = rss_mb()\n"
+             "assert release_freed_host_memory()\n"
+             "print(round(before), round(kept), round(rss_mb()))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    before, kept, released = map(int, subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                                     env=env, check=True).stdout.split())
+    assert kept > before - 10 and released < kept - 250

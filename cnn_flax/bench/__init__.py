@@ -1,9 +1,12 @@
 """How fast and how large: every benchmark of the project, its profiles, the comparison peers and the table.
 
-  model      --mode=benchmark: bare step, training loop and inference of a config's model
+  cli        the command line every entry point shares: flags, config, output line, child processes, memory
+  model      --mode=benchmark: bare step, training loop and inference of a config's model, their GFLOP/s
+             against the machine's float32 peak, and each phase's peak memory
   phases     time-based phases (warm up until steady, then timed windows) that every benchmark uses
   precision  bfloat16 against float32 in one process;  op_profile: where a step's time goes, per XLA op
   table      ours against the peers (PyTorch, Keras) in one run on one machine, as a dated table
+  peers      the deck's models in Keras and PyTorch, timed the way ours are
   input      the HDF5 reader and each augmentation;  prepare: building HDF5 files from a photo folder
   export     an export folder's runtimes (JAX, SavedModel, ONNX, TFLite)
 """

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from cnn_flax.bench import cli
 from cnn_flax.export import manifest
 from cnn_flax.export.runtimes import RUNTIME_NAMES, RUNTIMES, open_export
 
@@ -45,6 +46,6 @@ def benchmark_export(directory: str, batches: tuple[int, ...] = BATCHES) -> str:
         rates = {batch: images_per_second(model.probabilities,
                                           rng.integers(0, 256, (batch, *model.input_shape), dtype=np.uint8))
                  for batch in batches}
-        lines.append(f"export_benchmark runtime={RUNTIME_NAMES[runtime]} "
-                     + " ".join(f"batch{b}_img_per_s={rate:.1f}" for b, rate in rates.items()))
+        figures = dict(runtime=RUNTIME_NAMES[runtime], **{f"batch{b}_img_per_s": rate for b, rate in rates.items()})
+        lines.append(cli.format_line("export_benchmark", figures, list(figures)))
     return "\n".join(lines)

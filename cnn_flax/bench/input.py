@@ -6,13 +6,14 @@ python -m cnn_flax.bench.input --augmentations --size 32 --batch 128       # eac
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
+import re
 import time
 
 import numpy as np
 
+from cnn_flax.bench import cli
 from cnn_flax.data.dataset import DataSource
 from cnn_flax.errors import UserError
 
@@ -129,27 +130,32 @@ def write_synthetic(path: str, rows: int, size: int = 64, num_classes: int = 200
         writer.file.create_dataset("mean_image", data=np.full((size, size, 3), 127.5, np.float32))
 
 
-def main() -> None:
+def slug(name: str) -> str:
+    """An AUGMENTATIONS name as one word of an output line: 'randaugment n=2 m=9' -> 'randaugment_n_2_m_9'."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def main(argv: list[str] | None = None) -> int:
     from cnn_flax.data.sources.hdf5 import HDF5Source
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(__doc__, seconds=10.0, batch=64)
     parser.add_argument("--file", default="/tmp/cnn_flax_bench/train.hdf5", help="synthetic file to (re)use")
     parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--window_mb", type=float, default=64.0)
     parser.add_argument("--reader", choices=("mapped", "blocks"), default="mapped", help="blocks: h5py reads")
     parser.add_argument("--augmentations", action="store_true", help="only time each augmentation on vs off")
     parser.add_argument("--size", type=int, default=32, help="image side for --augmentations")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    cli.check_positive(seconds=args.seconds, batch=args.batch, rows=args.rows, window_mb=args.window_mb,
+                       size=args.size)
     if args.augmentations:
         shape = (args.batch, args.size, args.size, 3)
         figures = measure_augmentations(shape, args.seconds)
         off = figures["off (normalise only)"]
         for name, rate in figures.items():
-            print(f"augment {name:<44} batch={args.batch}x{args.size}x{args.size}x3: {rate:>10,.0f} img/s "
-                  f"({rate / off:.2f}x off)")
-        return
+            line = dict(name=slug(name), batch=args.batch, size=args.size, img_per_s=rate, rate_over_off=rate / off)
+            print(cli.format_line("augment", line, list(line)))
+        return 0
     folder = os.path.dirname(os.path.abspath(args.file))
     os.makedirs(folder, exist_ok=True)
     if not os.path.isfile(args.file):
@@ -159,13 +165,15 @@ def main() -> None:
         if not os.path.exists(alias):
             os.symlink(args.file, alias)
     source = HDF5Source(folder, (64, 64, 3), window_mb=args.window_mb, mapped=args.reader == "mapped")
-    reader = measure_input(source, "train", args.batch, args.seconds)
-    rows = source.info.split_sizes["train"]
-    print(f"hdf5 reader={args.reader} rows={rows} batch={args.batch}: {reader:,.0f} img/s")
+    reader = dict(reader=args.reader, rows=source.info.split_sizes["train"], batch=args.batch,
+                  img_per_s=measure_input(source, "train", args.batch, args.seconds))
+    print(cli.format_line("input", reader, list(reader)))
     deck = dict(rotation=18, zoom=0.15, width_shift=0.2, height_shift=0.2, shear=0.15, horizontal_flip=True)
-    augment = measure_augment((args.batch, 64, 64, 3), args.seconds, **deck)
-    print(f"random_affine batch={args.batch}x64x64x3: {augment:,.0f} img/s")
+    augment = dict(name="random_affine", batch=args.batch, size=64,
+                   img_per_s=measure_augment((args.batch, 64, 64, 3), args.seconds, **deck))
+    print(cli.format_line("augment", augment, list(augment)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -1,6 +1,6 @@
 """Where a config's train step and inference spend their time, by kind of operation, from XLA's own trace.
 
-    python -m cnn_flax.bench.op_profile --config configs/minigooglenet_cifar10.py --steps 3
+    python -m cnn_flax.bench.op_profile --config configs/minigooglenet_cifar10.py --steps 3 --batch 64
 
 Runs the compiled train step and the inference step under `jax.profiler.trace`, reads every executed
 XLA operation's time from the trace and sorts it into categories with the compiled module's HLO: each
@@ -12,19 +12,17 @@ gradient) take the category of the first instruction that uses them. Shares are 
 time on all threads, so they hold on a busy machine as long as both runs are measured alike.
 """
 
-import argparse
 import collections
 import glob
 import gzip
 import json
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from cnn_flax.errors import UserError
+from cnn_flax.bench import cli
 
 if TYPE_CHECKING:
     import ml_collections
@@ -135,28 +133,17 @@ def _trace_events(directory: str) -> list[dict]:
         return json.load(handle)["traceEvents"]
 
 
-def _load_config(path: str) -> "ml_collections.ConfigDict":
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("profiled_config", path)
-    if spec is None or not os.path.isfile(path):
-        raise UserError(f"--config {path}: no such config file")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def profile(config: "ml_collections.ConfigDict", steps: int) -> dict[str, dict[str, float]]:
     """{'train': seconds per category, 'inference': …} of `steps` traced runs of each compiled step."""
     import jax
 
-    from cnn_flax.bench.model import _BareSteps, benchmark_config
+    from cnn_flax.bench.model import BareSteps, benchmark_config
     from cnn_flax.run.train import Trainer
 
     run_config = benchmark_config(config, steps, use_data=False)
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(run_config)
-        bare = _BareSteps(trainer)
+        bare = BareSteps(trainer)
         predict = trainer.evaluator.predict_step[False]
 
         def inference() -> None:
@@ -179,21 +166,17 @@ def profile(config: "ml_collections.ConfigDict", steps: int) -> dict[str, dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser = cli.parser(__doc__, config=True, batch=64)
+    parser.add_argument("--steps", type=int, default=3, help="traced runs of each compiled step")
     parser.add_argument("--half-precision", action="store_true", help="bfloat16 compute")
     args = parser.parse_args(argv)
-    from cnn_flax.runtime import tune_cpu
-
-    tune_cpu()  # the same XLA settings as launch.py, before JAX starts
-    sys.path.insert(0, os.getcwd())  # configs import configs.common
-    config = _load_config(args.config)
-    config.batch_size, config.half_precision = args.batch_size, args.half_precision
+    cli.check_positive(steps=args.steps)
+    cli.tune_runtime()  # the same XLA settings as launch.py, before JAX starts
+    config = cli.load_config(args.config, args.batch)
+    config.half_precision = args.half_precision
     print(shares_table(profile(config, args.steps)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

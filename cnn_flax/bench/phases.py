@@ -17,6 +17,8 @@ import math
 import statistics
 from collections.abc import Callable
 
+WINDOWS = 3  # timed windows per phase; each figure is their median
+
 
 def steps_for(seconds: float, step_seconds: float) -> int:
     """How many steps of `step_seconds` fill `seconds` (at least one)."""
@@ -90,3 +92,11 @@ def run_phase(phase: Phase, window: Callable[[int], float], warm_up_only: bool =
     while not (phase.steady if warm_up_only else phase.done):
         phase.record(window(phase.steps))
     return phase
+
+
+def phase_after_one(seconds: float, window: Callable[[int], float], warm_up_only: bool = False) -> Phase:
+    """A phase of `WINDOWS` windows whose first is sized from one timed step (`window(1)`, after the step that
+    compiled or traced), run until done, or only until its warm-up is over."""
+    phase = Phase(seconds, WINDOWS)
+    phase.start(window(1))
+    return run_phase(phase, window, warm_up_only)

@@ -9,13 +9,15 @@ decoded images per second.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import time
 
 import numpy as np
 from PIL import Image
+
+from cnn_flax.bench import cli
+from cnn_flax.errors import UserError
 
 
 def write_photos(root: str, count: int, width: int, height: int, classes: int = 4) -> None:
@@ -28,28 +30,34 @@ def write_photos(root: str, count: int, width: int, height: int, classes: int = 
         photo.save(os.path.join(folder, f"photo_{k:05d}.jpg"), quality=90)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     from cnn_flax.data.sources.folder import build_folder
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--dir", default="/tmp/cnn_flax_folder_bench")
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--photo", default="500x375", help="WIDTHxHEIGHT of the JPEGs written")
     parser.add_argument("--image_size", type=int, default=64)
-    args = parser.parse_args()
-    width, height = (int(v) for v in args.photo.split("x"))
+    args = parser.parse_args(argv)
+    width, _, height = args.photo.partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise UserError(f"--photo {args.photo}: give WIDTHxHEIGHT in pixels, e.g. 500x375")
+    cli.check_positive(images=args.images, image_size=args.image_size, photo_width=int(width),
+                       photo_height=int(height))
     root = os.path.join(args.dir, f"photos_{args.images}_{args.photo}")
     if not os.path.isdir(root):
-        write_photos(root + ".partial", args.images, width, height)
+        write_photos(root + ".partial", args.images, int(width), int(height))
         os.replace(root + ".partial", root)
     out = os.path.join(args.dir, "prepared")
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     build_folder(root, out, image_size=args.image_size)
     seconds = time.perf_counter() - start
-    print(f"prepare: {args.images} JPEGs {args.photo} -> {args.image_size}x{args.image_size} in {seconds:.1f} s: "
-          f"{args.images / seconds:,.0f} img/s on {os.cpu_count()} cores")
+    figures = dict(images=args.images, photo=args.photo, image_size=args.image_size, prepare_s=seconds,
+                   img_per_s=args.images / seconds, cores=os.cpu_count())
+    print(cli.format_line("prepare", figures, list(figures)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

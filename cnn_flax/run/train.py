@@ -23,7 +23,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from cnn_flax.atomic import atomic_file
 from cnn_flax.data.augment.recipes import make_mixing
+from cnn_flax.data.dataset import INFO_FILE, MEAN_IMAGE_FILE, DatasetInfo, info_record
 from cnn_flax.errors import UserError
 from cnn_flax.models import init_variables
 from cnn_flax.run.engine import Engine
@@ -36,6 +38,7 @@ from cnn_flax.training.history import History
 from cnn_flax.training.hooks import (
     EarlyStop,
     FiniteLossCheck,
+    ReleaseCompileMemory,
     SaveCheckpoints,
     ShowProgress,
     StopOnRequest,
@@ -192,6 +195,7 @@ def fit(trainer: Trainer, files: RunFiles, reporter: Reporter, hooks: Sequence[H
     if files.is_writer:
         os.makedirs(files.workdir, exist_ok=True)
     files.write_json("config.json", config.to_dict())
+    write_dataset_facts(files, trainer.experiment.info)
     checkpoints = Checkpoints(files.checkpoints, config.keep_checkpoints or None,
                               check=lambda meta: trainer.check_same_run(meta, files.workdir), best=keep_best(config))
     try:
@@ -200,6 +204,7 @@ def fit(trainer: Trainer, files: RunFiles, reporter: Reporter, hooks: Sequence[H
         loop = LoopState(epoch=meta["epoch"] + 1, batch=meta["batch"], num_epochs=config.num_epochs,
                          steps_per_epoch=trainer.steps_per_epoch, state=trainer.parallel.put_replicated(state),
                          metrics=trainer.parallel.put_replicated(metrics))
+        del state, metrics  # the copies on the devices are the run's; these would stay alive until it ends
         controls = control_hooks(config, trainer.parallel, meta.get("controls"), history)
         if any(isinstance(hook, EarlyStop) and hook.state.stopped_epoch for hook in controls):
             log.info("The run stopped early after epoch %d; nothing left to train", meta["epoch"])
@@ -208,10 +213,20 @@ def fit(trainer: Trainer, files: RunFiles, reporter: Reporter, hooks: Sequence[H
         with StopRequest() as request:
             own = [FiniteLossCheck(checkpoints), *controls, WriteHistory(history, files), ShowProgress(reporter),
                    StopOnRequest(request, config.log_every_steps),
-                   SaveCheckpoints(trainer, checkpoints, config.checkpoint_every_epochs, controls)]
+                   SaveCheckpoints(trainer, checkpoints, config.checkpoint_every_epochs, controls),
+                   ReleaseCompileMemory()]
             return run_epochs(trainer, loop, [*own, *hooks])
     finally:
         checkpoints.close()
+
+
+def write_dataset_facts(files: RunFiles, info: DatasetInfo | None) -> None:
+    """dataset.json and mean_image.npy: what prediction needs of the data, for a workdir without it (load_run)."""
+    if info is None or not files.is_writer:
+        return
+    files.write_json(INFO_FILE, info_record(info))
+    with atomic_file(files.path(MEAN_IMAGE_FILE), binary=True) as handle:
+        np.save(handle, np.asarray(info.mean_image, np.float32), allow_pickle=False)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:

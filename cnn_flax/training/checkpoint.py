@@ -32,7 +32,6 @@ from flax import serialization
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
 from cnn_flax.errors import UserError
-from cnn_flax.training.controls import plateau_maximizes
 
 log = logging.getLogger(__name__)
 
@@ -221,40 +220,18 @@ class Checkpoints:
     def saved_epochs(self) -> list[int]:
         return sorted(self.epochs.all_steps())
 
-    def best_saved_epoch(self, monitor: str, maximize: bool) -> int:
-        """The saved epoch with the best `monitor` value in its meta's history record (`--checkpoint=best`)."""
-        saved = self.saved_epochs()
-        if not saved:
-            raise UserError(f"no epoch checkpoints in {self.directory}; train first")
+    def saved_metrics(self) -> dict[int, dict[str, Any] | None]:
+        """Each saved epoch's metrics (its history record, kept in its meta; None for checkpoints older than
+        that): what `--checkpoint=best` ranks."""
         metrics = {}
-        for epoch in saved:
+        for epoch in self.saved_epochs():
             try:
                 metrics[epoch] = self.read_meta(self.epochs, epoch).get("metrics")
             except Exception as error:  # noqa: BLE001 - a damaged checkpoint is named, never ranked
                 log.warning("Skipping unreadable checkpoint %s (%s)", self._name(self.epochs, epoch),
                             _first_line(error))
-        epoch = best_epoch(metrics, monitor, maximize)
-        if epoch is None:
-            raise UserError(f"no checkpoint in {self.directory} records {monitor!r} (checkpoint.monitor); they were "
-                            "saved before checkpoints kept their epoch's metrics, or the key is not in the history. "
-                            "Give an epoch number instead (--checkpoint=N)")
-        return epoch
-
-    def resolve(self, which: str, monitor: str = "val_loss", maximize: bool = False) -> int:
-        """The epoch `--checkpoint` names: 'latest', 'best' (by `monitor`) or an epoch number."""
-        saved = self.saved_epochs()
-        if which == "best":
-            return self.best_saved_epoch(monitor, maximize)
-        if which == "latest":
-            if not saved:
-                raise UserError(f"no epoch checkpoints in {self.directory}; train first")
-            return saved[-1]
-        if not which.isdigit():
-            raise UserError(f"--checkpoint={which!r}: use latest, best or an epoch number")
-        if int(which) not in saved:
-            raise UserError(f"--checkpoint={which}: no such epoch in {self.directory} (saved: "
-                            f"{', '.join(map(str, saved)) or 'none'})")
-        return int(which)
+                metrics[epoch] = None
+        return metrics
 
     def read_meta(self, manager: ocp.CheckpointManager, number: int) -> dict[str, Any]:
         return manager.restore(number, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -431,15 +408,3 @@ def load_variables(path: str, template: dict[str, Any], ema: bool = False) -> di
     log.info("Read the weights of epoch %d in %s", epoch, directory)
     return variables
 
-
-def checkpoint_epoch(workdir: str, which: str = "latest", monitor: str = "val_loss", mode: str = "auto") -> int:
-    """The epoch of `workdir` that `which` names: 'latest', 'best' or an epoch number.
-
-    'best' ranks the saved epochs by the history key `monitor` (config.checkpoint.monitor); mode 'auto' is
-    Keras's ModelCheckpoint rule (greater is better for names containing 'acc').
-    """
-    checkpoints = Checkpoints(os.path.join(os.path.abspath(workdir), "checkpoints"))
-    try:
-        return checkpoints.resolve(which, monitor, plateau_maximizes(monitor, mode))
-    finally:
-        checkpoints.close()

@@ -17,6 +17,7 @@ import numpy as np
 
 from cnn_flax.errors import UserError
 from cnn_flax.evaluation import plot_history
+from cnn_flax.runtime import release_freed_host_memory
 from cnn_flax.training.checkpoint import Checkpoints
 from cnn_flax.training.controls import (
     EarlyStopping,
@@ -242,6 +243,20 @@ class ShowProgress(Hook):
 
     def on_epoch_end(self, loop: LoopState) -> None:
         self.reporter.end_epoch(loop.step, loop.record)
+
+
+class ReleaseCompileMemory(Hook):
+    """After a run's first step, hand the memory its compilation freed back to the kernel (see
+    `runtime.release_freed_host_memory`): the allocator settings that keep a step's temporaries would keep
+    it for the whole run."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def on_step(self, loop: LoopState) -> None:
+        if not self.done:
+            self.done = True
+            release_freed_host_memory()
 
 
 class SaveCheckpoints(Hook):

@@ -83,7 +83,8 @@ def test_loop_windows_stop_their_clock_between_epochs_and_end_the_run():
     phase = Phase(seconds=8.0, windows=2, max_warmup=1, steps=4)  # one warm-up window, then 2 of 4 steps
     between = []  # what runs off the clock after each window: the benchmark's bare-step windows
 
-    def bare_window():
+    def bare_window(state):
+        assert state is loop  # the bare steps run on the loop's own state
         between.append(len(phase.timed_seconds))
         clock.now += 100.0
 

@@ -26,8 +26,8 @@ def test_predict_and_export_use_the_recomputed_statistics(tmp_path):
     for i, image in enumerate(images):
         paths.append(str(tmp_path / f"image_{i}.png"))
         Image.fromarray(image).save(paths[-1])
-    recomputed = modes.predict(precise, workdir, paths, "best")
-    running = modes.predict(config, workdir, paths, "best")
+    recomputed = modes.predict(precise, workdir, paths, checkpoint="best")
+    running = modes.predict(config, workdir, paths, checkpoint="best")
     assert not np.allclose(_top1(recomputed), _top1(running), rtol=1e-3)
     manifest = export_run(precise, workdir, "best")
     assert manifest["source"]["batch_norm_statistics"] == "recomputed over 3 training batches"

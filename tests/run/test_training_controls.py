@@ -16,8 +16,8 @@ from run_configs import tiny_config, with_overrides
 
 from cnn_flax.errors import UserError
 from cnn_flax.run import modes
+from cnn_flax.run.load import best_epoch, load_run
 from cnn_flax.run.train import Trainer, fit, train_and_evaluate
-from cnn_flax.training.checkpoint import checkpoint_epoch
 from cnn_flax.training.progress import Reporter
 
 # Early stopping with a min_delta no epoch beats after the first (val_loss starts near 2.8): it ends the run after
@@ -106,7 +106,7 @@ def test_best_weights_and_best_checkpoint(controlled):
     records = _history(workdir)
     assert records[-1]["val_loss"] < records[0]["val_loss"]  # epoch 4 scored better, but by less than min_delta
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["epoch_3", "epoch_4", "interrupted"]
-    assert checkpoint_epoch(workdir, "best") == 4 and checkpoint_epoch(workdir, "latest") == 4
+    assert load_run(workdir, "best").epoch == 4 and load_run(workdir).epoch == 4
     on_val = with_overrides(config.copy_and_resolve_references(), {"eval_split": "val"})
     best = modes.evaluate(on_val, workdir, "best")
     assert best["loss"] == pytest.approx(records[0]["val_loss"], rel=1e-5)
@@ -115,11 +115,12 @@ def test_best_weights_and_best_checkpoint(controlled):
                              workdir, "best")  # the same weights with BatchNorm statistics from 2 training batches
     assert precise["loss"] != pytest.approx(best["loss"], rel=1e-3)
     with pytest.raises(UserError, match="--checkpoint=2: no such epoch .*saved: 3, 4"):
-        checkpoint_epoch(workdir, "2")
-    with pytest.raises(UserError, match="no checkpoint in .* records 'val_top5'"):
-        checkpoint_epoch(workdir, "best", monitor="val_top5")
-    assert checkpoint_epoch(workdir, "best", monitor="val_accuracy") == (3 if records[2]["val_accuracy"] >
-                                                                          records[0]["val_accuracy"] else 4)
+        load_run(workdir, "2")
+    by = lambda monitor: with_overrides(config.copy_and_resolve_references(), {"checkpoint.monitor": monitor})  # noqa: E731
+    with pytest.raises(UserError, match="--checkpoint=best: neither the checkpoints nor history.json .* val_top5"):
+        best_epoch(workdir, [3, 4], by("val_top5"))
+    assert best_epoch(workdir, [3, 4], by("val_accuracy")) == (3 if records[2]["val_accuracy"] >
+                                                               records[0]["val_accuracy"] else 4)
 
 
 def test_an_early_stopped_run_stays_finished_and_another_setup_is_refused(controlled, tmp_path):

@@ -3,10 +3,8 @@
 import os
 
 import numpy as np
-import pytest
 
-from cnn_flax.errors import UserError
-from cnn_flax.training.checkpoint import Checkpoints, KeepBest, best_epoch, checkpoint_epoch
+from cnn_flax.training.checkpoint import Checkpoints, KeepBest, best_epoch
 
 VAL_LOSS = {1: 0.9, 2: 0.3, 3: 0.5, 4: float("nan"), 5: 0.4, 6: 0.8, 7: 0.7}
 
@@ -33,14 +31,11 @@ def test_the_best_epochs_stay_beside_the_newest_after_reopening(tmp_path):
     for epoch in (5, 6, 7):
         _save(checkpoints, epoch)
     assert _kept(directory) == [2, 5, 6, 7]
-    assert checkpoints.best_saved_epoch("val_loss", maximize=False) == 2
-    assert checkpoints.best_saved_epoch("val_accuracy", maximize=True) == 7
+    saved = checkpoints.saved_metrics()  # what --checkpoint=best ranks (cnn_flax.run.load.best_epoch)
     checkpoints.close()
-    workdir = str(tmp_path / "run")
-    assert checkpoint_epoch(workdir, "best") == 2 and checkpoint_epoch(workdir, "best", "val_accuracy") == 7
-    assert checkpoint_epoch(workdir, "latest") == 7 and checkpoint_epoch(workdir, "5") == 5
-    with pytest.raises(UserError, match="--checkpoint='last': use latest, best or an epoch number"):
-        checkpoint_epoch(workdir, "last")
+    assert sorted(saved) == [2, 5, 6, 7] and saved[5] == {"val_loss": 0.4, "val_accuracy": 0.5}
+    assert best_epoch(saved, "val_loss", maximize=False) == 2
+    assert best_epoch(saved, "val_accuracy", maximize=True) == 7
 
 
 def test_without_keep_best_only_the_newest_stay_and_ranking_is_keras_like():
