@@ -188,6 +188,7 @@ def test_the_report_page_loads_every_section_and_image_in_chromium(first_hour, t
     paths = re.findall(r"(?<![\w.~])/[\w.+-]+(?:/[\w.+-]+)*", page["text"])
     assert paths and all(p.startswith(workdir) for p in paths), [p for p in paths if not p.startswith(workdir)]
     assert "Training Loss" not in page["text"]  # the figures are pictures, the text is the page's own
+    assert re.search(r"Best epoch by val_loss: \d+ \(", page["text"]), page["text"][:2000]  # checkpoint.monitor
     with Image.open(screenshot) as shot:
         assert shot.format == "PNG" and shot.size[0] == 1200 and shot.size[1] == page["height"]
         assert len(set(shot.convert("L").resize((64, 64)).getdata())) > 10  # drawn, not a blank page
