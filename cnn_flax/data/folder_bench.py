@@ -29,6 +29,7 @@ def write_photos(root: str, count: int, width: int, height: int, classes: int = 
 
 
 def main() -> None:
+    from cnn_flax.atomic import partial_path, remove_stale_partials
     from cnn_flax.data.folder import build_folder
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,8 +41,10 @@ def main() -> None:
     width, height = (int(v) for v in args.photo.split("x"))
     root = os.path.join(args.dir, f"photos_{args.images}_{args.photo}")
     if not os.path.isdir(root):
-        write_photos(root + ".partial", args.images, width, height)
-        os.replace(root + ".partial", root)
+        remove_stale_partials(root)
+        partial = partial_path(root)
+        write_photos(partial, args.images, width, height)
+        os.replace(partial, root)
     out = os.path.join(args.dir, "prepared")
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
