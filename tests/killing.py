@@ -7,6 +7,7 @@ kills it and waits until every process it started (prepare's decoding pool) is g
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -94,6 +95,24 @@ def freeze_and_kill(process: subprocess.Popen) -> None:
     assert not left, f"processes {left} of the killed run are still running"
 
 
+def write_digit_photos(root: str) -> None:
+    """510 digits at 160x160 in three class folders, plus junk: train takes about a second to decode here."""
+    from folder_images import add_junk, digit_images, write_class
+    from PIL import Image
+
+    for label, images in digit_images((0, 1, 7), 170).items():
+        big = [np.asarray(Image.fromarray(g).resize((160, 160), Image.Resampling.BILINEAR)) for g in images]
+        write_class(os.path.join(root, f"digit_{label}"), big)
+    add_junk(os.path.join(root, "digit_0"))
+
+
+def prepare_args(root: str, data_dir: str) -> list[str]:
+    """--mode=prepare of a photo folder into 16x16 files, with val and test large enough to be caught writing."""
+    return ["--config", "configs/folder.py", f"--config.data.root={root}", f"--config.data.dir={data_dir}",
+            "--config.data.image_size=16", "--config.data.val_fraction=0.3", "--config.data.test_fraction=0.3",
+            "--mode=prepare"]
+
+
 def listing(folder: str) -> list[str]:
     """Every file and folder under `folder` (hidden ones included), relative, sorted."""
     out = []
@@ -124,3 +143,63 @@ def assert_same_hdf5(path_a: str, path_b: str) -> None:
         np.testing.assert_array_equal(np.asarray(a[key], dtype=object if key in ("paths", "skipped") else None),
                                       np.asarray(b[key], dtype=object if key in ("paths", "skipped") else None),
                                       err_msg=f"{path_b}: {key}")
+
+
+# --- export ---
+
+EXPORT_TRAIN = ["--config", "configs/quickstart.py", "--config.data.image_size=16", "--config.batch_size=32",
+                "--config.steps_per_epoch=2", "--config.num_epochs=1", "--config.eval_steps=1",
+                "--config.export.onnx=no"]
+
+
+def export_contents(folder: str) -> dict:
+    """What an export must reproduce: its files, export.json without timings, labels and the JAX program.
+
+    TensorFlow writes a SavedModel with other bytes each time (its fingerprint, ids): their digests in
+    export.json are compared by name only, and the SavedModel by its outputs (`export_outputs`).
+    """
+    with open(os.path.join(folder, "export.json")) as handle:
+        manifest = json.load(handle)
+    manifest["notes"] = {k: v for k, v in manifest["notes"].items() if not k.endswith("_seconds")}
+    manifest["files"] = {name: "TensorFlow's" if name.startswith("saved_model/") else digest
+                         for name, digest in manifest["files"].items()}
+    return {"files": listing(folder), "manifest": manifest,
+            "labels": open(os.path.join(folder, "labels.txt")).read(),
+            "jax": open(os.path.join(folder, "model.jax"), "rb").read()}
+
+
+def export_outputs(folder: str) -> dict[str, np.ndarray]:
+    """Probabilities of both runtimes on fixed images, read through the export's own loaders."""
+    from cnn_flax.export.runtimes import open_export
+
+    images = np.random.default_rng(1).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    return {runtime: np.asarray(open_export(folder, runtime).probabilities(images))
+            for runtime in ("jax", "saved_model")}
+
+
+# --- training ---
+
+def history(workdir: str) -> list[dict]:
+    """history.json without the wall-clock seconds, the one field that may differ between equal runs."""
+    with open(os.path.join(workdir, "history.json")) as handle:
+        return [{k: v for k, v in record.items() if k != "seconds"} for record in json.load(handle)]
+
+
+def saved(workdir: str, epoch: int) -> dict:
+    """The whole state of checkpoints/epoch_N (parameters, BatchNorm statistics, optimizer) as numpy."""
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(step_prefix="epoch", read_only=True)
+    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options,
+                               item_names=("state", "meta")) as manager:
+        return manager.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]["state"]
+
+
+def assert_same_tree(a: dict, b: dict) -> None:
+    import jax
+
+    paths_a, leaves_a = zip(*jax.tree_util.tree_leaves_with_path(a), strict=True)
+    paths_b, leaves_b = zip(*jax.tree_util.tree_leaves_with_path(b), strict=True)
+    assert paths_a == paths_b
+    for path, x, y in zip(paths_a, leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))

@@ -15,9 +15,21 @@ import time
 
 import numpy as np
 import pytest
-from folder_images import add_junk, digit_images, write_class
-from killing import assert_same_hdf5, freeze_and_kill, launch, listing, partials, running, start, wait_for
-from PIL import Image
+from killing import (
+    EXPORT_TRAIN,
+    assert_same_hdf5,
+    export_contents,
+    export_outputs,
+    freeze_and_kill,
+    launch,
+    listing,
+    partials,
+    prepare_args,
+    running,
+    start,
+    wait_for,
+    write_digit_photos,
+)
 
 from cnn_flax import atomic
 
@@ -110,19 +122,9 @@ def test_atomic_file_removes_what_a_killed_write_left(tmp_path):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> str:
-    """510 digits at 160x160 in three class folders, plus junk: train takes about a second to decode here."""
     root = str(tmp_path_factory.mktemp("photos"))
-    for label, images in digit_images((0, 1, 7), 170).items():
-        big = [np.asarray(Image.fromarray(g).resize((160, 160), Image.Resampling.BILINEAR)) for g in images]
-        write_class(os.path.join(root, f"digit_{label}"), big)
-    add_junk(os.path.join(root, "digit_0"))
+    write_digit_photos(root)
     return root
-
-
-def prepare_args(root: str, data_dir: str) -> list[str]:
-    return ["--config", "configs/folder.py", f"--config.data.root={root}", f"--config.data.dir={data_dir}",
-            "--config.data.image_size=16", "--config.data.val_fraction=0.3", "--config.data.test_fraction=0.3",
-            "--mode=prepare"]
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +169,7 @@ def test_a_prepare_beside_a_live_one_leaves_its_temporary_alone(photos, clean_pr
     first = start(prepare_args(photos, data_dir), log_path)
     try:
         wait_for(writing(data_dir, "train"), first, log_path, "train.hdf5 was being written")
-        first.send_signal(signal.SIGSTOP)  #: alive, its temporary half-written
+        first.send_signal(signal.SIGSTOP)  # alive, its temporary half-written
         theirs = partials(data_dir)
         result = launch(["--overwrite", *prepare_args(photos, data_dir)], log_path)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -181,36 +183,6 @@ def test_a_prepare_beside_a_live_one_leaves_its_temporary_alone(photos, clean_pr
 
 
 # --- export, killed -------------------------------------------------------------------------------------------
-
-EXPORT_TRAIN = ["--config", "configs/quickstart.py", "--config.data.image_size=16", "--config.batch_size=32",
-                "--config.steps_per_epoch=2", "--config.num_epochs=1", "--config.eval_steps=1",
-                "--config.export.onnx=no"]
-
-
-def export_contents(folder: str) -> dict:
-    """What an export must reproduce: its files, export.json without timings, labels and the JAX program.
-
-    TensorFlow writes a SavedModel with other bytes each time (its fingerprint, ids): their digests in
-    export.json are compared by name only, and the SavedModel by its outputs (`export_outputs`).
-    """
-    with open(os.path.join(folder, "export.json")) as handle:
-        manifest = json.load(handle)
-    manifest["notes"] = {k: v for k, v in manifest["notes"].items() if not k.endswith("_seconds")}
-    manifest["files"] = {name: "TensorFlow's" if name.startswith("saved_model/") else digest
-                         for name, digest in manifest["files"].items()}
-    return {"files": listing(folder), "manifest": manifest,
-            "labels": open(os.path.join(folder, "labels.txt")).read(),
-            "jax": open(os.path.join(folder, "model.jax"), "rb").read()}
-
-
-def export_outputs(folder: str) -> dict[str, np.ndarray]:
-    """Probabilities of both runtimes on fixed images, read through the export's own loaders."""
-    from cnn_flax.export.runtimes import open_export
-
-    images = np.random.default_rng(1).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
-    return {runtime: np.asarray(open_export(folder, runtime).probabilities(images))
-            for runtime in ("jax", "saved_model")}
-
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> tuple[str, str]:

@@ -7,7 +7,6 @@ loss must end the run with one line that says what happened and what to do, keep
 checkpoints. Settings are tiny (16x16 digits, 6 steps of 32 per epoch) so each run takes seconds.
 """
 
-import json
 import os
 import re
 import shutil
@@ -18,6 +17,7 @@ import time
 
 import numpy as np
 import pytest
+from killing import assert_same_tree, history, saved
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config", "configs/quickstart.py", "--config.data.image_size=16", "--config.batch_size=32",
@@ -90,32 +90,6 @@ def full_log(workdir: str) -> str:
             return handle.read()
     except FileNotFoundError:
         return ""
-
-
-def history(workdir: str) -> list[dict]:
-    """history.json without the wall-clock seconds, the one field that may differ between equal runs."""
-    with open(os.path.join(workdir, "history.json")) as handle:
-        return [{k: v for k, v in record.items() if k != "seconds"} for record in json.load(handle)]
-
-
-def saved(workdir: str, epoch: int) -> dict:
-    """The whole state of checkpoints/epoch_N (parameters, BatchNorm statistics, optimizer) as numpy."""
-    import orbax.checkpoint as ocp
-
-    options = ocp.CheckpointManagerOptions(step_prefix="epoch", read_only=True)
-    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options,
-                               item_names=("state", "meta")) as manager:
-        return manager.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]["state"]
-
-
-def assert_same_tree(a: dict, b: dict) -> None:
-    import jax
-
-    paths_a, leaves_a = zip(*jax.tree_util.tree_leaves_with_path(a), strict=True)
-    paths_b, leaves_b = zip(*jax.tree_util.tree_leaves_with_path(b), strict=True)
-    assert paths_a == paths_b
-    for path, x, y in zip(paths_a, leaves_a, leaves_b, strict=True):
-        np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:

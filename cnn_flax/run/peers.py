@@ -86,7 +86,7 @@ def supervise(describe_loss: Callable[[list[int]], str], native_log: str | None,
     code = os.waitstatus_to_exitcode(status)
     reader.join(timeout=2)  # the pipe stays open while processes the child started still run
     text = "".join(tail)
-    lost = lost_processes(text)
+    lost = lost_processes(text) if code != 0 else None
     if lost is not None:
         print(f"error: {describe_loss(lost)}", file=sys.stderr, flush=True)
         os._exit(EXIT_PEER_LOST)

@@ -1,0 +1,132 @@
+"""Soak: SIGKILL at seeded random moments of training (some inside a checkpoint save), of prepare and of export,
+restarting the same command each time; the finished result must equal an uninterrupted run's, with nothing left.
+
+Each writer's uninterrupted run is timed first and the kill moments are drawn (seeded) inside that time, so
+every kill lands while the run works. What each kill met is printed (run with -s to see it; docs/reliability.md
+quotes a run). Training's history must be equal bit for bit, prepare's HDF5 files in content, the export in
+its files and outputs; no temporary file, temporary checkpoint folder or empty `interrupted/` may remain.
+"""
+
+import os
+import random
+import re
+import shutil
+import time
+
+import numpy as np
+import pytest
+from killing import (
+    assert_same_hdf5,
+    assert_same_tree,
+    export_contents,
+    export_outputs,
+    freeze_and_kill,
+    history,
+    launch,
+    listing,
+    partials,
+    prepare_args,
+    saved,
+    start,
+    write_digit_photos,
+)
+
+SEED = 26
+TRAIN = ["--config", "configs/quickstart.py", "--config.data.image_size=16", "--config.batch_size=32",
+         "--config.steps_per_epoch=6", "--config.num_epochs=3", "--config.log_every_steps=1", "--config.eval_steps=2",
+         "--config.export.onnx=no"]
+LEFTOVER = re.compile(r"\.partial[@-]|orbax-checkpoint-tmp")
+
+
+def leftovers(folder: str) -> list[str]:
+    """Temporaries of any writer, anywhere under `folder`, and an `interrupted/` checkpoint folder."""
+    return [path for path in listing(folder) if LEFTOVER.search(path) or re.search(r"(^|/)interrupted$", path)]
+
+
+def timed(args: list[str]) -> float:
+    started = time.monotonic()
+    result = launch(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return time.monotonic() - started
+
+
+def kill_at(args: list[str], log_path: str, seconds: float | None, folder: str, saving: str | None = None) -> str:
+    """Starts `args`, SIGKILLs it `seconds` after its start (or once a temporary named `saving` appears under
+    `folder`); returns what the kill met, in words."""
+    run = start(args, log_path)
+    started = time.monotonic()
+    while run.poll() is None:
+        if saving is not None:
+            found = [p for p in listing(folder) if saving in p] if os.path.isdir(folder) else []
+            if found:
+                break
+        elif time.monotonic() - started >= seconds:
+            break
+        time.sleep(0.002)
+    if run.poll() is not None:
+        return f"finished on its own after {time.monotonic() - started:.1f} s"
+    moment = time.monotonic() - started
+    freeze_and_kill(run)
+    left = leftovers(folder)
+    return f"killed at {moment:.2f} s; left {', '.join(left) if left else 'no temporary'}"
+
+
+def report(writer: str, outcomes: list[str]) -> None:
+    for number, outcome in enumerate(outcomes, 1):
+        print(f"soak {writer} kill {number}: {outcome}")
+
+
+@pytest.mark.slow
+def test_training_prepare_and_export_survive_kills_at_random_moments(tmp_path):
+    rng = random.Random(SEED)
+    log_path = str(tmp_path / "soak.log")
+
+    # Training: three kills, one of them inside a checkpoint save.
+    reference = str(tmp_path / "train_reference")
+    duration = timed([*TRAIN, "--workdir", reference])
+    workdir = str(tmp_path / "train")
+    outcomes = []
+    for kind in rng.sample(["moment", "moment", "saving"], 3):
+        moment = rng.uniform(0.2, 0.9) * duration
+        outcomes.append(kill_at([*TRAIN, "--workdir", workdir], log_path, moment, workdir,
+                                saving="orbax-checkpoint-tmp" if kind == "saving" else None))
+    result = launch([*TRAIN, "--workdir", workdir])
+    assert result.returncode == 0, result.stderr[-3000:]
+    report("training", outcomes)
+    assert history(workdir) == history(reference)
+    assert_same_tree(saved(workdir, 3), saved(reference, 3))
+    assert not leftovers(workdir)
+    events = re.compile(r"events\.out\.tfevents\.")  # TensorBoard's files: one per start, by design
+    top = sorted(n for n in os.listdir(workdir) if not events.match(n))
+    assert top == sorted(n for n in os.listdir(reference) if not events.match(n))
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["epoch_1", "epoch_2", "epoch_3"]
+
+    # Prepare of a photo folder: three kills.
+    photos = str(tmp_path / "photos")
+    write_digit_photos(photos)
+    clean = str(tmp_path / "prepared_clean")
+    duration = timed(prepare_args(photos, clean))
+    data_dir = str(tmp_path / "prepared")
+    outcomes = [kill_at(prepare_args(photos, data_dir), log_path, rng.uniform(0.3, 0.95) * duration, data_dir)
+                for _ in range(3)]
+    result = launch(prepare_args(photos, data_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report("prepare", outcomes)
+    assert listing(data_dir) == listing(clean) == ["skipped.txt", "test.hdf5", "train.hdf5", "val.hdf5"]
+    for split in ("train", "val", "test"):
+        assert_same_hdf5(os.path.join(clean, f"{split}.hdf5"), os.path.join(data_dir, f"{split}.hdf5"))
+
+    # Export --overwrite of the trained run: three kills (the first one before any export exists).
+    export_args = [*TRAIN, "--workdir", workdir, "--mode=export", "--overwrite"]
+    clean_workdir = str(tmp_path / "export_clean")
+    shutil.copytree(reference, clean_workdir)
+    duration = timed([*TRAIN, "--workdir", clean_workdir, "--mode=export"])
+    outcomes = [kill_at(export_args, log_path, rng.uniform(0.3, 0.95) * duration, workdir) for _ in range(3)]
+    result = launch(export_args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report("export", outcomes)
+    export, clean_export = os.path.join(workdir, "export"), os.path.join(clean_workdir, "export")
+    assert export_contents(export) == export_contents(clean_export)
+    for runtime, probabilities in export_outputs(clean_export).items():
+        np.testing.assert_array_equal(export_outputs(export)[runtime], probabilities, err_msg=runtime)
+    assert not leftovers(workdir) and not partials(workdir)
