@@ -15,8 +15,6 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/NAME.py[:ARG]); --mode=report "
                                 "reads the workdir's config.json instead.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where the run writes everything (default: runs/<config name>).")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "summary", "prepare", "predict", "benchmark", "ablate",
-                                    "export", "report"], "What to do.")
 flags.DEFINE_string("checkpoint", "latest", "--mode=evaluate: latest, all, or an epoch number; --mode=export: "
                     "latest or an epoch number.")
 flags.DEFINE_list("images", [], "--mode=predict: image files, or folders of them (searched recursively), to classify.")
@@ -81,79 +79,113 @@ def _supervise() -> None:
     peers.supervise(describe_loss, os.path.join(_workdir(), log_file_name(FLAGS.process_id or 0)), FLAGS.verbose)
 
 
-def run_export_folder() -> int:
-    """predict and benchmark from an export folder: no config, checkpoint or dataset involved."""
-    from cnn_flax.errors import UserError
+def _train(config, workdir: str) -> None:
+    from cnn_flax.run.train import train_and_evaluate
 
-    if FLAGS.mode == "predict":
-        from cnn_flax.export.predict import predict_from_export
+    result = train_and_evaluate(config, workdir)
+    if result.metrics is not None:  # None when a signal stopped the run, and on processes other than 0
+        metrics = result.metrics
+        print(f"Done: rank-1 {metrics['rank1']:.4f}  rank-5 {metrics['rank5']:.4f}  loss {metrics['loss']:.4f}  "
+              f"(open {os.path.join(workdir, 'report.html')})")
+
+
+def _evaluate(config, workdir: str) -> None:
+    from cnn_flax.run import modes
+
+    modes.evaluate(config, workdir, FLAGS.checkpoint)
+
+
+def _summary(config, workdir: str) -> None:
+    from cnn_flax.run import modes
+
+    print(modes.summary(config))
+
+
+def _prepare(config, workdir: str) -> None:
+    from cnn_flax.run import modes
+
+    for path in modes.prepare(config, overwrite=FLAGS.overwrite):
+        print(path)
+
+
+def _predict(config, workdir: str) -> None:
+    if FLAGS.export_dir:  # the export folder alone: no config, checkpoint or dataset
+        from cnn_flax.run.predict import predict_from_export
 
         predict_from_export(FLAGS.export_dir, FLAGS.images, FLAGS.workdir, FLAGS.export_runtime)
-    elif FLAGS.mode == "benchmark":
-        from cnn_flax.export.benchmark import benchmark_export
+        return
+    from cnn_flax.run import modes
+
+    modes.predict(config, workdir, FLAGS.images)
+
+
+def _benchmark(config, workdir: str) -> None:
+    if FLAGS.export_dir:
+        from cnn_flax.bench.export import benchmark_export
 
         print(benchmark_export(FLAGS.export_dir))
-    else:
-        raise UserError(f"--export_dir is for --mode=predict or --mode=benchmark, not --mode={FLAGS.mode}")
-    return 0
+        return
+    from cnn_flax.bench.model import benchmark
+
+    print(benchmark(config, workdir))
+
+
+def _ablate(config, workdir: str) -> None:
+    from cnn_flax.run.ablation import DECK_EXTENSIONS, run_ablation
+
+    print(run_ablation(config, workdir, FLAGS.variants or DECK_EXTENSIONS))
+
+
+def _export(config, workdir: str) -> None:
+    from cnn_flax.run.export import export_run
+
+    written = export_run(config, workdir, FLAGS.checkpoint, overwrite=FLAGS.overwrite)
+    print(f"Exported {', '.join(written['formats'].values())} to {os.path.join(workdir, 'export')}")
+
+
+def _report(config, workdir: str) -> None:
+    from cnn_flax.run.report_page import rebuild_report
+
+    print(rebuild_report(workdir, config))
+
+
+# --mode=NAME -> what it does, given the config (None where the mode needs none) and the workdir.
+MODES = {
+    "train": _train,
+    "evaluate": _evaluate,
+    "summary": _summary,
+    "prepare": _prepare,
+    "predict": _predict,
+    "benchmark": _benchmark,
+    "ablate": _ablate,
+    "export": _export,
+    "report": _report,
+}
+flags.DEFINE_enum("mode", "train", list(MODES), "What to do.")
 
 
 def run() -> int:
-    if FLAGS.mode == "report":
-        from cnn_flax.errors import UserError
-        from cnn_flax.run_report import rebuild_report
-
-        if FLAGS.config is None and not FLAGS.workdir:
-            raise UserError("--mode=report needs --workdir=runs/NAME (or --config to name runs/<config name>)")
-        print(rebuild_report(FLAGS.workdir or os.path.join("runs", FLAGS.config.name), FLAGS.config))
-        return 0
-    if FLAGS.export_dir:
-        return run_export_folder()
-    from cnn_flax import modes
     from cnn_flax.errors import UserError
-    from cnn_flax.train import train_and_evaluate
 
-    config = FLAGS.config
-    if config is None:
+    config, mode = FLAGS.config, FLAGS.mode
+    if FLAGS.export_dir and mode not in ("predict", "benchmark"):
+        raise UserError(f"--export_dir is for --mode=predict or --mode=benchmark, not --mode={mode}")
+    without_config = (mode == "report" and FLAGS.workdir) or (mode in ("predict", "benchmark") and FLAGS.export_dir)
+    if config is None and not without_config:
+        if mode == "report":
+            raise UserError("--mode=report needs --workdir=runs/NAME (or --config to name runs/<config name>)")
         raise UserError("--config=configs/NAME.py is required (except for --mode=report --workdir=DIR and "
                         "--mode=predict/benchmark --export_dir)")
-    if FLAGS.ema:
+    if config is not None and FLAGS.ema:
         config.ema_eval = True
-    workdir = FLAGS.workdir or os.path.join("runs", config.name)
-    if FLAGS.mode == "summary":
-        print(modes.summary(config))
-    elif FLAGS.mode == "prepare":
-        for path in modes.prepare(config, overwrite=FLAGS.overwrite):
-            print(path)
-    elif FLAGS.mode == "evaluate":
-        modes.evaluate(config, workdir, FLAGS.checkpoint)
-    elif FLAGS.mode == "predict":
-        modes.predict(config, workdir, FLAGS.images)
-    elif FLAGS.mode == "benchmark":
-        from cnn_flax.benchmark import benchmark
-
-        print(benchmark(config, workdir))
-    elif FLAGS.mode == "export":
-        from cnn_flax.export.run import export_run
-
-        written = export_run(config, workdir, FLAGS.checkpoint, overwrite=FLAGS.overwrite)
-        print(f"Exported {', '.join(written['formats'].values())} to {os.path.join(workdir, 'export')}")
-    elif FLAGS.mode == "ablate":
-        from cnn_flax.ablation import DECK_EXTENSIONS, run_ablation
-
-        print(run_ablation(config, workdir, FLAGS.variants or DECK_EXTENSIONS))
-    else:
-        result = train_and_evaluate(config, workdir)
-        if result.metrics is not None:  # None when a signal stopped the run, and on processes other than 0
-            metrics = result.metrics
-            print(f"Done: rank-1 {metrics['rank1']:.4f}  rank-5 {metrics['rank5']:.4f}  loss {metrics['loss']:.4f}  "
-                  f"(open {os.path.join(workdir, 'report.html')})")
+    workdir = FLAGS.workdir or (os.path.join("runs", config.name) if config is not None else None)
+    MODES[mode](config, workdir)
     return 0
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    from cnn_flax.config_args import check_config_flags
     from cnn_flax.errors import UserError
+    from cnn_flax.run.config_args import check_config_flags
 
     try:
         check_config_flags(argv)

@@ -1,9 +1,12 @@
 """Every config key and its default: the one home of the defaults, which the library and configs share.
 
 Config files (configs/*.py) start from `base()` and change what their experiment needs; the library
-fills partial configs from research code with the same values (`cnn_flax.data.sources.with_defaults`).
+fills partial configs from research code with the same values (`with_defaults`).
 Living in the package, it travels with an installed cnn_flax, unlike the configs/ folder.
 """
+
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 
@@ -48,13 +51,15 @@ def base(name: str) -> ml_collections.ConfigDict:
     # Durations in epochs (fractions allowed); warmup_epochs goes in front of any schedule.
     config.schedule = ml_collections.ConfigDict(dict(
         name="constant", warmup_epochs=0.0,
+        boundaries=(), values=(),  # piecewise: the rates values[i] after the epochs boundaries[i-1]
+        decay=0.0,  # keras_time_decay: lr / (1 + decay·step), Keras 2's SGD(decay=...)
         power=1.0,  # polynomial: lr·(1 − epoch/num_epochs)**power
         final_rate=0.0,  # warmup_cosine: the rate the cosine ends at
         decay_rate=1.0, decay_epochs=1.0, staircase=False))  # exponential: ×decay_rate every decay_epochs
     config.loss = ml_collections.ConfigDict(dict(aux_weight=0.3, label_smoothing=0.0))
 
     # Each dataset reads the shared keys (name, image_size, normalize, augment, on_device, prefetch) and its
-    # own (cnn_flax/data/sources.py); setting a key the chosen dataset does not read is an error.
+    # own (cnn_flax/data/registry.py); setting a key the chosen dataset does not read is an error.
     config.data = ml_collections.ConfigDict(dict(
         name="cifar10", image_size=32, normalize="scale", on_device=False, prefetch=2,
         dir="",  # cifar10, imagenet2012: the TFDS folder; tiny_imagenet: the HDF5 folder
@@ -75,7 +80,7 @@ def base(name: str) -> ml_collections.ConfigDict:
         num_classes=10, synthetic_sizes=dict(train=2048, val=512, test=512)))
     config.data.augment = ml_collections.ConfigDict(dict(
         rotation=0.0, zoom=0.0, width_shift=0.0, height_shift=0.0, shear=0.0, horizontal_flip=False,
-        # Current recipes' augmentation, in the train step too (all off here; README "Modern augmentation").
+        # Current recipes' augmentation, in the train step too (all off here; docs/data.md explains each).
         # Inception random-resized-crop: area fraction and aspect-ratio ranges of the box, resized back.
         random_resized_crop=False, rrc_scale=(0.08, 1.0), rrc_ratio=(3 / 4, 4 / 3),
         randaugment_n=0, randaugment_m=9.0,  # RandAugment layers (0: off) and magnitude on 0..10
@@ -94,3 +99,21 @@ def base(name: str) -> ml_collections.ConfigDict:
     # --mode=benchmark: the timed seconds of each phase (bare step, inference, training loop), after its warm-up.
     config.benchmark = ml_collections.ConfigDict(dict(seconds=20.0))
     return config
+
+
+def base_data_config() -> ml_collections.ConfigDict:
+    """`config.data` of `base()`: the one home of its defaults."""
+    return base("defaults").data
+
+
+def with_defaults(data_config: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """`data_config` completed with base()'s defaults for the keys it lacks (research code may pass a few)."""
+    given = data_config.to_dict() if isinstance(data_config, ml_collections.ConfigDict) else dict(data_config)
+    data = base_data_config()
+    with data.unlocked():
+        for key, value in given.items():
+            if isinstance(value, Mapping) and key in data:
+                data[key].update(value)
+            else:
+                data[key] = value
+    return data

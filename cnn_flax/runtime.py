@@ -4,7 +4,7 @@ They act on the whole process (an environment variable read when JAX's CPU clien
 allocator), so importing the library never applies them: the command line does, and research code that
 trains on CPU can call `tune_cpu()` first thing. On a GPU or TPU they change nothing that matters.
 `use_compile_cache` keeps compiled programs on disk, which pays on every backend. Figures and what
-else was tried: the README's performance section.
+else was tried: docs/performance.md, "What makes it fast on a CPU".
 """
 
 import ctypes

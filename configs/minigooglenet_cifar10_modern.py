@@ -14,7 +14,7 @@ literature's figure for this very network (the "small Inception", 1,649,402 weig
 accuracy with random crops and weight decay (Zhang et al., "Understanding deep learning requires rethinking
 generalization", ICLR 2017, Table 1), and the deck reports 0.90 for its own recipe; these are the
 literature's figures, not ones measured here. Compare the two recipes in one command with --mode=ablate
-(README, "Training options").
+(docs/training.md, "Ablations").
 """
 
 from configs import minigooglenet_cifar10

@@ -7,11 +7,11 @@ by (seed, epoch, split), which is what makes resume bit-exact and multi-host run
 
 from __future__ import annotations
 
-from cnn_flax.data.augment import affine_warp, random_affine
-from cnn_flax.data.core import SPLITS, DatasetInfo, DataSource, epoch_order
+from cnn_flax.data.augment.keras_affine import affine_warp, random_affine
+from cnn_flax.data.augment.preprocess import make_preprocess, normalize
+from cnn_flax.data.dataset import SPLITS, DatasetInfo, DataSource, epoch_order
 from cnn_flax.data.on_device import OnDeviceBatches
-from cnn_flax.data.preprocess import make_preprocess, normalize
-from cnn_flax.data.sources import SOURCES, make_source, register_source
+from cnn_flax.data.registry import SOURCES, make_source, register_source
 
 __all__ = [
     "SOURCES",

@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cnn_flax.data.core import count_batches, make_plan
+from cnn_flax.data.dataset import count_batches, make_plan
 from cnn_flax.errors import UserError
 
 

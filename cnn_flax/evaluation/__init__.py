@@ -5,6 +5,12 @@ nothing about models, data pipelines or training, so the same code serves `--mod
 checkpoint table and ablation comparisons. It imports nothing else from cnn_flax except `errors`.
 """
 
+from cnn_flax.evaluation.classification import (
+    classification_report_text,
+    plot_confusion_matrix,
+    plot_predictions,
+    write_evaluation,
+)
 from cnn_flax.evaluation.curves import (
     comparison_table,
     epoch_table,
@@ -13,12 +19,6 @@ from cnn_flax.evaluation.curves import (
     plot_history,
 )
 from cnn_flax.evaluation.metrics import in_top_k, rank_accuracies, rank_k_accuracy
-from cnn_flax.evaluation.report import (
-    classification_report_text,
-    plot_confusion_matrix,
-    plot_predictions,
-    write_evaluation,
-)
 
 __all__ = [
     "classification_report_text",

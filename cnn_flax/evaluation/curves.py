@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from cnn_flax.evaluation._files import new_figure, save_figure
+from cnn_flax.evaluation.files import new_figure, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -16,15 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from cnn_flax.evaluation._files import write_json
-from cnn_flax.evaluation.report import plot_predictions
+from cnn_flax.evaluation.classification import plot_predictions
+from cnn_flax.evaluation.files import write_json
 
 
 def _probabilities(scores: np.ndarray) -> np.ndarray:
     """Softmax of logits (rows that already sum to one, probabilities, give back nearly the same ranking)."""
     shifted = scores.astype(np.float64) - scores.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+    exponentials = np.exp(shifted)
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
 
 
 class WorstMistakes:

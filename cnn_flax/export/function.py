@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn_flax.data.core import DatasetInfo
-from cnn_flax.data.preprocess import normalize
+from cnn_flax.data.augment.preprocess import normalize
+from cnn_flax.data.dataset import DatasetInfo
 
 TOP_K = 5
 # Only these collections hold what inference reads; optimizer state and EMA copies are not shipped.

@@ -13,7 +13,7 @@ stride phase, reading the recorded positions at a few shifts.
 BatchNorm in training: Flax's values, with a gradient that makes fewer full-size passes over memory
 (`batch_norm_train`).
 
-Measured on DeeperGoogLeNet and MiniGoogLeNet: the README's "Where the time goes". Models use both when
+Measured on DeeperGoogLeNet and MiniGoogLeNet: docs/performance.md, "Where the time goes". Models use both when
 created with `cpu_kernels=True` (the experiment does that on a CPU backend). Convolutions need nothing
 here once `cnn_flax.runtime.tune_cpu` has moved them from YNNPACK to XLA's Eigen kernels.
 """

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cnn_flax.data.preprocess import CAFFE_BGR_MEAN, caffe_preprocess
+from cnn_flax.data.augment.preprocess import CAFFE_BGR_MEAN, caffe_preprocess
 from cnn_flax.errors import UserError
 
 __all__ = ["CAFFE_BGR_MEAN", "RESAMPLING", "caffe_preprocess", "load_images"]

@@ -50,10 +50,16 @@ def build_schedule(optimizer: Mapping[str, Any], schedule: Mapping[str, Any], nu
 
 def _base_schedule(optimizer: Mapping[str, Any], schedule: Mapping[str, Any], num_epochs: int,
                    steps_per_epoch: int) -> Schedule:
+    """optax's schedules where their semantics are the deck's; Keras's and the deck's own written out.
+
+    Written here: `piecewise` (the deck's drops: the rates themselves after given epochs, not optax's
+    multiplicative scales, so 1e-4 stays exactly the float32 of 1e-4) and `keras_time_decay` (Keras 2's
+    `decay` argument, lr / (1 + decay·iterations), which optax has no schedule for).
+    """
     name = schedule["name"]
     base = float(optimizer["learning_rate"])
     if name == "constant":
-        return lambda step: jnp.full((), base, jnp.float32)
+        return optax.constant_schedule(base)
     if name == "piecewise":
         boundaries, values = tuple(schedule["boundaries"]), tuple(float(v) for v in schedule["values"])
         if len(values) != len(boundaries) + 1 or list(boundaries) != sorted(boundaries):
@@ -62,9 +68,9 @@ def _base_schedule(optimizer: Mapping[str, Any], schedule: Mapping[str, Any], nu
         table = jnp.asarray(values, jnp.float32)
         edges = jnp.asarray(boundaries, jnp.int32)
         return lambda step: table[jnp.searchsorted(edges, _epoch(step, steps_per_epoch), side="right")]
-    if name == "polynomial":
-        power = float(schedule["power"])
-        return lambda step: base * (1.0 - _epoch(step, steps_per_epoch) / num_epochs) ** power
+    if name == "polynomial":  # per epoch, as the deck's Keras callback sets it: lr·(1 − epoch/num_epochs)^power
+        by_epoch = optax.polynomial_schedule(base, 0.0, float(schedule["power"]), num_epochs)
+        return lambda step: by_epoch(_epoch(step, steps_per_epoch))
     if name == "keras_time_decay":
         decay = float(schedule["decay"])
         return lambda step: base / (1.0 + decay * jnp.asarray(step, jnp.float32))
@@ -81,15 +87,8 @@ def _exponential(base: float, schedule: Mapping[str, Any], steps_per_epoch: int)
     if not 0.0 < decay_rate <= 1.0 or decay_epochs <= 0:
         raise UserError(f"schedule.decay_rate={decay_rate:g} must be in (0, 1] and schedule.decay_epochs="
                         f"{decay_epochs:g} above 0 (e.g. 0.96 every 8 epochs)")
-    period = decay_epochs * steps_per_epoch  # in steps
-    staircase = bool(schedule["staircase"])
-
-    def rate(step):
-        periods = jnp.asarray(step, jnp.float32) / period
-        if staircase:
-            periods = jnp.floor(periods)
-        return base * jnp.power(jnp.float32(decay_rate), periods)
-    return rate
+    return optax.exponential_decay(base, transition_steps=decay_epochs * steps_per_epoch, decay_rate=decay_rate,
+                                   staircase=bool(schedule["staircase"]))
 
 
 def _cosine(base: float, schedule: Mapping[str, Any], num_epochs: int, steps_per_epoch: int) -> Schedule:
@@ -100,11 +99,10 @@ def _cosine(base: float, schedule: Mapping[str, Any], num_epochs: int, steps_per
     if length <= 0:
         raise UserError(f"schedule.warmup_epochs={schedule['warmup_epochs']:g} leaves no epochs for the cosine "
                         f"of num_epochs={num_epochs}; lower it")
-
-    def rate(step):
-        progress = jnp.clip((jnp.asarray(step, jnp.float32) - start) / length, 0.0, 1.0)
-        return final + (base - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-    return rate
+    if base <= 0:
+        raise UserError(f"optimizer.learning_rate={base:g}: warmup_cosine needs a positive peak rate")
+    cosine = optax.cosine_decay_schedule(base, decay_steps=length, alpha=final / base)
+    return optax.join_schedules([optax.constant_schedule(base), cosine], [start])
 
 
 def check_accum_steps(accum_steps: int, batch_size: int, devices: int) -> None:

@@ -10,7 +10,8 @@ it and the state replicated; XLA inserts the gradient and BatchNorm reductions. 
 `pmap` is kept for users of the classic API; it names the device axis 'batch' for the collectives.
 """
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -114,3 +115,14 @@ def make_parallel(mode: str) -> JitParallel | PmapParallel:
     if mode == "pmap":
         return PmapParallel()
     raise UserError(f"parallel={mode!r} is not known; use one of {', '.join(PARALLEL_MODES)}")
+
+
+def device_prefetch(batches: Iterator[dict], put: Callable[[dict], dict], depth: int = 2) -> Iterator[dict]:
+    """Keep `depth` batches already transferred, so copying overlaps the running step."""
+    queue: deque = deque()
+    for batch in batches:
+        queue.append(put(batch))
+        if len(queue) > depth:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()

@@ -1,0 +1,93 @@
+"""bfloat16 against float32 in one process, window by window, so that a shared machine's load cancels out.
+
+    python -m cnn_flax.bench.precision --config configs/minigooglenet_cifar10.py --seconds 20
+
+Two benchmark processes run minutes apart, and on a machine other work shares, the load between them
+moves either figure by more than the precision does. Here both precisions of the config's model are
+compiled in one process (on random images of its shape), each warmed up on its own (`bench_phases`),
+and then windows of about `seconds / 3` of each alternate: float32 train steps, bfloat16 train steps,
+float32 inference, bfloat16 inference, three times. Each ratio is the median of the three pairs. Prints
+one line: `precision model=… batch=… step_f32_img_per_s=… step_bf16_img_per_s=… step_bf16_over_f32=…`
+and the same for `eval`.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from cnn_flax.bench.model import WINDOWS, _BareSteps, _phase_after_one, benchmark_config, synthetic_steps
+from cnn_flax.defaults import base
+from cnn_flax.errors import UserError
+
+PRECISIONS = {"f32": False, "bf16": True}
+
+
+def precision_figures(config: ml_collections.ConfigDict, seconds: float) -> dict[str, Any]:
+    """Train-step and inference images/s of float32 and bfloat16 compute, and bfloat16/float32 of each."""
+    from cnn_flax.run.train import Trainer
+
+    if seconds <= 0:
+        raise UserError(f"--seconds {seconds:g}: give the positive timed seconds of each precision, e.g. 20")
+    bare: dict[str, _BareSteps] = {}
+    for name, half in PRECISIONS.items():
+        variant = ml_collections.ConfigDict(config.to_dict())
+        variant.half_precision = half
+        trainer = Trainer(benchmark_config(variant, synthetic_steps(variant), use_data=False))
+        bare[name] = _BareSteps(trainer)
+        bare[name](1)
+        bare[name].infer(1)
+    batch_size = config.batch_size
+    figures: dict[str, Any] = dict(model=next(iter(bare.values())).trainer.experiment.model_config.get("name", "?"),
+                                   batch=batch_size)
+    for kind in ("step", "eval"):
+        runs: dict[str, Callable[[int], float]] = {
+            name: (steps if kind == "step" else steps.infer) for name, steps in bare.items()}
+        sizes = {name: _phase_after_one(seconds, run, warm_up_only=True).steps for name, run in runs.items()}
+        rates: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(WINDOWS):
+            for name, run in runs.items():
+                rates[name].append(sizes[name] * batch_size / run(sizes[name]))
+        for name in runs:
+            figures[f"{kind}_{name}_img_per_s"] = statistics.median(rates[name])
+        figures[f"{kind}_bf16_over_f32"] = statistics.median(b / f for b, f in zip(rates["bf16"], rates["f32"],
+                                                                                    strict=True))
+    figures["compiles"] = max(steps.trainer.compile_count("train") for steps in bare.values())
+    return figures
+
+
+def format_line(figures: dict[str, Any]) -> str:
+    keys = [f"{kind}_{what}" for kind in ("step", "eval")
+            for what in ("f32_img_per_s", "bf16_img_per_s", "bf16_over_f32")]
+    values = " ".join(f"{key}={figures[key]:.3f}" if key.endswith("over_f32") else f"{key}={figures[key]:.1f}"
+                      for key in keys)
+    return f"precision model={figures['model']} batch={figures['batch']} {values} compiles={figures['compiles']}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="a config file, e.g. configs/minivgg_cifar10.py")
+    parser.add_argument("--seconds", type=float, default=base("precision").benchmark.seconds,
+                        help="timed seconds of each precision and phase (the benchmark's default)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    from cnn_flax.run.config_args import load_config
+    from cnn_flax.runtime import tune_cpu
+
+    tune_cpu()  # the same XLA settings as launch.py, before JAX starts
+    sys.path.insert(0, os.getcwd())  # configs import configs.common
+    config = load_config(args.config)
+    config.batch_size = args.batch_size
+    print(format_line(precision_figures(config, args.seconds)))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as error:
+        sys.exit(f"error: {error}")

@@ -1,0 +1,214 @@
+"""The deck's evaluation artefacts: classification report, confusion matrix and a grid of predictions.
+
+The numbers come from scikit-learn and the pictures from matplotlib so that they match what readers of the
+deck (written with Keras + scikit-learn) already know how to read. Every class is listed even when it never
+occurs in the predictions, so reports of different runs line up row by row. Figures are drawn on bare Agg
+figures (no pyplot state, no display) and every file is written atomically, because a user may be looking at
+the previous version while a new one is written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnn_flax.errors import UserError
+from cnn_flax.evaluation.files import new_figure, save_figure, write_json, write_text
+from cnn_flax.evaluation.metrics import rank_accuracies
+
+# Above this many classes a confusion matrix cell is too small for a number or a class name.
+MAX_LABELLED_CLASSES = 30
+
+
+def _check_predictions(
+    labels: Any, predictions: Any, class_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    if labels.ndim != 1 or labels.shape != predictions.shape:
+        raise ValueError(f"labels {labels.shape} and predictions {predictions.shape}: need equal-length 1-D")
+    if labels.size == 0:
+        raise UserError("cannot report on zero examples")
+    names = [str(name) for name in class_names]
+    for what, values in (("labels", labels), ("predictions", predictions)):
+        if not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(f"{what} must be integer class indices, got dtype {values.dtype}")
+        if values.min() < 0 or values.max() >= len(names):
+            raise UserError(
+                f"{what} range over [{values.min()}, {values.max()}] but there are {len(names)} class names; "
+                "does the number of classes match the data?"
+            )
+    return labels, predictions, names
+
+
+def classification_report_text(labels: Any, predictions: Any, class_names: Sequence[str]) -> str:
+    """Per-class precision / recall / f1 / support, accuracy, macro and weighted averages (two decimals)."""
+    labels, predictions, names = _check_predictions(labels, predictions, class_names)
+    from sklearn.metrics import classification_report  # imported when used: it costs a second at start-up
+
+    return classification_report(
+        labels,
+        predictions,
+        labels=np.arange(len(names)),
+        target_names=names,
+        digits=2,
+        zero_division=0,
+    )
+
+
+def _index_ticks(num_classes: int) -> np.ndarray:
+    """Class-index ticks at multiples of 5, ten or so along an axis."""
+    step = max(1, math.ceil(num_classes / 50)) * 5
+    return np.arange(0, num_classes, step)
+
+
+def plot_confusion_matrix(
+    labels: Any, predictions: Any, class_names: Sequence[str], path: str | os.PathLike
+) -> np.ndarray:
+    """Save the deck's confusion-matrix figure (rows true, columns predicted) and return the count matrix.
+
+    Up to MAX_LABELLED_CLASSES classes every cell shows its count and both axes show class names; beyond
+    that (Tiny ImageNet's 200) the figure is a heat map with class indices on the axes.
+    """
+    labels, predictions, names = _check_predictions(labels, predictions, class_names)
+    num_classes = len(names)
+    from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
+
+    matrix = confusion_matrix(labels, predictions, labels=np.arange(num_classes))
+    labelled = num_classes <= MAX_LABELLED_CLASSES
+    side = 6 + 0.25 * num_classes if labelled else 10
+    figure = new_figure(figsize=(side, side * 0.9), layout="constrained")
+    ax = figure.add_subplot()
+    if labelled:
+        display = ConfusionMatrixDisplay(matrix, display_labels=names)
+        display.plot(
+            ax=ax,
+            cmap="Blues",
+            values_format="d",
+            xticks_rotation=45,
+            colorbar=True,
+            text_kw={"fontsize": 10 if num_classes <= 15 else 7},
+        )
+        for tick in ax.get_xticklabels():
+            tick.set_horizontalalignment("right")
+            tick.set_rotation_mode("anchor")
+    else:  # drawn directly: scikit-learn would first make one tick per class, seconds for ImageNet's 1000
+        image = ax.imshow(matrix, interpolation="nearest", cmap="Blues")
+        figure.colorbar(image, ax=ax)
+        ticks = _index_ticks(num_classes)
+        ax.set_xticks(ticks, [str(t) for t in ticks], rotation=0)
+        ax.set_yticks(ticks, [str(t) for t in ticks])
+        ax.set(xlabel="Predicted label", ylabel="True label")
+    ax.set_title("Confusion Matrix")
+    save_figure(figure, path, dpi=100)
+    return matrix
+
+
+def _short_name(name: str, limit: int = 16) -> str:
+    """The first synonym of a WordNet-style name ('goldfish, Carassius auratus'), cut at a word to fit."""
+    name = name.split(",")[0].strip()
+    if len(name) <= limit:
+        return name
+    cut = name[: limit - 1]
+    return (cut[: cut.rfind(" ")] if " " in cut else cut) + "…"
+
+
+def plot_predictions(
+    images: Any,
+    labels: Any,
+    predictions: Any,
+    class_names: Sequence[str],
+    path: str | os.PathLike,
+    max_images: int = 25,
+    notes: Sequence[str] | None = None,
+    title: str = "Predictions",
+) -> None:
+    """Save a grid of the first `max_images` images titled "pred: X / true: Y", mistakes red, hits green.
+
+    images: uint8 [N, H, W, 3] (or [N, H, W] / [N, H, W, 1] grayscale), the raw pixels, not normalised.
+    notes: an optional second title line per image (a file name, a probability).
+    """
+    images = np.asarray(images)
+    labels, predictions, names = _check_predictions(labels, predictions, class_names)
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
+        raise ValueError(
+            f"images must be uint8 [N, H, W(, C)] with N = {len(labels)}, got {images.dtype} {images.shape}"
+        )
+    if max_images < 1:
+        raise ValueError(f"max_images must be at least 1, got {max_images}")
+    count = min(len(images), max_images)
+    cols = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / cols)
+    height = 2.6 * rows + 0.6
+    figure = new_figure(figsize=(2.6 * cols, height))  # a fixed grid: a layout engine would cost a second
+    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.6 / height, wspace=0.1, hspace=0.25)
+    for i, ax in enumerate(figure.subplots(rows, cols, squeeze=False).flat):
+        ax.axis("off")
+        if i >= count:
+            continue
+        image = images[i].squeeze(-1) if images.ndim == 4 and images.shape[-1] == 1 else images[i]
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
+        correct = predictions[i] == labels[i]
+        caption = f"pred: {_short_name(names[predictions[i]])} / true: {_short_name(names[labels[i]])}"
+        if notes is not None and notes[i]:
+            caption += f"\n{notes[i]}"
+        ax.set_title(caption, color="green" if correct else "red", fontsize=7)
+    figure.suptitle(title)
+    save_figure(figure, path, dpi=100)
+
+
+def _optional_float(value: Any) -> float | None:
+    """A loss for strict JSON: None when absent or not finite (a diverged run's NaN)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def write_evaluation(
+    directory: str | os.PathLike,
+    *,
+    split: str,
+    scores: Any,
+    labels: Any,
+    class_names: Sequence[str],
+    images: Any | None = None,
+    loss: float | None = None,
+    prefix: str = "",
+) -> dict[str, Any]:
+    """Write `{prefix}metrics.json`, `report.txt`, `confusion_matrix.png` (and `predictions.png` when
+    images are given) into `directory`; return the metrics dict.
+
+    scores: [N, C] logits or probabilities; labels: int [N]. The predicted class is the argmax (first on
+    ties), while rank-k uses the tie rule of `metrics.in_top_k`. images, if given, are the raw uint8 pixels
+    of the first len(images) examples. A non-finite loss is stored as null.
+    """
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be [examples, classes], got shape {scores.shape}")
+    if scores.shape[1] != len(class_names):
+        raise UserError(
+            f"the model gives {scores.shape[1]} scores per example but there are {len(class_names)} class "
+            "names; does the number of classes match the data?"
+        )
+    metrics: dict[str, Any] = {
+        "split": split,
+        "num_examples": int(scores.shape[0]),
+        "loss": _optional_float(loss),
+        **rank_accuracies(scores, labels, ks=(1, 5)),
+    }
+    predictions = np.argmax(scores, axis=1)
+    out = Path(directory)
+    write_json(out / f"{prefix}metrics.json", metrics)
+    write_text(out / f"{prefix}report.txt", classification_report_text(labels, predictions, class_names))
+    plot_confusion_matrix(labels, predictions, class_names, out / f"{prefix}confusion_matrix.png")
+    if images is not None:
+        shown = len(images)
+        plot_predictions(
+            images, labels[:shown], predictions[:shown], class_names, out / f"{prefix}predictions.png"
+        )
+    return metrics
