@@ -37,7 +37,8 @@ from collections.abc import Callable
 HEARTBEAT_SECONDS = 10  # JAX's default is 100 s; shorter also ends a process stalled that long (none should be)
 EXIT_PEER_LOST = 75  # EX_TEMPFAIL: a temporary failure; the same command continues
 _MARKER = "cnn_flax: lost processes"
-_FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+_FORWARDED = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
+                   if hasattr(signal, name))
 _TAIL_LINES = 2000
 
 

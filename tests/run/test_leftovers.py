@@ -150,6 +150,7 @@ def assert_same_prepare(data_dir: str, clean: str) -> None:
     assert open(os.path.join(data_dir, "skipped.txt")).read() == open(os.path.join(clean, "skipped.txt")).read()
 
 
+@pytest.mark.slow
 def test_prepare_killed_while_writing_each_split_then_rerun_equals_a_clean_prepare(photos, clean_prepare, tmp_path):
     data_dir, log_path = str(tmp_path / "prepared"), str(tmp_path / "prepare.log")
     for split in SPLITS:
@@ -164,6 +165,7 @@ def test_prepare_killed_while_writing_each_split_then_rerun_equals_a_clean_prepa
     assert_same_prepare(data_dir, clean_prepare)
 
 
+@pytest.mark.slow
 def test_a_prepare_beside_a_live_one_leaves_its_temporary_alone(photos, clean_prepare, tmp_path):
     data_dir, log_path = str(tmp_path / "prepared"), str(tmp_path / "prepare.log")
     first = start(prepare_args(photos, data_dir), log_path)

@@ -2,9 +2,11 @@
 restarting the same command each time; the finished result must equal an uninterrupted run's, with nothing left.
 
 Each writer's uninterrupted run is timed first and the kill moments are drawn (seeded) inside that time, so
-every kill lands while the run works. What each kill met is printed (run with -s to see it; docs/reliability.md
-quotes a run). Training's history must be equal bit for bit, prepare's HDF5 files in content, the export in
-its files and outputs; no temporary file, temporary checkpoint folder or empty `interrupted/` may remain.
+every kill lands while the run works: training's from its start, prepare's and export's from the moment
+their first temporary appears (their start-up, importing libraries, takes most of their time here). What
+each kill met is printed (run with -s to see it; docs/reliability.md quotes a run). Training's history must
+be equal bit for bit, prepare's HDF5 files in content, the export in its files and outputs; no temporary
+file, temporary checkpoint folder or empty `interrupted/` may remain.
 """
 
 import os
@@ -43,23 +45,29 @@ def leftovers(folder: str) -> list[str]:
     return [path for path in listing(folder) if LEFTOVER.search(path) or re.search(r"(^|/)interrupted$", path)]
 
 
-def timed(args: list[str]) -> float:
+def timed(args: list[str], folder: str, writing: re.Pattern | None = None) -> float:
+    """Runs `args` to its end; returns its seconds, counted from the first path under `folder` that matches
+    `writing` (from its start without one): the span in which kills are drawn."""
+    run = start(args, os.devnull)
     started = time.monotonic()
-    result = launch(args)
-    assert result.returncode == 0, result.stderr[-3000:]
+    while run.poll() is None:
+        if writing is not None and any(writing.search(p) for p in listing(folder)):
+            started, writing = time.monotonic(), None
+        time.sleep(0.002)
+    assert run.returncode == 0 and writing is None, f"{args} failed or never wrote"
     return time.monotonic() - started
 
 
-def kill_at(args: list[str], log_path: str, seconds: float | None, folder: str, saving: str | None = None) -> str:
-    """Starts `args`, SIGKILLs it `seconds` after its start (or once a temporary named `saving` appears under
-    `folder`); returns what the kill met, in words."""
+def kill_at(args: list[str], log_path: str, seconds: float, folder: str, writing: re.Pattern | None = None) -> str:
+    """Starts `args` and SIGKILLs it `seconds` after a new path under `folder` matching `writing` appears
+    (after its start without one); returns what the kill met, in words."""
+    before = set(listing(folder)) if os.path.isdir(folder) else set()  # what an earlier kill left
     run = start(args, log_path)
     started = time.monotonic()
     while run.poll() is None:
-        if saving is not None:
-            found = [p for p in listing(folder) if saving in p] if os.path.isdir(folder) else []
-            if found:
-                break
+        if writing is not None:
+            if any(writing.search(p) for p in set(listing(folder)) - before):
+                started, writing = time.monotonic(), None
         elif time.monotonic() - started >= seconds:
             break
         time.sleep(0.002)
@@ -81,15 +89,15 @@ def test_training_prepare_and_export_survive_kills_at_random_moments(tmp_path):
     rng = random.Random(SEED)
     log_path = str(tmp_path / "soak.log")
 
-    # Training: three kills, one of them inside a checkpoint save.
+    # Training: three kills at moments of the whole run, and one as soon as a checkpoint is being written.
     reference = str(tmp_path / "train_reference")
-    duration = timed([*TRAIN, "--workdir", reference])
+    duration = timed([*TRAIN, "--workdir", reference], reference)
     workdir = str(tmp_path / "train")
     outcomes = []
-    for kind in rng.sample(["moment", "moment", "saving"], 3):
-        moment = rng.uniform(0.2, 0.9) * duration
-        outcomes.append(kill_at([*TRAIN, "--workdir", workdir], log_path, moment, workdir,
-                                saving="orbax-checkpoint-tmp" if kind == "saving" else None))
+    for kind in rng.sample(["moment", "moment", "moment", "saving"], 4):
+        saving = re.compile(r"orbax-checkpoint-tmp") if kind == "saving" else None
+        moment = 0.0 if saving else rng.uniform(0.2, 0.95) * duration
+        outcomes.append(kill_at([*TRAIN, "--workdir", workdir], log_path, moment, workdir, saving))
     result = launch([*TRAIN, "--workdir", workdir])
     assert result.returncode == 0, result.stderr[-3000:]
     report("training", outcomes)
@@ -105,10 +113,11 @@ def test_training_prepare_and_export_survive_kills_at_random_moments(tmp_path):
     photos = str(tmp_path / "photos")
     write_digit_photos(photos)
     clean = str(tmp_path / "prepared_clean")
-    duration = timed(prepare_args(photos, clean))
+    temporary = re.compile(r"\.partial@")
+    duration = timed(prepare_args(photos, clean), clean, temporary)  # from the first temporary to the end
     data_dir = str(tmp_path / "prepared")
-    outcomes = [kill_at(prepare_args(photos, data_dir), log_path, rng.uniform(0.3, 0.95) * duration, data_dir)
-                for _ in range(3)]
+    outcomes = [kill_at(prepare_args(photos, data_dir), log_path, rng.uniform(0.0, 0.9) * duration, data_dir,
+                        temporary) for _ in range(3)]
     result = launch(prepare_args(photos, data_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     report("prepare", outcomes)
@@ -120,8 +129,9 @@ def test_training_prepare_and_export_survive_kills_at_random_moments(tmp_path):
     export_args = [*TRAIN, "--workdir", workdir, "--mode=export", "--overwrite"]
     clean_workdir = str(tmp_path / "export_clean")
     shutil.copytree(reference, clean_workdir)
-    duration = timed([*TRAIN, "--workdir", clean_workdir, "--mode=export"])
-    outcomes = [kill_at(export_args, log_path, rng.uniform(0.3, 0.95) * duration, workdir) for _ in range(3)]
+    duration = timed([*TRAIN, "--workdir", clean_workdir, "--mode=export"], clean_workdir, temporary)
+    outcomes = [kill_at(export_args, log_path, rng.uniform(0.0, 0.9) * duration, workdir, temporary)
+                for _ in range(3)]
     result = launch(export_args)
     assert result.returncode == 0, result.stderr[-3000:]
     report("export", outcomes)
