@@ -54,7 +54,8 @@ def supervise(describe_loss: Callable[[list[int]], str], native_log: str | None,
     """Returns in a child process that does the run; the calling process waits for it and exits.
 
     `describe_loss(lost)` gives the line printed when processes `lost` (empty: not known which) were lost;
-    `native_log` is where the child's native output goes when it crashed for another reason.
+    `native_log` is where the child's native output goes when it failed for another reason (without
+    `verbose`, which passes it on to the terminal as it comes).
     """
     if not hasattr(os, "fork"):
         return
@@ -91,14 +92,15 @@ def supervise(describe_loss: Callable[[list[int]], str], native_log: str | None,
     if lost is not None:
         print(f"error: {describe_loss(lost)}", file=sys.stderr, flush=True)
         os._exit(EXIT_PEER_LOST)
+    ended = signal.Signals(-code).name if code < 0 else f"exit status {code}"
+    kept = False
+    if code != 0 and not verbose and native_log and text.strip():  # what native code said before it failed
+        with contextlib.suppress(OSError), open(native_log, "a", encoding="utf-8") as handle:
+            handle.write(f"--- native output of the process that ended by {ended} ---\n{text}")
+            kept = True
     if code < 0 and not verbose:
-        name = signal.Signals(-code).name
-        where = ""
-        if native_log and text.strip():
-            with contextlib.suppress(OSError), open(native_log, "a", encoding="utf-8") as handle:
-                handle.write(f"--- native output of the process that ended by {name} ---\n{text}")
-                where = f"; its native report is at the end of {native_log} (--verbose shows it here)"
-        print(f"error: the run ended by {name}{where}", file=sys.stderr, flush=True)
+        where = f"; its native report is at the end of {native_log} (--verbose shows it here)" if kept else ""
+        print(f"error: the run ended by {ended}{where}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(code if code >= 0 else 128 - code)
 

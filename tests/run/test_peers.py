@@ -1,13 +1,21 @@
-"""How the supervisor of a multi-host process reads a lost peer and the resume point (the end-to-end check, two
-processes on loopback with one killed, is in test_multihost.py).
+"""The supervisor of a multi-host process: how it reads a lost peer and the resume point, and what it does with
+a crash, a signal and its own death (the end-to-end check, two processes on loopback with one killed, is in
+test_multihost.py).
 
 The native reports below are copied from jax 0.10.2's output on two loopback processes, one killed.
 """
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
-from cnn_flax.run.peers import continues_from, loss_line, lost_processes
+from killing import running
+from repo_paths import ROOT
+
+from cnn_flax.run.peers import EXIT_PEER_LOST, continues_from, loss_line, lost_processes
 
 # Process 0 (it hosts the coordination service) after process 1 was killed: the service's verdict.
 SERVICE_VERDICT = """\
@@ -81,3 +89,61 @@ def test_the_line_names_who_was_lost_and_how_to_resume():
         "processes 1, 3 of 4 were lost (killed, crashed or unreachable); restart all 4 processes with the same "
         "command")
     assert loss_line([], 2, None).startswith("another process of 2 was lost")
+
+
+# The supervisor on its own, in a process that imports no JAX: what the child does is chosen by argv[1].
+CHILD = """
+import os, signal, sys, time
+from cnn_flax.run import peers
+
+peers.supervise(lambda lost: f"lost {lost}", sys.argv[2] or None, sys.argv[3] == "verbose")
+os.write(2, b"native: a report of native code\\n")
+print("from Python", file=sys.stderr, flush=True)
+if sys.argv[1] == "abort":
+    os.abort()
+if sys.argv[1] == "lost":
+    os.write(2, b"cnn_flax: lost processes 1\\n")
+    os._exit(75)
+if sys.argv[1] == "wait":
+    signal.signal(signal.SIGTERM, lambda *_: (print("SIGTERM reached the run", file=sys.stderr), sys.exit(3)))
+    print(os.getpid(), flush=True)
+    time.sleep(60)
+"""
+
+
+def _supervised(what: str, log: str = "", verbose: bool = False, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", CHILD, what, log, "verbose" if verbose else ""], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_a_native_crash_is_one_line_and_its_report_goes_to_the_log(tmp_path):
+    log = str(tmp_path / "log.txt")
+    out, err = _supervised("abort", log).communicate(timeout=60)
+    assert err.splitlines() == ["from Python", f"error: the run ended by SIGABRT; its native report is at the end "
+                                               f"of {log} (--verbose shows it here)"]
+    assert "native: a report of native code" in open(log).read()
+    run = _supervised("abort", log, verbose=True)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 128 + signal.SIGABRT and "native: a report of native code" in err and "error:" not in err
+
+
+def test_a_lost_peer_is_the_one_line_of_the_caller():
+    run = _supervised("lost")
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == EXIT_PEER_LOST and err.splitlines() == ["from Python", "error: lost [1]"]
+
+
+def test_sigterm_is_passed_on_and_a_killed_supervisor_takes_the_run_with_it():
+    run = _supervised("wait")
+    child = int(run.stdout.readline())
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 3 and "SIGTERM reached the run" in err
+    run = _supervised("wait")
+    child = int(run.stdout.readline())
+    run.kill()
+    run.communicate(timeout=60)
+    deadline = time.monotonic() + 10
+    while running(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not running(child)
