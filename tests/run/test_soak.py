@@ -46,16 +46,17 @@ def leftovers(folder: str) -> list[str]:
 
 
 def timed(args: list[str], folder: str, writing: re.Pattern | None = None) -> float:
-    """Runs `args` to its end; returns its seconds, counted from the first path under `folder` that matches
-    `writing` (from its start without one): the span in which kills are drawn."""
+    """Runs `args` to its end; returns the span in which kills are drawn: from its start to its end, or with
+    `writing`, from the first to the last moment a path under `folder` matching it was seen."""
     run = start(args, os.devnull)
+    first = last = None
     started = time.monotonic()
     while run.poll() is None:
         if writing is not None and any(writing.search(p) for p in listing(folder)):
-            started, writing = time.monotonic(), None
+            first, last = first or time.monotonic(), time.monotonic()
         time.sleep(0.002)
-    assert run.returncode == 0 and writing is None, f"{args} failed or never wrote"
-    return time.monotonic() - started
+    assert run.returncode == 0 and (writing is None or first is not None), f"{args} failed or never wrote"
+    return last - first if writing is not None else time.monotonic() - started
 
 
 def kill_at(args: list[str], log_path: str, seconds: float, folder: str, writing: re.Pattern | None = None) -> str:
@@ -118,7 +119,7 @@ def test_training_prepare_and_export_survive_kills_at_random_moments(tmp_path):
     temporary = re.compile(r"\.partial@")
     duration = timed(prepare_args(photos, clean), clean, temporary)  # from the first temporary to the end
     data_dir = str(tmp_path / "prepared")
-    outcomes = [kill_at(prepare_args(photos, data_dir), log_path, rng.uniform(0.0, 0.9) * duration, data_dir,
+    outcomes = [kill_at(prepare_args(photos, data_dir), log_path, rng.uniform(0.0, 0.75) * duration, data_dir,
                         temporary) for _ in range(3)]
     result = launch(prepare_args(photos, data_dir))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -132,7 +133,7 @@ def test_training_prepare_and_export_survive_kills_at_random_moments(tmp_path):
     clean_workdir = str(tmp_path / "export_clean")
     shutil.copytree(reference, clean_workdir)
     duration = timed([*TRAIN, "--workdir", clean_workdir, "--mode=export"], clean_workdir, temporary)
-    outcomes = [kill_at(export_args, log_path, rng.uniform(0.0, 0.9) * duration, workdir, temporary)
+    outcomes = [kill_at(export_args, log_path, rng.uniform(0.0, 0.75) * duration, workdir, temporary)
                 for _ in range(2)]
     result = launch(export_args)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -163,8 +163,8 @@ def export_contents(folder: str) -> dict:
     manifest["notes"] = {k: v for k, v in manifest["notes"].items() if not k.endswith("_seconds")}
     manifest["files"] = {name: "TensorFlow's" if name.startswith("saved_model/") else digest
                          for name, digest in manifest["files"].items()}
-    workdir = os.path.dirname(os.path.abspath(folder))  # the same checkpoint of a copy of the run matches
-    manifest["source"]["checkpoint"] = os.path.relpath(manifest["source"]["checkpoint"], workdir)
+    source = manifest["source"]["checkpoint"]  # checkpoints/epoch_N, in whichever copy of the run
+    manifest["source"]["checkpoint"] = os.path.join(*source.split(os.sep)[-2:])
     return {"files": listing(folder), "manifest": manifest,
             "labels": open(os.path.join(folder, "labels.txt")).read(),
             "jax": open(os.path.join(folder, "model.jax"), "rb").read()}
