@@ -18,12 +18,17 @@ flags.DEFINE_string("workdir", None, "Where the run writes everything (default: 
 flags.DEFINE_string("checkpoint", "latest", "--mode=evaluate: latest, all, or an epoch number; --mode=export: "
                     "latest or an epoch number.")
 flags.DEFINE_list("images", [], "--mode=predict: image files, or folders of them (searched recursively), to classify.")
+flags.DEFINE_bool("gradcam", False, "--mode=predict: also write WORKDIR/gradcam/<image>_cam.png, the Grad-CAM map "
+                  "of each image's predicted class (layer: --config.gradcam.layer).")
 flags.DEFINE_string("variants", None, "--mode=ablate: 'name:key=value,...;name2:...' (default: the deck's "
                     "extensions: baseline, conv_act_bn, elu).")
 flags.DEFINE_bool("ema", False, "--mode=evaluate/predict/export: use the moving average of the weights kept with "
                   "ema_decay (same as --config.ema_eval=True).")
 flags.DEFINE_bool("overwrite", False, "--mode=prepare: rebuild dataset files that already exist; --mode=export: "
                   "replace WORKDIR/export.")
+flags.DEFINE_string("repo_id", None, "--mode=push: the Hugging Face model repository (user/name) that WORKDIR/export "
+                    "is uploaded to (created if needed; the token as huggingface_hub finds it).")
+flags.DEFINE_bool("private", False, "--mode=push: create the repository as private.")
 flags.DEFINE_string("export_dir", None, "--mode=predict / benchmark: answer from this export folder alone "
                     "(--config not needed).")
 flags.DEFINE_enum("export_runtime", "jax", ["jax", "saved_model", "onnx", "tflite"],
@@ -110,13 +115,17 @@ def _prepare(config, workdir: str) -> None:
 
 def _predict(config, workdir: str) -> None:
     if FLAGS.export_dir:  # the export folder alone: no config, checkpoint or dataset
+        from cnn_flax.errors import UserError
         from cnn_flax.run.predict import predict_from_export
 
+        if FLAGS.gradcam:
+            raise UserError("--gradcam needs the model's layers: predict with --config (and the run's --workdir), "
+                            "not --export_dir")
         predict_from_export(FLAGS.export_dir, FLAGS.images, FLAGS.workdir, FLAGS.export_runtime)
         return
     from cnn_flax.run import modes
 
-    modes.predict(config, workdir, FLAGS.images)
+    modes.predict(config, workdir, FLAGS.images, gradcam=FLAGS.gradcam)
 
 
 def _benchmark(config, workdir: str) -> None:
@@ -143,6 +152,22 @@ def _export(config, workdir: str) -> None:
     print(f"Exported {', '.join(written['formats'].values())} to {os.path.join(workdir, 'export')}")
 
 
+def _push(config, workdir: str) -> None:
+    from cnn_flax.errors import UserError
+    from cnn_flax.pretrained.hub import push_folder
+
+    if not FLAGS.repo_id:
+        raise UserError("--mode=push needs --repo_id=user/name (the Hugging Face model repository to create or update)")
+    print(push_folder(os.path.join(workdir, "export"), FLAGS.repo_id, private=FLAGS.private))
+
+
+def _lr_find(config, workdir: str) -> None:
+    from cnn_flax.run.lr_find import describe_result, lr_find
+
+    print(describe_result(lr_find(config, workdir)))
+    print(f"(plot: {os.path.join(workdir, 'lr_find.png')}, numbers: {os.path.join(workdir, 'lr_find.json')})")
+
+
 def _report(config, workdir: str) -> None:
     from cnn_flax.run.report_page import rebuild_report
 
@@ -159,7 +184,9 @@ MODES = {
     "benchmark": _benchmark,
     "ablate": _ablate,
     "export": _export,
+    "push": _push,
     "report": _report,
+    "lr_find": _lr_find,
 }
 flags.DEFINE_enum("mode", "train", list(MODES), "What to do.")
 
@@ -170,10 +197,11 @@ def run() -> int:
     config, mode = FLAGS.config, FLAGS.mode
     if FLAGS.export_dir and mode not in ("predict", "benchmark"):
         raise UserError(f"--export_dir is for --mode=predict or --mode=benchmark, not --mode={mode}")
-    without_config = (mode == "report" and FLAGS.workdir) or (mode in ("predict", "benchmark") and FLAGS.export_dir)
+    without_config = ((mode in ("report", "push") and FLAGS.workdir)
+                      or (mode in ("predict", "benchmark") and FLAGS.export_dir))
     if config is None and not without_config:
-        if mode == "report":
-            raise UserError("--mode=report needs --workdir=runs/NAME (or --config to name runs/<config name>)")
+        if mode in ("report", "push"):
+            raise UserError(f"--mode={mode} needs --workdir=runs/NAME (or --config to name runs/<config name>)")
         raise UserError("--config=configs/NAME.py is required (except for --mode=report --workdir=DIR and "
                         "--mode=predict/benchmark --export_dir)")
     if config is not None and FLAGS.ema:

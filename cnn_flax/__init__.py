@@ -16,3 +16,18 @@ launch.py sits on top: flags, logging, the distributed start, then one entry of 
 """
 
 __version__ = "0.1.0"
+
+# The research entry points, imported on first use so that `import cnn_flax.models` stays cheap.
+_LAZY = {"load_run": "cnn_flax.run.load", "load_model": "cnn_flax.run.load", "Run": "cnn_flax.run.load",
+         "Model": "cnn_flax.run.load", "to_nnx": "cnn_flax.models.to_nnx"}
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cnn_flax' has no attribute {name!r}")

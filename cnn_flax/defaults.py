@@ -22,7 +22,9 @@ def base(name: str) -> ml_collections.ConfigDict:
     config.eval_split = "test"  # the split of the final report
     config.parallel = "jit"  # or "pmap"
     config.half_precision = False  # bfloat16 compute, float32 parameters and BatchNorm statistics
-    config.init_from = ""  # a Keras .h5 file, or a workdir / checkpoints/epoch_N of another run
+    # A weight file (Keras .h5, torchvision VGG .pth, .safetensors), hf://user/name[@revision], an export
+    # folder, or a workdir / checkpoints/epoch_N of another run.
+    config.init_from = ""
     config.init_skip = ""  # comma-separated layer names not to take from init_from (e.g. predictions)
     config.resume_epoch = -1  # restart from this saved epoch (later checkpoints are set aside)
     # Training from a Keras file in init_from continues after this epoch (-1: the N of an epoch_N.hdf5 name,
@@ -96,6 +98,15 @@ def base(name: str) -> ml_collections.ConfigDict:
     # --mode=export: model.onnx "auto" (when jax2onnx and onnxruntime are installed), "yes" or "no";
     # tflite: also convert the SavedModel to model.tflite.
     config.export = ml_collections.ConfigDict(dict(onnx="auto", tflite=False))
+    # Grad-CAM (--mode=predict --gradcam, and the worst mistakes on report.html): the layer whose feature map is
+    # weighted ("": the last convolutional one; names as --mode=summary lists them), and how many of the worst
+    # mistakes the report shows with the maps of their true and predicted class (0: none).
+    config.gradcam = ml_collections.ConfigDict(dict(layer="", mistakes=8))
+    # --mode=lr_find: the learning-rate range test, a geometric sweep from min_lr to max_lr over `steps` optimizer
+    # steps of the config's model and optimizer; the loss is smoothed by an exponential moving average with this
+    # factor (debiased), and the sweep stops once the smoothed loss exceeds diverge_factor x its lowest value.
+    config.lr_find = ml_collections.ConfigDict(dict(min_lr=1e-7, max_lr=10.0, steps=200, smoothing=0.98,
+                                                    diverge_factor=4.0))
     # --mode=benchmark: the timed seconds of each phase (bare step, inference, training loop), after its warm-up.
     config.benchmark = ml_collections.ConfigDict(dict(seconds=20.0))
     return config

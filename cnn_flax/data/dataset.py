@@ -189,3 +189,34 @@ class DataSource(abc.ABC):
             start_batch=start_batch,
         )
         return prefetch(lambda: self._stream(split, plan), self._queue_depth(split, plan))
+
+
+# What a run keeps of its data's facts (beside config.json), so that prediction from a workdir copied to another
+# machine needs no dataset: class names, image shape, and the means the 'mean_rgb'/'mean_image' normalisations use.
+INFO_FILE = "dataset.json"
+MEAN_IMAGE_FILE = "mean_image.npy"
+
+
+def info_record(info: DatasetInfo) -> dict:
+    """dataset.json's content (the mean image goes beside it, in mean_image.npy)."""
+    return {"name": info.name, "num_classes": int(info.num_classes), "class_names": list(info.class_names),
+            "image_shape": [int(v) for v in info.image_shape],
+            "split_sizes": {k: int(v) for k, v in info.split_sizes.items()},
+            "mean_rgb": [float(v) for v in np.asarray(info.mean_rgb).reshape(-1)]}
+
+
+def info_from_record(record: dict, mean_image: np.ndarray | None, where: str) -> DatasetInfo:
+    """The DatasetInfo `info_record` described; `where` names the files in errors."""
+    try:
+        shape = tuple(int(v) for v in record["image_shape"])
+        names = tuple(str(n) for n in record["class_names"])
+        info = DatasetInfo(name=str(record["name"]), num_classes=int(record["num_classes"]), class_names=names,
+                           image_shape=shape, split_sizes={k: int(v) for k, v in record["split_sizes"].items()},
+                           mean_rgb=np.asarray(record["mean_rgb"], np.float32),
+                           mean_image=np.zeros(shape, np.float32) if mean_image is None else mean_image)
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"{where} is damaged ({type(error).__name__}: {error}); train again or delete it") from None
+    if len(names) != info.num_classes or info.mean_image.shape != shape:
+        raise UserError(f"{where} is damaged: {len(names)} class names for {info.num_classes} classes, mean image "
+                        f"{info.mean_image.shape} for images {shape}")
+    return info

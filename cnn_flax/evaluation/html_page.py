@@ -1,7 +1,8 @@
 """report.html: one self-contained page per workdir, built only from the files a run left there.
 
 Everything the page shows comes from files (config.json, run_info.json, history.json, *metrics.json,
-report.txt, mistakes.json, checkpoints_evaluation.json, the PNG figures, an ablation's variant folders), so
+report.txt, mistakes.json, checkpoints_evaluation.json, lr_find.json, the PNG figures (mistakes_gradcam.png
+and lr_find.png among them), an ablation's variant folders), so
 `--mode=report` can rebuild it at any time and the page always agrees with the files beside it. Figures are
 embedded as base64 data URIs and the style is inline: the page needs no server, no network and no other
 file, and can be mailed or archived alone. The only paths it names lie inside the workdir (the files of
@@ -144,6 +145,11 @@ def _predictions(workdir: Path) -> tuple[str, str, str]:
         rows = [(i + 1, row.get("file", f"#{row['index']}"), row["true"], row["predicted"],
                  _number(row["prob_true"]), _number(row["prob_predicted"])) for i, row in enumerate(mistakes or [])]
         parts += ["<h3>Worst mistakes first</h3>", figure, _table(header, rows)]
+        maps = _image(workdir / "mistakes_gradcam.png", "Grad-CAM maps of the worst mistakes")
+        if maps:
+            parts += ['<h3 id="gradcam">Where the network looked (Grad-CAM)</h3><p class="note">Each mistake with '
+                      "the Grad-CAM map of its true class (middle) and of the class predicted (right): red where "
+                      "the evidence for that class lies.</p>", maps]
     first = _image(workdir / "predictions.png", "predictions")
     if first:
         parts += ["<h3>The first examples of the split</h3>", first]
@@ -191,6 +197,24 @@ def _predict_results(workdir: Path) -> tuple[str, str, str] | None:
     return _section("predict", "--mode=predict (top 3 of each image)", _table(["image", "classes"], rows) + note)
 
 
+def _lr_find(workdir: Path) -> tuple[str, str, str] | None:
+    result = _read_json(workdir / "lr_find.json")
+    if not isinstance(result, dict) or not result.get("rates"):
+        return None
+    found = result.get("suggestions") or {}
+    rows = [(label, "-" if found.get(key) is None else f"{found[key]:.3g}")
+            for key, label in (("steepest", "steepest descent of the smoothed loss"),
+                               ("minimum", "lowest smoothed loss"), ("minimum_over_10", "lowest / 10 (suggested)"))]
+    settings = result.get("settings") or {}
+    note = (f'<p class="note">{len(result["rates"])} steps of {html.escape(str(result.get("optimizer", "")))}, '
+            f'batch {result.get("batch_size", "-")}, the rate growing geometrically from '
+            f'{settings.get("min_lr", result["rates"][0]):g} to {settings.get("max_lr", result["rates"][-1]):g}; '
+            f'{html.escape(str(result.get("stopped", "")))}. Pick a rate where the loss still falls steeply, '
+            "before its minimum.</p>")
+    figure = _image(workdir / "lr_find.png", "smoothed loss against the learning rate") or ""
+    return _section("lr-find", "Learning-rate range test (--mode=lr_find)", note + figure + _table(["", "rate"], rows))
+
+
 def _plan(plan: Sequence[str] | None) -> tuple[str, str, str]:
     body = f"<pre>{html.escape(chr(10).join(plan))}</pre>" if plan else _missing("config.json")
     return _section("learning-rate", "Learning-rate plan", body)
@@ -233,7 +257,7 @@ def build_report(workdir: str | os.PathLike, plan: Sequence[str] | None = None) 
         candidates = [_ablation(root), _config(root, info), _environment(info)]
     else:
         candidates = [_results(root), _curves(root), _per_class(root), _confusion(root), _predictions(root),
-                      _checkpoints(root), _predict_results(root), _plan(plan), _config(root, info),
+                      _checkpoints(root), _predict_results(root), _lr_find(root), _plan(plan), _config(root, info),
                       _environment(info)]
     sections = [s for s in candidates if s is not None]
     nav = "".join(f'<a href="#{anchor}">{html.escape(title)}</a>' for anchor, title, _ in sections)

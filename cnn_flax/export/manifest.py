@@ -17,7 +17,8 @@ from cnn_flax.errors import UserError
 MANIFEST = "export.json"
 LABELS = "labels.txt"
 # The artifact of each runtime, relative to the export folder (a folder means every file in it).
-ARTIFACTS = {"jax": "model.jax", "saved_model": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite"}
+ARTIFACTS = {"jax": "model.jax", "saved_model": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite",
+             "safetensors": "model.safetensors"}
 
 
 def sha256(path: str) -> str:

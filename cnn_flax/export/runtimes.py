@@ -8,6 +8,7 @@ against its sha256 first), never a config, checkpoint or dataset.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import warnings
 from collections.abc import Callable
@@ -94,15 +95,44 @@ def _onnx(path: str) -> Callable[[np.ndarray], np.ndarray]:
     return lambda images: session.run(["probabilities"], {"images": images})[0]
 
 
-def _tflite(path: str) -> Callable[[np.ndarray], np.ndarray]:
+# Where TensorFlow Lite's interpreter comes from, preferred first: LiteRT (the ai-edge-litert package, which
+# TensorFlow's notes name as tf.lite.Interpreter's successor) when installed, else TensorFlow's own.
+TFLITE_INTERPRETERS = ("litert", "tensorflow")
+
+
+def litert_installed() -> bool:
+    return importlib.util.find_spec("ai_edge_litert") is not None
+
+
+def tflite_interpreter_class(kind: str | None = None) -> type:
+    """The Interpreter class of `kind` ("litert" or "tensorflow"); None: LiteRT where installed, else TensorFlow."""
+    kind = kind or ("litert" if litert_installed() else "tensorflow")
+    if kind == "litert":
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise UserError("the LiteRT interpreter needs the ai-edge-litert package; pip install ai-edge-litert "
+                            "(or 'cnn_flax[export]')") from None
+        return Interpreter
+    if kind == "tensorflow":
+        from cnn_flax.tensorflow_cpu import import_tensorflow
+
+        tf = import_tensorflow()
+        with warnings.catch_warnings():  # tf.lite.Interpreter announces its move to ai_edge_litert when used
+            warnings.simplefilter("ignore", UserWarning)
+            return tf.lite.Interpreter
+    raise UserError(f"TFLite interpreter {kind!r} is not known; use one of {', '.join(TFLITE_INTERPRETERS)}")
+
+
+def load_tflite(path: str, kind: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """model.tflite's signature as uint8 images -> probabilities, run by the interpreter of `kind`."""
     from cnn_flax.console import native_stderr_silenced
     from cnn_flax.export.saved_model import SIGNATURE
-    from cnn_flax.tensorflow_cpu import import_tensorflow
 
-    tf = import_tensorflow()
-    with warnings.catch_warnings():  # tf.lite.Interpreter announces its move to the ai_edge_litert package
+    interpreter_class = tflite_interpreter_class(kind)
+    with warnings.catch_warnings():  # TensorFlow's interpreter warns of its deprecation when constructed
         warnings.simplefilter("ignore", UserWarning)
-        interpreter = tf.lite.Interpreter(model_path=path)
+        interpreter = interpreter_class(model_path=path)
     runner = interpreter.get_signature_runner(SIGNATURE)
     # The first call prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." from native code: made
     # here, silenced, on zeros of the stored shape; later calls resize the batch as they need.
@@ -110,6 +140,10 @@ def _tflite(path: str) -> Callable[[np.ndarray], np.ndarray]:
     with native_stderr_silenced():
         runner(images=np.zeros(stored["shape"], np.uint8))
     return lambda images: runner(images=images)["probabilities"]
+
+
+def _tflite(path: str) -> Callable[[np.ndarray], np.ndarray]:
+    return load_tflite(path)
 
 
 _LOADERS: dict[str, Callable[[str], Any]] = {"jax": _jax, "saved_model": _saved_model, "onnx": _onnx,

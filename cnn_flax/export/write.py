@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from cnn_flax.atomic import partial_path, remove_stale_partials
 from cnn_flax.errors import UserError
 from cnn_flax.export import manifest
 from cnn_flax.export.function import InferenceFunction
+from cnn_flax.export.hub_folder import write_hub_files
 from cnn_flax.export.jax_program import PLATFORMS, export_jax_program
 from cnn_flax.export.onnx import EXTRA_HINT, OnnxUnsupported, export_onnx, onnx_available
 
@@ -48,8 +49,13 @@ def check_images(function: InferenceFunction, count: int = 2) -> np.ndarray:
 
 
 def write_export(function: InferenceFunction, directory: str, class_names: Sequence[str], facts: dict[str, Any],
-                 onnx: Any = "auto", tflite: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Write the export folder `directory`; returns its manifest (the content of export.json)."""
+                 onnx: Any = "auto", tflite: bool = False, overwrite: bool = False,
+                 variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write the export folder `directory`; returns its manifest (the content of export.json).
+
+    With `variables` (the run's, all of them), the folder is also a Hugging Face model repository:
+    model.safetensors, config.json and a README.md model card (hub_folder).
+    """
     check_destination(directory, overwrite)
     onnx = onnx_choice(onnx)
     if onnx == "yes" and not onnx_available():
@@ -66,6 +72,9 @@ def write_export(function: InferenceFunction, directory: str, class_names: Seque
     os.makedirs(partial)
     try:
         formats, notes, failed = _write_formats(function, partial, onnx, tflite)
+        if variables is not None:
+            write_hub_files(partial, variables, {**facts, "input_shape": function.input_shape}, class_names)
+            formats["safetensors"] = manifest.ARTIFACTS["safetensors"]
         manifest.write_labels(partial, class_names)
         written = manifest.write_manifest(partial, {
             **facts, "inputs": {"images": f"uint8 [N, {', '.join(map(str, function.input_shape))}]"},

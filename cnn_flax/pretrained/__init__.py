@@ -1,7 +1,9 @@
-"""Weight files of other frameworks in our Flax models: Keras's .h5 files (the book's and the ImageNet VGGs).
+"""Weight files of other frameworks in our Flax models: Keras's .h5 files (the book's and the ImageNet VGGs),
+torchvision's and timm's VGG files (.pth, .safetensors), our own safetensors, and Hub repositories of them.
 
-Nothing here imports Keras or TensorFlow: the weight files are read with h5py, so the published .h5
-files are all a run needs.
+Nothing here imports Keras, TensorFlow or PyTorch, and no file's content ever runs: .h5 files are read
+with h5py, .pth pickles by an unpickler that builds only tensors (torch_pickle), safetensors as a header
+and bytes. `weight_files.load_weight_file` picks the reader for a source.
 """
 
 from cnn_flax.data.sources.imagenet_classes import imagenet_class_names

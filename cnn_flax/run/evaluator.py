@@ -6,11 +6,14 @@ a checkpoint read back by `--mode=evaluate`, Keras weights given as `init_from`,
 weights kept beside training.
 """
 
+import logging
+import os
 from typing import Any
 
 import ml_collections
 import numpy as np
 
+from cnn_flax.errors import UserError
 from cnn_flax.evaluation import rank_accuracies, write_evaluation
 from cnn_flax.evaluation.mistakes import WorstMistakes, write_mistakes
 from cnn_flax.run.engine import Engine
@@ -18,6 +21,7 @@ from cnn_flax.training.metrics import EvalMetrics
 from cnn_flax.training.step import cross_entropy, make_eval_step, make_predict_step
 from cnn_flax.training.workdir import RunFiles
 
+log = logging.getLogger("cnn_flax")
 Variables = dict[str, Any]
 SHOWN_IMAGES = 25  # the grid of predictions.png
 
@@ -78,7 +82,7 @@ class Evaluator:
     def scores(self, variables: Variables, split: str) -> dict[str, float]:
         """Loss and rank-1/rank-5 accuracy of `split`, computed on the host from every example's logits."""
         logits, labels, _ = self.predictions(variables, split)
-        return dict(loss=_mean_loss(logits, labels), **rank_accuracies(logits, labels))
+        return split_scores(logits, labels)
 
     def report(self, variables: Variables, files: RunFiles, averaged: Variables | None = None) -> dict[str, Any]:
         """The evaluation files of eval_split and their metrics: of `variables`, with config.tta also of their
@@ -102,15 +106,45 @@ class Evaluator:
                     images=None if prefix else images, loss=_mean_loss(logits, labels), prefix=prefix)
                 if worst is not None:
                     write_mistakes(files.workdir, worst, experiment.class_names, self._file_names(split))
+                    self._mistake_maps(weights, worst, files)
         if "ema_" in results:
             results["plain"].update({f"ema_{k}": results["ema_"][k] for k in ("rank1", "rank5", "loss")})
             files.write_json("metrics.json", results["plain"])
         return results.get("plain", {})
 
+    def _mistake_maps(self, variables: Variables, worst: WorstMistakes, files: RunFiles) -> None:
+        """mistakes_gradcam.png: the worst mistakes with the Grad-CAM maps of their true and predicted class.
+
+        Computed on process 0 alone from a host copy of the weights; a model Grad-CAM cannot explain (no
+        convolution, no class scores) leaves a note in the log instead of failing the run.
+        """
+        from cnn_flax.run.gradcam import GradCam, write_mistake_maps
+
+        config, experiment = self.engine.config, self.engine.experiment
+        path = files.path("mistakes_gradcam.png")
+        count = int(config.gradcam.mistakes)
+        if count <= 0 or not len(worst.index):
+            if os.path.exists(path):
+                os.remove(path)  # an earlier evaluation's maps would no longer be true
+            return
+        try:
+            cam = GradCam(experiment.model, self.engine.parallel.fetch(variables),
+                          lambda images: self.engine.preprocess(images, None), experiment.input_shape,
+                          config.gradcam.layer, batch_size=max(1, min(count, 32)))
+        except UserError as error:
+            log.warning("report.html: no Grad-CAM maps of the worst mistakes (%s)", error)
+            return
+        write_mistake_maps(cam, worst, experiment.class_names, path, count)
+
     def _file_names(self, split: str) -> list[str] | None:
         """The file of each example of `split` in order, for sources that know them (folder datasets)."""
         image_paths = getattr(self.engine.experiment.source, "image_paths", None)
         return None if image_paths is None else list(image_paths(split))
+
+
+def split_scores(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Loss and rank-1/rank-5 accuracy from every example's logits, as metrics.json states them."""
+    return dict(loss=_mean_loss(logits, labels), **rank_accuracies(logits, labels))
 
 
 def _mean_loss(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -174,19 +174,21 @@ def setup_parallel(config: ml_collections.ConfigDict):
 
 
 def initial_variables(experiment: Experiment) -> dict[str, Any]:
-    """Fresh weights from config.seed, or the weights named by config.init_from."""
+    """Fresh weights from config.seed, or the weights named by config.init_from (a weight file of Keras,
+    torchvision or our own safetensors, a Hub repository, or an Orbax checkpoint of another run)."""
     variables = init_variables(experiment.model, jax.random.key(experiment.config.seed), experiment.input_shape)
     source = experiment.config.init_from
     if not source:
         return variables
-    if not os.path.exists(source):
-        raise UserError(f"init_from={source!r} does not exist; give a Keras .h5 file or an Orbax checkpoint folder")
-    if is_keras_file(source):
-        from cnn_flax.pretrained import load_keras_weights
+    from cnn_flax.pretrained.weight_files import is_weight_file, load_weight_file
 
-        log.info("Initialising from Keras weights %s", source)
-        return load_keras_weights(source, experiment.model, variables, experiment.input_shape,
-                                  skip=_init_skip(experiment.config))
+    if is_weight_file(source):
+        log.info("Initialising from the weights of %s", source)
+        return load_weight_file(source, experiment.model, variables, experiment.input_shape,
+                                skip=_init_skip(experiment.config))
+    if not os.path.exists(source):
+        raise UserError(f"init_from={source!r} does not exist; give a weight file (.h5, .pth, .safetensors), "
+                        "hf://user/name, or an Orbax checkpoint folder")
     try:
         return load_variables(source, variables)
     except UserError as error:

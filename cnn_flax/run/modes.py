@@ -16,9 +16,10 @@ from cnn_flax.evaluation import epoch_table, write_evaluation
 from cnn_flax.models import init_variables
 from cnn_flax.models.summary import summary_text
 from cnn_flax.run.evaluator import Evaluator
-from cnn_flax.run.experiment import build_experiment, initial_variables, optimizer_plan
+from cnn_flax.run.experiment import build_experiment, optimizer_plan
+from cnn_flax.run.load import open_run, run_variables
 from cnn_flax.run.report_page import write_run_report
-from cnn_flax.training.checkpoint import Checkpoints, load_variables
+from cnn_flax.training.checkpoint import Checkpoints
 from cnn_flax.training.workdir import RunFiles
 
 log = logging.getLogger("cnn_flax")
@@ -61,31 +62,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = 
                         "trained with")
     evaluator, files = Evaluator.from_config(config), RunFiles(workdir)
     experiment = evaluator.engine.experiment
-    template = jax.eval_shape(lambda: init_variables(experiment.model, jax.random.key(0), experiment.input_shape))
-    checkpoints = Checkpoints(files.checkpoints)
-    try:
-        epochs = checkpoints.saved_epochs()
-        if checkpoint == "all":
+    if checkpoint == "all":
+        template = jax.eval_shape(lambda: init_variables(experiment.model, jax.random.key(0),
+                                                         experiment.input_shape))
+        checkpoints = Checkpoints(files.checkpoints)
+        try:
             rows = _evaluate_every_epoch(evaluator, checkpoints, template, files)
-            write_run_report(workdir, "evaluate", config)
-            return rows
-        if checkpoint == "latest":
-            if epochs:
-                variables = checkpoints.restore_variables(epochs[-1], template, config.ema_eval)
-            elif config.init_from:
-                if config.ema_eval:
-                    raise UserError("ema_eval (--ema): init_from weights carry no moving average; evaluate a "
-                                    "checkpoint of this workdir or drop --ema")
-                variables = initial_variables(experiment)
-            else:
-                raise UserError(f"no checkpoint in {checkpoints.directory} and no init_from; train first or set "
-                                "--config.init_from")
-        elif checkpoint.isdigit():
-            variables = checkpoints.restore_variables(int(checkpoint), template, config.ema_eval)
-        else:
-            raise UserError(f"--checkpoint={checkpoint!r}: use latest, all or an epoch number")
-    finally:
-        checkpoints.close()
+        finally:
+            checkpoints.close()
+        write_run_report(workdir, "evaluate", config)
+        return rows
+    variables, _ = run_variables(config, workdir, experiment, checkpoint, config.ema_eval)
     results = evaluator.report(evaluator.on_devices(variables), files)
     if files.is_writer:
         print(f"{config.eval_split}: rank-1 {results['rank1']:.4f}  rank-5 {results['rank5']:.4f}  "
@@ -115,44 +102,36 @@ def _evaluate_every_epoch(evaluator: Evaluator, checkpoints: Checkpoints, templa
     return {"epochs": rows}
 
 
-def _inference_variables(config: ml_collections.ConfigDict, workdir: str, experiment) -> dict[str, Any]:
-    """The latest checkpoint of the workdir if there is one, else the weights of init_from."""
-    directory = RunFiles(workdir).checkpoints
-    if os.path.isdir(directory) and Checkpoints(directory).saved_epochs():
-        template = jax.eval_shape(lambda: init_variables(experiment.model, jax.random.key(0), experiment.input_shape))
-        return load_variables(workdir, template, ema=config.ema_eval)
-    if config.init_from:
-        if config.ema_eval:
-            raise UserError("ema_eval (--ema): init_from weights carry no moving average; drop --ema")
-        return initial_variables(experiment)
-    raise UserError(f"no checkpoint in {directory} and no init_from; train first or set --config.init_from")
-
-
-def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -> list[dict[str, Any]]:
+def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str],
+            gradcam: bool = False) -> list[dict[str, Any]]:
     """Top-5 classes of image files and of every image under folders, into predictions.json and .csv.
 
-    Keras's 'caffe' preprocessing and ImageNet's class names for ImageNet configs; a folder dataset's class
-    names (and the decoding its prepare used) for folder configs.
+    Keras's 'caffe' (or torchvision's) preprocessing and ImageNet's class names for ImageNet configs; a folder
+    dataset's class names (and the decoding its prepare used) for folder configs. With `gradcam`, also an overlay
+    per image of the Grad-CAM map of its predicted class, in WORKDIR/gradcam/<image stem>_cam.png (gradcam.json
+    lists them).
     """
-    from cnn_flax.data import make_preprocess
-    from cnn_flax.run.predict import image_decoding, image_files, image_loader, model_probabilities, predict_files
+    from cnn_flax.run.predict import image_decoding, image_files, image_loader, predict_files
 
     files = image_files(paths)
-    caffe = config.data.normalize == "caffe"
-    experiment = build_experiment(config, need_data=not caffe or config.data.name == "folder")
-    variables = _inference_variables(config, workdir, experiment)
-    if caffe and experiment.info is None:
-        from cnn_flax.pretrained import caffe_preprocess, imagenet_class_names
+    run = open_run(config, workdir, ema=config.ema_eval)
+    load = image_loader(image_decoding(config.data), run.input_shape[:2])
+    if gradcam:  # a layer that does not exist is reported before any image is classified
+        from cnn_flax.run.gradcam import GradCam
 
-        preprocess = caffe_preprocess
-        names = imagenet_class_names() if experiment.model_config.get("num_classes") == 1000 else experiment.class_names
-    else:
-        data_preprocess = make_preprocess(config.data, experiment.info)
-        preprocess = lambda images: data_preprocess(images, None)  # noqa: E731
-        names = experiment.class_names
-    load = image_loader(image_decoding(config.data), experiment.input_shape[:2])
-    return predict_files(model_probabilities(experiment.model, variables, preprocess), files, load, names,
-                         workdir, batch_size=config.batch_size, write=RunFiles(workdir).is_writer)
+        cam = GradCam(run.model, run.variables, run.preprocess, run.input_shape, config.gradcam.layer,
+                      batch_size=min(config.batch_size, 32))
+    results = predict_files(run.probabilities(), files, load, run.class_names,
+                            workdir, batch_size=config.batch_size, write=RunFiles(workdir).is_writer)
+    if gradcam and RunFiles(workdir).is_writer:
+        from cnn_flax.run.gradcam import write_overlays
+
+        written = write_overlays(cam, load, [row["image"] for row in results],
+                                 [row["top5"][0]["index"] for row in results], os.path.join(workdir, "gradcam"),
+                                 run.class_names)
+        log.info("Grad-CAM maps (layer %s) of %d images in %s", cam.layer, len(written),
+                 os.path.join(workdir, "gradcam"))
+    return results
 
 
 __all__ = ["evaluate", "predict", "prepare", "summary", "write_evaluation"]

@@ -23,7 +23,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from cnn_flax.atomic import atomic_file
 from cnn_flax.data.augment.recipes import make_mixing
+from cnn_flax.data.dataset import INFO_FILE, MEAN_IMAGE_FILE, DatasetInfo, info_record
 from cnn_flax.errors import UserError
 from cnn_flax.models import init_variables
 from cnn_flax.run.engine import Engine
@@ -157,6 +159,7 @@ def fit(trainer: Trainer, files: RunFiles, reporter: Reporter, hooks: Sequence[H
     if files.is_writer:
         os.makedirs(files.workdir, exist_ok=True)
     files.write_json("config.json", config.to_dict())
+    write_dataset_facts(files, trainer.experiment.info)
     checkpoints = Checkpoints(files.checkpoints, config.keep_checkpoints or None,
                               check=lambda meta: trainer.check_same_run(meta, files.workdir))
     try:
@@ -172,6 +175,15 @@ def fit(trainer: Trainer, files: RunFiles, reporter: Reporter, hooks: Sequence[H
             return run_epochs(trainer, loop, [*own, *hooks])
     finally:
         checkpoints.close()
+
+
+def write_dataset_facts(files: RunFiles, info: DatasetInfo | None) -> None:
+    """dataset.json and mean_image.npy: what prediction needs of the data, for a workdir without it (load_run)."""
+    if info is None or not files.is_writer:
+        return
+    files.write_json(INFO_FILE, info_record(info))
+    with atomic_file(files.path(MEAN_IMAGE_FILE), binary=True) as handle:
+        np.save(handle, np.asarray(info.mean_image, np.float32), allow_pickle=False)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:

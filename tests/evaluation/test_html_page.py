@@ -84,3 +84,30 @@ def test_an_ablation_page_compares_the_variants_and_links_their_pages(tmp_path):
     assert '<td><a href="baseline/report.html">baseline</a></td><td>80.00%</td>' in page
     assert '<td><a href="elu/report.html">elu</a></td><td>85.00%</td>' in page and "activation=elu" in page
     assert page.count("data:image/png;base64,") == 1
+
+
+def test_the_lr_find_sweep_and_the_grad_cam_maps_get_their_places(tmp_path):
+    root = tmp_path / "run"
+    _run_workdir(root)
+    _png(root / "mistakes_gradcam.png", 200)
+    _png(root / "lr_find.png", 220)
+    _write(root / "lr_find.json", {"rates": [1e-7, 1e-4, 0.1], "losses": [2.3, 2.0, None], "smoothed": [2.3, 2.1, 9.9],
+                                   "suggestions": {"steepest": 1.26e-4, "minimum": 0.0316, "minimum_over_10": 0.00316},
+                                   "suggested": 0.00316, "stopped": "diverged at step 3",
+                                   "settings": {"min_lr": 1e-7, "max_lr": 10.0}, "optimizer": "sgd (lr 0.01)",
+                                   "batch_size": 32})
+    page = _page(build_report(root))
+    assert re.findall(r'<section id="([^"]+)"', page) == ["results", "curves", "per-class", "confusion-matrix",
+                                                          "predictions", "lr-find", "learning-rate", "config",
+                                                          "environment"]
+    section = re.search(r'<section id="lr-find">.*?</section>', page).group(0)
+    assert "3 steps of sgd (lr 0.01), batch 32, the rate growing geometrically from 1e-07 to 10; diverged at " \
+           "step 3" in section
+    assert re.findall(r"<tr><td>([^<]+)</td><td>([^<]+)</td></tr>", section) == [
+        ("steepest descent of the smoothed loss", "0.000126"), ("lowest smoothed loss", "0.0316"),
+        ("lowest / 10 (suggested)", "0.00316")]
+    assert 'alt="smoothed loss against the learning rate"' in section
+    predictions = re.search(r'<section id="predictions">.*?</section>', page).group(0)
+    # The maps follow the worst mistakes' figure and table.
+    assert predictions.index('alt="worst mistakes"') < predictions.index('id="gradcam"') < predictions.index(
+        'alt="Grad-CAM maps of the worst mistakes"')

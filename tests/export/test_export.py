@@ -30,6 +30,7 @@ from cnn_flax.data.dataset import DatasetInfo
 from cnn_flax.errors import UserError
 from cnn_flax.export import load_jax, open_export
 from cnn_flax.export.function import build_inference_function, inference_variables
+from cnn_flax.export.runtimes import TFLITE_INTERPRETERS, litert_installed, load_tflite, tflite_interpreter_class
 from cnn_flax.export.write import write_export
 from cnn_flax.models import create_model, init_traced
 from cnn_flax.run import modes
@@ -185,7 +186,8 @@ def test_every_format_agrees_with_the_flax_model(separate_process, config_name):
         assert result["outputs"] == OUTPUTS[runtime], (runtime, result)
     # TFLite stores batch 1 with a resizable batch dimension; the checks above resized it to 3.
     size = FAMILIES[config_name].size if config_name in FAMILIES else 16
-    assert results["tflite"]["input"] == {"shape": [1, size, size, 3], "shape_signature": [-1, size, size, 3]}
+    assert results["tflite"]["input"] == {"shape": [1, size, size, 3], "shape_signature": [-1, size, size, 3],
+                                          "interpreter": "ai_edge_litert" if litert_installed() else "tensorflow"}
 
 
 def test_the_checking_process_never_loaded_cnn_flax_or_flax(separate_process):
@@ -206,7 +208,7 @@ def test_export_json_describes_the_folder(trained):
     with open(os.path.join(folder, "export.json")) as handle:
         assert json.load(handle) == manifest
     assert manifest["formats"] == {"jax": "model.jax", "saved_model": "saved_model", "onnx": "model.onnx",
-                                   "tflite": "model.tflite"}
+                                   "tflite": "model.tflite", "safetensors": "model.safetensors"}
     assert manifest["input_shape"] == [16, 16, 3]
     assert manifest["class_names"] == [str(i) for i in range(10)]
     assert manifest["normalization"] == {"method": "scale"}
@@ -300,7 +302,7 @@ def test_export_from_keras_weights_gives_keras_predictions(tmp_path):
     assert config.data.normalize == "scale"  # the Keras side below divides by 255 for it
     manifest = export_run(config, str(tmp_path / "run"))
     assert manifest["source"] == {"init_from": weights}
-    assert manifest["formats"] == {"jax": "model.jax", "saved_model": "saved_model"}
+    assert manifest["formats"] == {"jax": "model.jax", "saved_model": "saved_model", "safetensors": "model.safetensors"}
     images = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
     keras_probabilities = network.predict(images.astype(np.float32) / 255.0, verbose=0)
     assert np.max(keras_probabilities) < 0.999 and np.min(np.max(keras_probabilities, axis=1)) > 0.2
@@ -374,6 +376,48 @@ def test_overwrite_replaces_tflite_runs_and_a_damaged_model_onnx_is_refused(tiny
         predict_from_export(folder, [image], runtime="onnx")
 
 
+def _interpreter(kind: str) -> str:
+    """`kind`, or a skip where the LiteRT package is not installed (TensorFlow's interpreter always is)."""
+    if kind == "litert" and not litert_installed():
+        pytest.skip("ai-edge-litert is not installed (pip install 'cnn_flax[export]')")
+    return kind
+
+
+@pytest.mark.parametrize("kind", TFLITE_INTERPRETERS)
+def test_each_tflite_interpreter_runs_the_export_like_jax(tiny_export, kind):
+    run = load_tflite(os.path.join(tiny_export, "model.tflite"), _interpreter(kind))
+    reference = open_export(tiny_export, "jax").probabilities
+    for batch in (1, 5, 2):  # the stored batch is 1: each call resizes the input
+        images = np.random.default_rng(batch).integers(0, 256, (batch, 4, 4, 3), dtype=np.uint8)
+        got = run(images)
+        assert got.shape == (batch, 3) and got.dtype == np.float32
+        np.testing.assert_allclose(got, reference(images), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", TFLITE_INTERPRETERS)
+def test_each_tflite_interpreter_predicts_the_trained_run_like_flax(trained, kind):
+    config, workdir, _, images, paths = trained
+    run = load_tflite(os.path.join(workdir, "export", "model.tflite"), _interpreter(kind))
+    from_run = modes.predict(config, workdir, paths)
+    got = run(images)
+    assert [int(i) for i in np.argmax(got, axis=1)] == [r["top5"][0]["index"] for r in from_run]
+    np.testing.assert_allclose(np.max(got, axis=1), [r["top5"][0]["prob"] for r in from_run], atol=1e-5)
+
+
+def test_litert_is_preferred_where_installed_and_tensorflow_serves_otherwise(monkeypatch):
+    import cnn_flax.export.runtimes as runtimes
+
+    if litert_installed():
+        assert tflite_interpreter_class().__module__.startswith("ai_edge_litert")
+    monkeypatch.setattr(runtimes, "litert_installed", lambda: False)
+    assert tflite_interpreter_class().__module__.startswith("tensorflow")
+    with pytest.raises(UserError, match="TFLite interpreter 'tflm' is not known; use one of litert, tensorflow"):
+        tflite_interpreter_class("tflm")
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # as if the package were absent
+    with pytest.raises(UserError, match=r"needs the ai-edge-litert package; pip install ai-edge-litert"):
+        tflite_interpreter_class("litert")
+
+
 def test_onnx_required_without_the_extra_is_one_line(tmp_path, monkeypatch):
     import cnn_flax.export.write as write
 
@@ -392,7 +436,7 @@ def test_a_model_without_classes_is_not_exported(tmp_path):
 
 
 def test_benchmark_prints_one_line_per_runtime(tiny_export, monkeypatch):
-    from cnn_flax.export import benchmark
+    from cnn_flax.bench import export as benchmark
 
     monkeypatch.setattr(benchmark, "MIN_SECONDS", 0.02)  # the lines, not the figures, are under test
     lines = benchmark.benchmark_export(tiny_export, batches=(1, 4)).splitlines()

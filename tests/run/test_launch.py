@@ -76,6 +76,10 @@ def test_summary_through_the_command_line_shows_plan():
      "model.name='resnet' is not known; use one of minivgg"),
     (["--config", "configs/quickstart.py", "--config.model.activation=gelu", "--mode=summary"],
      "model.activation='gelu' is not known; use one of relu, elu"),
+    (["--config", "configs/quickstart.py", "--mode=lr_find", "--config.lr_find.steps=1"],
+     "lr_find.steps=1 must be at least 2"),
+    (["--mode=predict", "--export_dir=runs/none/export", "--images=a.png", "--gradcam"],
+     "--gradcam needs the model's layers: predict with --config"),
 ])
 def test_bad_input_gives_one_line_and_non_zero_exit(args, message):
     result = launch(*args)

@@ -109,7 +109,7 @@ def test_evaluate_every_saved_epoch(uninterrupted, capsys):
     assert os.path.exists(os.path.join(workdir, "checkpoints_evaluation.txt"))
     single = modes.evaluate(tiny_config(num_epochs=4), workdir, "2")
     assert single["rank1"] == pytest.approx(result["epochs"][1]["rank1"])
-    with pytest.raises(UserError, match="no checkpoint for epoch 9 .* saved epochs: 1, 2, 3, 4"):
+    with pytest.raises(UserError, match=r"--checkpoint=9: no such epoch in .* \(saved: 1, 2, 3, 4\)"):
         modes.evaluate(tiny_config(num_epochs=4), workdir, "9")
 
 

@@ -6,9 +6,9 @@ SPEC.json lists cases {"name", "dir", "images" (.npy, uint8 [N, H, W, 3]), "expe
 model's float32 probabilities for those images), "batches"}. For each runtime whose artifact the folder
 holds, the images go through in each batch size; printed (JSON): per case and runtime, the largest
 difference from the expected probabilities, whether the top-5 agree and the seconds it took (loading and
-compiling included), and for TFLite the input's stored shape. Only TensorFlow (with its TFLite
-interpreter), onnxruntime and JAX are used, as docs/export.md shows; the last line checks that neither
-cnn_flax nor Flax was loaded.
+compiling included), and for TFLite the input's stored shape and the interpreter that read it. Only
+TensorFlow, LiteRT's TFLite interpreter (TensorFlow's where ai-edge-litert is not installed), onnxruntime
+and JAX are used, as docs/export.md shows; the last line checks that neither cnn_flax nor Flax was loaded.
 """
 
 import json
@@ -47,21 +47,31 @@ def onnx_runner(folder: str):
     return lambda images: {"probabilities": session.run(["probabilities"], {"images": images})[0]}
 
 
-def tflite_runner(folder: str):
-    """The signature runner resizes the input to each batch given (tf.lite.Interpreter.resize_tensor_input)."""
-    import tensorflow as tf
+def tflite_interpreter():
+    """LiteRT's interpreter (the ai-edge-litert package) where installed, else TensorFlow's, as the README says."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
 
-    runner = tf.lite.Interpreter(model_path=os.path.join(folder, "model.tflite")).get_signature_runner(
+        Interpreter = tf.lite.Interpreter  # noqa: N806 - a class
+    return Interpreter
+
+
+def tflite_runner(folder: str):
+    """The signature runner resizes the input to each batch given (Interpreter.resize_tensor_input)."""
+    runner = tflite_interpreter()(model_path=os.path.join(folder, "model.tflite")).get_signature_runner(
         "serving_default")
     return lambda images: runner(images=images)
 
 
 def tflite_input(folder: str) -> dict:
-    """The input's stored shape and its shape signature (-1: a dimension resizable at run time)."""
-    import tensorflow as tf
-
-    (detail,) = tf.lite.Interpreter(model_path=os.path.join(folder, "model.tflite")).get_input_details()
-    return {"shape": detail["shape"].tolist(), "shape_signature": detail["shape_signature"].tolist()}
+    """The input's stored shape and its shape signature (-1: a dimension resizable at run time), and which
+    interpreter read it."""
+    interpreter = tflite_interpreter()
+    (detail,) = interpreter(model_path=os.path.join(folder, "model.tflite")).get_input_details()
+    return {"shape": detail["shape"].tolist(), "shape_signature": detail["shape_signature"].tolist(),
+            "interpreter": interpreter.__module__.split(".")[0]}
 
 
 RUNNERS = {"jax": jax_runner, "saved_model": saved_model_runner, "onnx": onnx_runner, "tflite": tflite_runner}

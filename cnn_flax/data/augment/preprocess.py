@@ -14,12 +14,14 @@ import numpy as np
 
 from cnn_flax.data.augment.keras_affine import random_affine
 from cnn_flax.data.augment.recipes import MODERN_KEYS, modern_options
-from cnn_flax.data.constants import CAFFE_BGR_MEAN
+from cnn_flax.data.constants import CAFFE_BGR_MEAN, TORCHVISION_MEAN, TORCHVISION_STD
 from cnn_flax.data.dataset import DatasetInfo
 from cnn_flax.defaults import base_data_config, with_defaults
 from cnn_flax.errors import UserError
 
-NORMALIZE_METHODS = ("scale", "mean_image", "mean_rgb", "caffe", "none")
+NORMALIZE_METHODS = ("scale", "mean_image", "mean_rgb", "caffe", "torchvision", "none")
+# The preprocessings of published ImageNet weights, which need no statistics of the run's own data.
+IMAGENET_NORMALIZATIONS = ("caffe", "torchvision")
 
 
 def caffe_preprocess(images: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
@@ -34,7 +36,7 @@ def caffe_preprocess(images: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
 
 def normalize(images: jax.Array, method: str, info: DatasetInfo) -> jax.Array:
     """float32 images: /255 ('scale'), minus the train mean image or mean RGB (pixel scale), Keras's VGG
-    'caffe' (BGR minus ImageNet means), or as is."""
+    'caffe' (BGR minus ImageNet means), torchvision's ImageNet mean and deviation ('torchvision'), or as is."""
     x = jnp.asarray(images).astype(jnp.float32)
     if method == "scale":
         return x / 255.0
@@ -44,6 +46,9 @@ def normalize(images: jax.Array, method: str, info: DatasetInfo) -> jax.Array:
         return x - jnp.asarray(info.mean_rgb, jnp.float32)
     if method == "caffe":
         return caffe_preprocess(x)
+    if method == "torchvision":
+        mean = jnp.asarray(TORCHVISION_MEAN, jnp.float32)
+        return (x / 255.0 - mean) / jnp.asarray(TORCHVISION_STD, jnp.float32)
     if method == "none":
         return x
     raise UserError(f"data.normalize={method!r} is unknown; use one of {', '.join(NORMALIZE_METHODS)}")
