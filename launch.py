@@ -55,11 +55,33 @@ def _start_distributed() -> None:
     import jax
 
     if FLAGS.coordinator_address:
+        from cnn_flax.run.supervisor import HEARTBEAT_SECONDS
+
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only used where devices are CPUs
         jax.distributed.initialize(FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
-                                   process_id=FLAGS.process_id)
+                                   process_id=FLAGS.process_id, heartbeat_timeout_seconds=HEARTBEAT_SECONDS)
     elif any(key in os.environ for key in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "MEGASCALE_COORDINATOR_ADDRESS")):
         jax.distributed.initialize()
+
+
+def _workdir() -> str:
+    return FLAGS.workdir or os.path.join("runs", FLAGS.config.name if FLAGS.config is not None else "")
+
+
+def _supervise() -> None:
+    """Multi-host (--coordinator_address): a lost process ends the others with one line (cnn_flax.run.supervisor)."""
+    if not FLAGS.coordinator_address or (FLAGS.num_processes or 1) < 2:
+        return
+    from cnn_flax.console import log_file_name
+    from cnn_flax.run import supervisor
+
+    def describe_loss(lost: list[int]) -> str:
+        resume = None
+        if FLAGS.mode == "train" and FLAGS.config is not None:
+            resume = supervisor.continues_from(os.path.join(_workdir(), "checkpoints"), FLAGS.config.num_epochs)
+        return supervisor.loss_line(lost, FLAGS.num_processes, resume)
+
+    supervisor.supervise(describe_loss, os.path.join(_workdir(), log_file_name(FLAGS.process_id or 0)), FLAGS.verbose)
 
 
 def _train(config, workdir: str) -> None:
@@ -220,6 +242,7 @@ def _quiet_unraisable(unraisable: "sys.UnraisableHookArgs") -> None:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    _supervise()  # before JAX starts: it forks
     from cnn_flax.console import configure_logging, quiet_native_start
 
     terminal = configure_logging(FLAGS.verbose)  # warnings on the terminal; the full log in WORKDIR/log.txt
@@ -245,6 +268,12 @@ def main(argv: list[str]) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if FLAGS.coordinator_address:
+            from cnn_flax.run.supervisor import exit_if_peer_lost
+
+            exit_if_peer_lost(error)  # leaves the process when another one is gone
+        raise
 
 
 if __name__ == "__main__":

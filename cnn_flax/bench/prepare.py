@@ -31,6 +31,7 @@ def write_photos(root: str, count: int, width: int, height: int, classes: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cnn_flax.atomic import partial_path, remove_stale_partials
     from cnn_flax.data.sources.folder import build_folder
 
     parser = cli.parser(__doc__)
@@ -46,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
                        photo_height=int(height))
     root = os.path.join(args.dir, f"photos_{args.images}_{args.photo}")
     if not os.path.isdir(root):
-        write_photos(root + ".partial", args.images, int(width), int(height))
-        os.replace(root + ".partial", root)
+        remove_stale_partials(root)
+        partial = partial_path(root)
+        write_photos(partial, args.images, int(width), int(height))
+        os.replace(partial, root)
     out = os.path.join(args.dir, "prepared")
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()

@@ -1,9 +1,10 @@
 """An export folder from an inference function: every format, labels, export.json, written all or nothing.
 
 The folder is built under a temporary name beside its destination and renamed at the end, so an
-interrupted or failed export never leaves a folder that looks complete. ONNX is the one optional
-format: without the `[export]` extra, or for an operation ONNX cannot express, the other formats are
-still written and export.json says why model.onnx is absent.
+interrupted or failed export never leaves a folder that looks complete; the name says which process
+wrote it, so the next export removes what a killed one left (`cnn_flax.atomic.remove_stale_partials`).
+ONNX is the one optional format: without the `[export]` extra, or for an operation ONNX cannot express,
+the other formats are still written and export.json says why model.onnx is absent.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from cnn_flax.atomic import partial_path, remove_stale_partials
 from cnn_flax.errors import UserError
 from cnn_flax.export import manifest
 from cnn_flax.export.function import InferenceFunction
@@ -63,10 +65,10 @@ def write_export(function: InferenceFunction, directory: str, class_names: Seque
     if len(class_names) != num_classes:
         raise UserError(f"the model gives {num_classes} classes but {len(class_names)} class names were found; "
                         "set model.num_classes to match the data")
-    parent = os.path.dirname(os.path.abspath(directory))
-    os.makedirs(parent, exist_ok=True)
-    partial = os.path.join(parent, f".{os.path.basename(directory)}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
+    directory = os.path.abspath(directory)
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+    remove_stale_partials(directory)
+    partial = partial_path(directory)
     os.makedirs(partial)
     try:
         formats, notes, failed = _write_formats(function, partial, onnx, tflite)
@@ -123,10 +125,14 @@ def _write_formats(function: InferenceFunction, directory: str, onnx: str,
 
 
 def _replace(partial: str, directory: str) -> None:
-    """Put the finished folder in place; an old export (allowed by --overwrite) goes only once it is done."""
+    """Put the finished folder in place; an old export (allowed by --overwrite) goes only once it is done.
+
+    The old folder is first renamed to a temporary name of its own, so that a kill before it is removed
+    leaves it for the next export to remove, like the new folder's temporary.
+    """
     old = None
     if os.path.exists(directory):
-        old = f"{partial}.old"
+        old = partial_path(directory)
         os.rename(directory, old)
     os.rename(partial, directory)
     if old is not None:

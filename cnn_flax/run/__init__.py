@@ -10,4 +10,5 @@
   export       --mode=export: a run's weights into an export folder
   ablation     the deck's extensions trained side by side;  report_page: report.html from a workdir
   config_args  --config.KEY=VALUE checks made before absl parses them
+  supervisor   a multi-host run that loses a process: the others end with one line saying how to resume
 """

@@ -188,7 +188,20 @@ class Checkpoints:
         self.directory = directory
         self.check = check
         self.epochs = _manager(directory, "epoch", keep or None, best)
-        self.interrupted = _manager(os.path.join(directory, "interrupted"), "step", 1)
+        self._interrupted: ocp.CheckpointManager | None = None
+
+    @property
+    def interrupted(self) -> ocp.CheckpointManager:
+        """The manager of `interrupted/`, which exists only while it holds a checkpoint: a run that was never
+        stopped mid-epoch (or was killed before it could save) leaves no empty folder."""
+        if self._interrupted is None:
+            self._interrupted = _manager(os.path.join(self.directory, "interrupted"), "step", 1)
+        return self._interrupted
+
+    def _interrupted_steps(self) -> list[int]:
+        if self._interrupted is None and not os.path.isdir(os.path.join(self.directory, "interrupted")):
+            return []
+        return list(self.interrupted.all_steps())
 
     def save_epoch(self, epoch: int, state: Any, meta: dict[str, Any]) -> None:
         """`meta["metrics"]`, the epoch's history record, is also what the best-epoch policy ranks."""
@@ -301,7 +314,7 @@ class Checkpoints:
         a look, and out of the way of the run, which saves those epochs again.
         """
         candidates = [(self.epochs, n) for n in self.epochs.all_steps()]
-        candidates += [(self.interrupted, n) for n in self.interrupted.all_steps()]
+        candidates += [(self.interrupted, n) for n in self._interrupted_steps()]
         ordered, corrupt = [], []
         for manager, number in candidates:
             try:
@@ -350,7 +363,7 @@ class Checkpoints:
         it; process 0 moves the folders while the others wait, then all list the checkpoints again.
         """
         later = [n for n in self.epochs.all_steps() if n > epoch]
-        interrupted = list(self.interrupted.all_steps())
+        interrupted = self._interrupted_steps()
         moved = []
         if (later or interrupted) and jax.process_index() == 0:
             target = f"{self.directory}.set-aside-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -362,6 +375,7 @@ class Checkpoints:
         self._all_wait("cnn_flax: checkpoints set aside")
         if later or interrupted or jax.process_count() > 1:
             self.reload()
+        self._remove_empty_interrupted()
         return moved
 
     @staticmethod
@@ -374,15 +388,27 @@ class Checkpoints:
     def reload(self) -> None:
         """Re-read the folders (another process may have moved checkpoints since the managers listed them)."""
         self.epochs.reload()
-        self.interrupted.reload()
+        if self._interrupted is not None:
+            self._interrupted.reload()
 
     def clear_interrupted(self) -> None:
-        for number in self.interrupted.all_steps():
+        for number in self._interrupted_steps():
             self.interrupted.delete(number)
+        self._remove_empty_interrupted()
+
+    def _remove_empty_interrupted(self) -> None:
+        """`interrupted/` goes with its last checkpoint (Orbax's managers create their folder when opened)."""
+        if self._interrupted is not None:
+            self._interrupted.close()
+            self._interrupted = None
+        if jax.process_index() == 0:
+            with contextlib.suppress(OSError):  # not empty (a checkpoint, or Orbax's
+                os.rmdir(os.path.join(self.directory, "interrupted"))  # temporary of one): kept
 
     def close(self) -> None:
         self.epochs.close()
-        self.interrupted.close()
+        if self._interrupted is not None:
+            self._interrupted.close()
 
 
 def _flatten(tree: Any) -> list[tuple[tuple[str, ...], Any]]:

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+from repo_paths import ROOT
 from run_configs import tiny_config
 
 import cnn_flax
@@ -136,3 +137,22 @@ def test_to_nnx_and_load_model(trained, tmp_path):
         cnn_flax.load_model("resnet")
     with pytest.raises(UserError, match=r"inputs of shape \(3, 8, 8, 3\); the model takes \[N, 16, 16, 3\]"):
         model.logits(np.zeros((3, 8, 8, 3), np.float32))
+
+
+def test_the_readme_research_snippet_runs_on_a_trained_run(trained, monkeypatch):
+    """The README's Python block, as written, on a trained workdir: every public call it shows works."""
+    _, workdir, _, _ = trained
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = text[text.index("## In research code"):]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start:section.index("\n```", start)]
+    assert "runs/quickstart" in code and "load_run" in code and "load_model" in code
+    monkeypatch.chdir(ROOT)  # the snippet's image paths are the repository's samples
+    namespace: dict = {}
+    exec(compile(code.replace("runs/quickstart", workdir), "README.md", "exec"), namespace)  # noqa: S102
+    assert namespace["probs"].shape == (1, 10) and abs(float(namespace["probs"].sum()) - 1) < 1e-5
+    assert [entry["index"] for entry in namespace["top"][0]] == list(np.argsort(
+        -namespace["run"].predict(["docs/samples/digit_8.png"])[0], kind="stable")[:3])
+    assert namespace["maps"].shape[0] == 1
+    assert set(namespace["metrics"]) >= {"rank1", "rank5", "loss"}
+    assert namespace["logits"].shape == (2, 10)

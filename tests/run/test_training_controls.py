@@ -105,7 +105,7 @@ def test_best_weights_and_best_checkpoint(controlled):
     # it ties with epoch 1 for the best val_loss and, being newer, is the one keep_best=1 keeps (with the 2 newest).
     records = _history(workdir)
     assert records[-1]["val_loss"] < records[0]["val_loss"]  # epoch 4 scored better, but by less than min_delta
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["epoch_3", "epoch_4", "interrupted"]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["epoch_3", "epoch_4"]
     assert load_run(workdir, "best").epoch == 4 and load_run(workdir).epoch == 4
     on_val = with_overrides(config.copy_and_resolve_references(), {"eval_split": "val"})
     best = modes.evaluate(on_val, workdir, "best")

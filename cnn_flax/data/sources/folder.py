@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from cnn_flax.atomic import atomic_file
+from cnn_flax.atomic import atomic_file, remove_stale_partials
 from cnn_flax.data.dataset import SPLITS, DatasetInfo
 from cnn_flax.data.sources.folder_scan import FolderScan, check_root, class_folders, scan
 from cnn_flax.data.sources.hdf5 import HDF5Source
@@ -147,6 +147,8 @@ def build_folder(root: str, data_dir: str, *, image_size: int, resize: str = "as
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
     paths = {split: os.path.join(data_dir, f"{split}.hdf5") for split in SPLITS}
     wanted = recipe(root, image_size, resize, val_fraction, test_fraction, split_seed)
+    for path in paths.values():  # also of splits already written: a killed prepare may have left them
+        remove_stale_partials(path)
     todo = [s for s in SPLITS if overwrite or not os.path.isfile(paths[s])]
     for split in SPLITS:
         if split not in todo:

@@ -12,6 +12,7 @@ from types import TracebackType
 import h5py
 import numpy as np
 
+from cnn_flax.atomic import partial_path, remove_stale_partials
 from cnn_flax.data.dataset import one_line
 from cnn_flax.errors import UserError
 
@@ -28,6 +29,8 @@ def reprepare(path: str, problem: str) -> UserError:
 class SplitWriter:
     """Writes one split file under a temporary name and renames it only once every row is in.
 
+    The temporary name (`cnn_flax.atomic.partial_path`) lets the next prepare remove what a killed one left.
+
     With `at_most`, `num_rows` is an upper bound (files that turn out unreadable are left out) and the
     file is cut to the rows written when it closes.
     """
@@ -36,10 +39,11 @@ class SplitWriter:
                  at_most: bool = False):
         self.path, self.num_rows, self.image_shape, self.attrs = path, num_rows, image_shape, attrs
         self.at_most = at_most
-        self.tmp = f"{path}.partial-{os.getpid()}"
+        self.tmp = partial_path(path)
         self.rows_written = 0
 
     def __enter__(self) -> SplitWriter:
+        remove_stale_partials(self.path)
         self.file = h5py.File(self.tmp, "w")
         chunks = (min(CHUNK_ROWS, self.num_rows), *self.image_shape) if self.num_rows else None
         grow = dict(maxshape=(None, *self.image_shape), chunks=chunks or True) if self.at_most else dict(chunks=chunks)

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from cnn_flax.atomic import remove_stale_partials
 from cnn_flax.data.dataset import SPLITS, one_line
 from cnn_flax.data.sources.hdf5_files import SplitWriter
 from cnn_flax.errors import UserError
@@ -121,6 +122,8 @@ def build_tiny_imagenet(
         raise UserError("data.dir is empty; set data.dir to the folder that holds (or will hold) the HDF5 files")
     data_dir = os.path.expanduser(data_dir)
     paths = {split: os.path.join(data_dir, f"{split}.hdf5") for split in SPLITS}
+    for path in paths.values():  # also of splits already written: a killed prepare may have left them
+        remove_stale_partials(path)
     todo = [s for s in SPLITS if overwrite or not os.path.isfile(paths[s])]
     if not todo:
         return list(paths.values())
