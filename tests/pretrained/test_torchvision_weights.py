@@ -5,10 +5,16 @@ layouts (the zip archive of today, and the stream of pickles the published VGG16
 reader, which never imports torch, must give torch's numbers, and our VGG with those weights torchvision's
 logits. The full networks at 224x224 (the classifier reads 7x7x512 maps) are slow on a CPU, so the fast
 tests compare the convolutional stacks of every column at 32x32 and the slow ones the logits of A and D.
+torchvision's networks are built and run by tests/support/torchvision_reference.py in a process of their own
+(torchvision's triton cannot start beside TensorFlow); torch alone is imported here, to write test files.
 """
 
+import importlib.util
+import json
 import os
 import pickle
+import subprocess
+import sys
 import zipfile
 
 import jax
@@ -16,6 +22,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from PIL import Image
+from repo_paths import ROOT  # noqa: E402
 
 from cnn_flax.errors import UserError
 from cnn_flax.models import create_model, init_variables
@@ -26,23 +33,30 @@ from cnn_flax.pretrained.weight_files import load_weight_file
 from cnn_flax.run import modes
 
 torch = pytest.importorskip("torch")
-torchvision = pytest.importorskip("torchvision")
-from torchvision.models import vgg as tv_vgg  # noqa: E402
-
-TV_CONFIG = {"A": "A", "B": "B", "D": "D", "E": "E"}  # our column -> torchvision's cfgs key (the same letters)
-
-
-def features_state(variant: str, seed: int = 0) -> dict:
-    """torchvision's convolutional stack of a column with random weights, named as in a full VGG's state dict."""
-    torch.manual_seed(seed)
-    features = tv_vgg.make_layers(tv_vgg.cfgs[TV_CONFIG[variant]], batch_norm=False)
-    return features, {f"features.{k}": v for k, v in features.state_dict().items()}
+if importlib.util.find_spec("torchvision") is None:
+    pytest.skip("torchvision is not installed (pip install -e '.[torch]')", allow_module_level=True)
+REFERENCE = os.path.join(ROOT, "tests", "support", "torchvision_reference.py")
 
 
-def torch_logits(module, images: np.ndarray) -> np.ndarray:
-    module.eval()
-    with torch.no_grad():
-        return module(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+def torchvision_reference(tmp_path, name: str, *, kind: str = "features", variant: str = "A", seed: int = 0,
+                          batch_norm: bool = False, layout: str = "zip",
+                          images: np.ndarray | None = None) -> tuple[str, np.ndarray | None]:
+    """torchvision's network (`kind`: a column's features, the full model, or features + a 1x1 classifier)
+    with random weights from `seed`, saved as `name` in `layout`; its outputs on `images` (NHWC) if given."""
+    spec = dict(kind=kind, variant=variant, seed=seed, batch_norm=batch_norm, layout=layout,
+                weights=str(tmp_path / name), images=None, outputs=str(tmp_path / f"{name}.out.npy"))
+    if images is not None:
+        spec["images"] = str(tmp_path / f"{name}.in.npy")
+        np.save(spec["images"], images)
+    spec_path = tmp_path / f"{name}.json"
+    spec_path.write_text(json.dumps(spec))
+    done = subprocess.run([sys.executable, REFERENCE, str(spec_path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return spec["weights"], (np.load(spec["outputs"]) if images is not None else None)
+
+
+def saved_state(path: str) -> dict:
+    return torch.load(path, weights_only=True)
 
 
 def ours(variant: str, size: int, **options):
@@ -119,27 +133,21 @@ def test_damaged_and_foreign_files_are_named(tmp_path):
 @pytest.mark.parametrize("variant", ["A", "B", "D", "E"])
 def test_every_columns_convolutions_equal_torchvisions(tmp_path, variant):
     """include_top=False at 32x32: the last feature map [1, 1, 512] of each column equals torchvision's."""
-    features, state = features_state(variant)
-    path = tmp_path / f"vgg_{variant}.pth"
-    torch.save(state, path)
-    model, template = ours(variant, 32, include_top=False)
-    variables = load_weight_file(str(path), model, template, (32, 32, 3))
     images = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
-    expected = torch_logits(features, images).transpose(0, 2, 3, 1)
+    path, expected = torchvision_reference(tmp_path, f"vgg_{variant}.pth", variant=variant, images=images)
+    model, template = ours(variant, 32, include_top=False)
+    variables = load_weight_file(path, model, template, (32, 32, 3))
     got = np.asarray(model.apply(variables, images, train=False))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
 def test_wrong_column_batchnorm_files_and_sizes_are_one_line_errors(tmp_path):
-    _, state = features_state("A")
-    torch.save(state, tmp_path / "vgg11.pth")
+    torchvision_reference(tmp_path, "vgg11.pth")
     model, template = ours("D", 32, include_top=False)
     with pytest.raises(UserError, match=r"vgg11.pth: 8 convolutions in the file but 13 in VGG column D; it is vgg11: "
                                         r"set --config.model.variant=A"):
         load_weight_file(str(tmp_path / "vgg11.pth"), model, template, (32, 32, 3))
-    torch.manual_seed(0)
-    bn = tv_vgg.make_layers(tv_vgg.cfgs["A"], batch_norm=True)
-    torch.save({f"features.{k}": v for k, v in bn.state_dict().items()}, tmp_path / "vgg11_bn.pth")
+    torchvision_reference(tmp_path, "vgg11_bn.pth", batch_norm=True)
     model, template = ours("A", 32, include_top=False)
     with pytest.raises(UserError, match="vgg11_bn.pth: a VGG with BatchNorm"):
         load_weight_file(str(tmp_path / "vgg11_bn.pth"), model, template, (32, 32, 3))
@@ -148,37 +156,13 @@ def test_wrong_column_batchnorm_files_and_sizes_are_one_line_errors(tmp_path):
         load_weight_file(str(tmp_path / "vgg11.pth"), model, template, (32, 32, 3))
 
 
-def _timm_layout(state: dict) -> dict:
-    """timm's `vgg*.tv_in1k` Hub files: torchvision's numbers with the classifier as 7x7 and 1x1 convolutions."""
-    renamed = {}
-    for name, value in state.items():
-        value = value.numpy()
-        if name.startswith("classifier.0."):
-            name, value = name.replace("classifier.0", "pre_logits.fc1"), value.reshape(value.shape[0], *(
-                (512, 7, 7) if value.ndim == 2 else ()))
-        elif name.startswith("classifier.3."):
-            name, value = name.replace("classifier.3", "pre_logits.fc2"), value.reshape(value.shape[0], *(
-                (4096, 1, 1) if value.ndim == 2 else ()))
-        elif name.startswith("classifier.6."):
-            name = name.replace("classifier.6", "head.fc")
-        renamed[name] = np.ascontiguousarray(value)
-    return renamed
-
-
 def _full_model_check(tmp_path, variant: str, file_kind: str) -> None:
-    torch.manual_seed(0)
-    reference = {"A": torchvision.models.vgg11, "D": torchvision.models.vgg16}[variant]()
     images = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)
-    expected = torch_logits(reference, images)
-    if file_kind == "pth":  # the stream-of-pickles layout torchvision's published VGG files have
-        path = tmp_path / f"vgg_{variant}.pth"
-        torch.save(reference.state_dict(), path, _use_new_zipfile_serialization=False)
-    else:  # timm's Hub file: model.safetensors in timm's layout, written by the safetensors library
-        from safetensors.numpy import save_file
-
-        path = tmp_path / "model.safetensors"
-        save_file(_timm_layout(reference.state_dict()), str(path))
-    del reference
+    # the stream-of-pickles layout torchvision's published VGG files have, or timm's Hub file: model.safetensors
+    # in timm's layout, written by the safetensors library
+    name, layout = (f"vgg_{variant}.pth", "legacy") if file_kind == "pth" else ("model.safetensors", "timm")
+    path, expected = torchvision_reference(tmp_path, name, kind="full", variant=variant, layout=layout,
+                                           images=images)
     model, template = ours(variant, 224)
     variables = load_weight_file(str(path), model, template, (224, 224, 3))
     got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
@@ -203,7 +187,7 @@ def test_vgg_d_from_a_timm_safetensors_file_gives_torchvisions_logits(tmp_path):
 
 def test_a_new_classifier_keeps_the_models_own_layer(tmp_path):
     """init_skip=predictions with 10 classes: every other layer from the file, the classifier as initialised."""
-    _, state = features_state("A")
+    state = saved_state(torchvision_reference(tmp_path, "vgg11_features.pth")[0])
     rng = np.random.default_rng(0)
     for index, shape in ((0, (4096, 512)), (3, (4096, 4096)), (6, (1000, 4096))):
         state[f"classifier.{index}.weight"] = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
@@ -230,26 +214,21 @@ def test_mode_predict_with_torchvision_weights_and_normalisation(tmp_path, capsy
     where torchvision's convolutions end in 1x1 maps: torch's own layers with its ImageNet normalisation agree."""
     import importlib
 
-    features, state = features_state("A", seed=4)
-    classifier = torch.nn.Sequential(torch.nn.Linear(512, 4096), torch.nn.ReLU(), torch.nn.Dropout(),
-                                     torch.nn.Linear(4096, 4096), torch.nn.ReLU(), torch.nn.Dropout(),
-                                     torch.nn.Linear(4096, 1000))
-    state.update({f"classifier.{k}": v for k, v in classifier.state_dict().items()})
-    torch.save(state, tmp_path / "vgg11-32.pth", _use_new_zipfile_serialization=False)
+    pixels = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    inputs = ((pixels / 255.0 - mean) / std).astype(np.float32)
+    _, logits = torchvision_reference(tmp_path, "vgg11-32.pth", kind="classifier", seed=4, layout="legacy",
+                                      images=inputs)
     config = importlib.import_module("configs.vgg_imagenet").get_config("A")
     config.data.image_size = 32
     config.data.normalize = "torchvision"
     config.init_from = str(tmp_path / "vgg11-32.pth")
-    pixels = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     paths = []
     for i, image in enumerate(pixels):
         paths.append(str(tmp_path / f"photo_{i}.png"))
         Image.fromarray(image).save(paths[-1])
     predictions = modes.predict(config, str(tmp_path / "run"), paths)
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    inputs = ((pixels / 255.0 - mean) / std).astype(np.float32)
-    network = torch.nn.Sequential(features, torch.nn.Flatten(), classifier)
-    expected = torch.softmax(torch.from_numpy(torch_logits(network, inputs)), dim=1).numpy()
+    expected = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
     for row, entry in zip(expected, predictions, strict=True):
         assert [p["index"] for p in entry["top5"]] == list(np.argsort(-row, kind="stable")[:5])
         np.testing.assert_allclose([p["prob"] for p in entry["top5"]], np.sort(row)[::-1][:5], rtol=1e-4)
