@@ -67,17 +67,40 @@ def unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 def save_variables(path: str | os.PathLike, variables: Mapping[str, Any],
                    metadata: Mapping[str, str] | None = None) -> None:
-    """Write every array of `variables` (float arrays as they are) to a safetensors file, atomically."""
-    from safetensors.numpy import save_file
+    """Write every array of `variables` to a safetensors file, atomically and byte for byte reproducibly.
+
+    Written here, not by `safetensors.numpy.save_file`: that library stores the metadata in a hash map whose
+    order changes from process to process, so the same weights gave a file with another digest each time
+    (an export's sha256 in export.json, and a Hub upload, would change for nothing). Tensors go in name
+    order and the header's keys are sorted.
+    """
+    from cnn_flax.atomic import partial_path, remove_stale_partials
 
     path = os.fspath(path)
+    codes = {np.dtype(dtype): code for code, dtype in _DTYPES.items()}
     flat = {key: np.ascontiguousarray(value) for key, value in flatten_variables(variables).items()}
-    if any(value.dtype == ml_dtypes.bfloat16 for value in flat.values()):
-        flat = {key: value.astype(np.float32) if value.dtype == ml_dtypes.bfloat16 else value
-                for key, value in flat.items()}
-    partial = f"{path}.partial-{os.getpid()}"
+    # bfloat16 (half-precision runs keep float32 weights; a cast tree may not) as float32: numpy readers lack it
+    flat = {key: value.astype(np.float32) if value.dtype == ml_dtypes.bfloat16 else value
+            for key, value in flat.items()}
+    header: dict[str, Any] = {"__metadata__": {"format": "cnn_flax", **(metadata or {})}}
+    offset, chunks = 0, []
+    for key in sorted(flat):
+        value = flat[key]
+        data = value.tobytes()
+        header[key] = {"dtype": codes[value.dtype], "shape": list(value.shape),
+                       "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as the format's own writer leaves it
+    remove_stale_partials(path)
+    partial = partial_path(path)
     try:
-        save_file(flat, partial, metadata={"format": "cnn_flax", **(metadata or {})})
+        with open(partial, "wb") as handle:
+            handle.write(struct.pack("<Q", len(text)))
+            handle.write(text)
+            for data in chunks:
+                handle.write(data)
         os.replace(partial, path)
     finally:
         if os.path.exists(partial):

@@ -64,7 +64,8 @@ def test_benchmark_line_on_real_data_and_one_compile():
     resident = figures["rss_imports_mb"] + figures["rss_trainer_mb"] + figures["rss_first_step_mb"]
     assert resident * 0.9 < figures["step_peak_rss_mb"] and resident * 0.9 < figures["loop_peak_rss_mb"]
     assert figures["peak_rss_mb"] == max(figures["step_peak_rss_mb"], figures["loop_peak_rss_mb"])
-    assert figures["rss_imports_mb"] > 50 and figures["rss_first_step_mb"] > 0 and 0 < figures["first_step_s"]
+    # The first step's growth may be negative: the memory its compilation freed goes back to the system after it.
+    assert figures["rss_imports_mb"] > 50 and np.isfinite(figures["rss_first_step_mb"]) and 0 < figures["first_step_s"]
     assert 0 < figures["step_argument_mb"] < figures["peak_rss_mb"] and figures["step_temp_mb"] > 0
     assert 0 < figures["eval_temp_mb"] < figures["step_temp_mb"]
     # XLA's operation count of inference is the model's forward pass on the 32 images of all 8 devices (plus
@@ -80,7 +81,7 @@ def test_benchmark_line_on_real_data_and_one_compile():
     assert re.search(r" first_step_s=[\d.]+ peak_gflop_per_s=[\d.]+ step_gflop=[\d.e-]+ eval_gflop=[\d.e-]+ "
                      r"step_gflop_per_s=[\d.]+ loop_gflop_per_s=[\d.]+ eval_gflop_per_s=[\d.]+ step_of_peak=[\d.]+ "
                      r"loop_of_peak=[\d.]+ eval_of_peak=[\d.]+ rss_imports_mb=[\d.]+ rss_runtime_mb=[\d.]+ "
-                     r"rss_trainer_mb=[\d.]+ rss_first_step_mb=[\d.]+ step_argument_mb=[\d.]+ step_output_mb=[\d.]+ "
+                     r"rss_trainer_mb=[\d.]+ rss_first_step_mb=-?[\d.]+ step_argument_mb=[\d.]+ step_output_mb=[\d.]+ "
                      r"step_temp_mb=[\d.]+ (step_code_mb=[\d.]+ )?eval_temp_mb=[\d.]+ eval_peak_rss_mb=[\d.]+ "
                      r"step_peak_rss_mb=[\d.]+ loop_peak_rss_mb=[\d.]+ peak_rss_mb=[\d.]+ data=", line), line
 
