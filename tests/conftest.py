@@ -21,3 +21,28 @@ jax.config.update("jax_platforms", "cpu")
 # Tests build the same small networks many times: keep compiled programs across tests and processes.
 jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+# Whole modules whose tests train, export or start processes end to end (seconds to minutes each): slow.
+# `python -m pytest -m "not slow"` is the everyday loop; CI runs everything.
+END_TO_END = {
+    "bench/test_bench_entry_points.py", "bench/test_bench_model.py", "bench/test_bench_op_profile.py",
+    "bench/test_bench_peers.py", "bench/test_bench_precision.py", "bench/test_bench_table.py",
+    "export/test_export.py", "export/test_hub_folder.py",
+    "pretrained/test_keras2_checkpoints.py", "pretrained/test_keras_checkpoints.py",
+    "pretrained/test_pretrained_keras.py", "pretrained/test_torchvision_weights.py",
+    "run/test_experiments.py", "run/test_first_hour.py", "run/test_folder_run.py", "run/test_gradcam.py",
+    "run/test_launch.py", "run/test_leftovers.py", "run/test_load_run.py", "run/test_lr_find.py",
+    "run/test_multihost.py", "run/test_notebook.py", "run/test_precise_bn_use.py", "run/test_reliability.py",
+    "run/test_soak.py", "run/test_tiny_imagenet_run.py", "run/test_train.py", "run/test_training_controls.py",
+    "run/test_vgg16_finetune.py", "run/test_wandb.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for item in items:
+        if os.path.relpath(str(item.path), here) in END_TO_END:
+            item.add_marker(pytest.mark.slow)
