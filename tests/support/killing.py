@@ -156,12 +156,15 @@ def export_contents(folder: str) -> dict:
     """What an export must reproduce: its files, export.json without timings, labels and the JAX program.
 
     TensorFlow writes a SavedModel with other bytes each time (its fingerprint, ids): their digests in
-    export.json are compared by name only, and the SavedModel by its outputs (`export_outputs`).
+    export.json are compared by name only, and the SavedModel by its outputs (`export_outputs`); so is the
+    model card's, which quotes the training command (with its --workdir).
     """
     with open(os.path.join(folder, "export.json")) as handle:
         manifest = json.load(handle)
     manifest["notes"] = {k: v for k, v in manifest["notes"].items() if not k.endswith("_seconds")}
-    manifest["files"] = {name: "TensorFlow's" if name.startswith("saved_model/") else digest
+    # README.md, the model card, names the command that trained the run, whose --workdir differs between copies
+    manifest["files"] = {name: "TensorFlow's" if name.startswith("saved_model/") else
+                         "the run's card" if name == "README.md" else digest
                          for name, digest in manifest["files"].items()}
     source = manifest["source"]["checkpoint"]  # checkpoints/epoch_N, in whichever copy of the run
     manifest["source"]["checkpoint"] = os.path.join(*source.split(os.sep)[-2:])
