@@ -166,6 +166,8 @@ def export_contents(folder: str) -> dict:
     manifest["files"] = {name: "TensorFlow's" if name.startswith("saved_model/") else
                          "the run's card" if name == "README.md" else digest
                          for name, digest in manifest["files"].items()}
+    if manifest.get("command"):  # the training command, less the --workdir of this copy of the run
+        manifest["command"] = re.sub(r"--workdir[= ]\S+", "--workdir", manifest["command"])
     source = manifest["source"]["checkpoint"]  # checkpoints/epoch_N, in whichever copy of the run
     manifest["source"]["checkpoint"] = os.path.join(*source.split(os.sep)[-2:])
     return {"files": listing(folder), "manifest": manifest,
