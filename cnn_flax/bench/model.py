@@ -104,12 +104,11 @@ def benchmark_config(config: ml_collections.ConfigDict, steps: int, use_data: bo
     `steps` steps; the config's own data and epoch length otherwise."""
     config = ml_collections.ConfigDict(config.to_dict())
     if not use_data:
-        from cnn_flax.data.registry import source_entry
+        from cnn_flax.data.registry import source_fact
 
         classes = config.model.get("num_classes", -1)
         if classes in (-1, None):
-            entry = source_entry(config.data.name)
-            classes = entry.classes if entry is not None and entry.classes else 10
+            classes = source_fact(config.data.name, "classes", 10)
         config.data.name = "synthetic"
         config.data.num_classes = classes
         config.data.synthetic_sizes = dict(train=steps * config.batch_size, val=config.batch_size,

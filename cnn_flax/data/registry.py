@@ -54,6 +54,13 @@ def source_entry(name: str) -> SourceEntry | None:
     return SOURCES.get(name)
 
 
+def source_fact(name: str, fact: str, default: Any) -> Any:
+    """A registered dataset's `fact` ("classes", "train_size"), or `default` where it has none or is unknown."""
+    entry = SOURCES.get(name)
+    value = getattr(entry, fact) if entry is not None else None
+    return value if value else default
+
+
 def check_keys(name: str, data: ml_collections.ConfigDict) -> None:
     """A key the dataset `name` does not read must keep its default: otherwise the user expects an effect."""
     keys = SOURCES[name].keys

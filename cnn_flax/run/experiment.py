@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from cnn_flax.data import DatasetInfo, DataSource, make_preprocess, make_source
-from cnn_flax.data.registry import source_entry
+from cnn_flax.data.registry import source_fact
 from cnn_flax.errors import UserError
 from cnn_flax.models import create_model, init_variables
 from cnn_flax.training.checkpoint import load_variables
@@ -85,8 +85,7 @@ def nominal_classes(data_config: ml_collections.ConfigDict) -> int:
         from cnn_flax.data.sources.folder_scan import class_folders
 
         return len(class_folders(os.path.abspath(os.path.expanduser(data_config.root)))) or 1000
-    entry = source_entry(data_config.name)
-    return entry.classes if entry is not None and entry.classes else 1000
+    return source_fact(data_config.name, "classes", 1000)
 
 
 def data_info(source: DataSource) -> DatasetInfo:
@@ -145,9 +144,7 @@ def optimizer_plan(config: ml_collections.ConfigDict) -> list[str]:
     """The optimizer and the learning rate by epoch, as --mode=summary and report.html show them."""
     steps_per_epoch = int(config.steps_per_epoch)
     if steps_per_epoch <= 0:
-        entry = source_entry(config.data.name)
-        train_size = entry.train_size if entry is not None and entry.train_size else config.batch_size
-        steps_per_epoch = max(train_size // config.batch_size, 1)
+        steps_per_epoch = max(source_fact(config.data.name, "train_size", config.batch_size) // config.batch_size, 1)
     lines = [f"Optimizer: {describe_optimizer(config.optimizer)}; batch {config.batch_size}; "
              f"{config.num_epochs} epochs of {steps_per_epoch} steps", "Learning rate plan:"]
     lines += [f"  {line}" for line in learning_rate_plan(config.optimizer, config.schedule, config.num_epochs,
