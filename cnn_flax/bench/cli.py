@@ -82,20 +82,23 @@ def tune_runtime() -> None:
 
 def format_value(key: str, value: Any) -> str:
     """Ratios with three decimals, durations with two, operations per step with four digits, other floats
-    with one; `seconds` as given."""
+    with one; `seconds` as given. A value that rounds to zero is written without a sign: a memory delta of
+    -0.04 MB is no change, and `-0.0` would read as a loss."""
     if isinstance(value, bool):
         return str(int(value))
     if not isinstance(value, float):
         return str(value)
     if key == "seconds":
-        return f"{value:g}"
-    if "_over_" in key or key.endswith("_of_peak"):
-        return f"{value:.3f}"
-    if key.endswith("_gflop"):  # per step: small models do a fraction of one
-        return f"{value:.4g}"
-    if key.endswith("_s") and not key.endswith("_per_s"):
-        return f"{value:.2f}"
-    return f"{value:.1f}"
+        text = f"{value:g}"
+    elif "_over_" in key or key.endswith("_of_peak"):
+        text = f"{value:.3f}"
+    elif key.endswith("_gflop"):  # per step: small models do a fraction of one
+        text = f"{value:.4g}"
+    elif key.endswith("_s") and not key.endswith("_per_s"):
+        text = f"{value:.2f}"
+    else:
+        text = f"{value:.1f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def format_line(kind: str, figures: Mapping[str, Any], keys: Sequence[str]) -> str:

@@ -26,6 +26,13 @@ def test_lines_format_each_kind_of_figure():
         "step_gflop=0.01235 step_of_peak=0.250 seconds=0.5 xla=1")
 
 
+def test_a_value_that_rounds_to_zero_has_no_sign():
+    """A memory delta of -0.04 MB is no change; a real loss keeps its sign."""
+    figures = dict(rss_trainer_mb=-0.04, rss_first_step_mb=-380.5, epoch_extra_s=-0.001, loop_over_step=-0.0)
+    assert cli.format_line("benchmark", figures, list(figures)) == (
+        "benchmark rss_trainer_mb=0.0 rss_first_step_mb=-380.5 epoch_extra_s=0.00 loop_over_step=0.000")
+
+
 def test_measured_process_reports_its_own_peak_memory(tmp_path):
     code, out, err, rss = cli.run_measured(
         ["python3", "-c", "import sys, time; b = bytearray(200 * 2**20); time.sleep(0.5); print('peer=x ok=1'); "

@@ -81,10 +81,11 @@ def test_benchmark_line_on_real_data_and_one_compile():
         assert figures[f"{phase}_of_peak"] == pytest.approx(achieved / figures["peak_gflop_per_s"])
     assert re.search(r" first_step_s=[\d.]+ peak_gflop_per_s=[\d.]+ step_gflop=[\d.e-]+ eval_gflop=[\d.e-]+ "
                      r"step_gflop_per_s=[\d.]+ loop_gflop_per_s=[\d.]+ eval_gflop_per_s=[\d.]+ step_of_peak=[\d.]+ "
-                     r"loop_of_peak=[\d.]+ eval_of_peak=[\d.]+ rss_imports_mb=[\d.]+ rss_runtime_mb=[\d.]+ "
-                     r"rss_trainer_mb=[\d.]+ rss_first_step_mb=-?[\d.]+ step_argument_mb=[\d.]+ step_output_mb=[\d.]+ "
-                     r"step_temp_mb=[\d.]+ (step_code_mb=[\d.]+ )?eval_temp_mb=[\d.]+ eval_peak_rss_mb=[\d.]+ "
-                     r"step_peak_rss_mb=[\d.]+ loop_peak_rss_mb=[\d.]+ peak_rss_mb=[\d.]+ data=", line), line
+                     r"loop_of_peak=[\d.]+ eval_of_peak=[\d.]+ rss_imports_mb=[\d.]+ rss_runtime_mb=-?[\d.]+ "
+                     r"rss_trainer_mb=-?[\d.]+ rss_first_step_mb=-?[\d.]+ step_argument_mb=[\d.]+ "
+                     r"step_output_mb=[\d.]+ step_temp_mb=[\d.]+ (step_code_mb=[\d.]+ )?eval_temp_mb=[\d.]+ "
+                     r"eval_peak_rss_mb=[\d.]+ step_peak_rss_mb=[\d.]+ loop_peak_rss_mb=[\d.]+ peak_rss_mb=[\d.]+ "
+                     r"data=", line), line
 
 
 def test_benchmark_falls_back_to_synthetic_data_with_one_train_state_alive(tmp_path, monkeypatch):
