@@ -13,9 +13,14 @@ stride phase, reading the recorded positions at a few shifts.
 BatchNorm in training: Flax's values, with a gradient that makes fewer full-size passes over memory
 (`batch_norm_train`).
 
-Measured on DeeperGoogLeNet and MiniGoogLeNet: docs/performance.md, "Where the time goes". Models use both when
-created with `cpu_kernels=True` (the experiment does that on a CPU backend). Convolutions need nothing
-here once `cnn_flax.runtime.tune_cpu` has moved them from YNNPACK to XLA's Eigen kernels.
+Convolutions: XLA's forward pass and input gradient (on Eigen once `cnn_flax.runtime.tune_cpu` has
+moved them from YNNPACK), and a kernel gradient that does not first copy the layer's input to
+channel-major (`conv_general_dilated`, `_kernel_gradient`), which `nn.Conv` takes as its
+`conv_general_dilated`.
+
+Measured: docs/performance.md, "Where the time goes" (`python -m cnn_flax.bench.kernels` times each
+kernel against XLA's op in one process). Models use them all when created with `cpu_kernels=True` (the
+experiment does that on a CPU backend).
 """
 
 import contextlib

@@ -8,8 +8,8 @@ that an input too small for a window fails with a message instead of an empty te
 
 Two fields are set by whoever runs a model, never by a config: `bn_axis_name` (under `jax.pmap`, the
 device axis BatchNorm averages its batch statistics over, as in Flax's own examples; `jax.jit` over a
-mesh needs nothing) and `cpu_kernels` (max pooling, BatchNorm and the 1x1 convolution's gradient written for XLA's CPU backend, see
-`cpu_kernels.py`). Both default to plain Linen.
+mesh needs nothing) and `cpu_kernels` (max pooling, BatchNorm and convolution kernel gradients written for
+XLA's CPU backend, see `cpu_kernels.py`). Both default to plain Linen.
 """
 
 from collections.abc import Callable
