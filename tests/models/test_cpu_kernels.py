@@ -260,3 +260,21 @@ def test_switched_off_kernels_trace_xla_s_ops_and_unknown_names_fail():
     assert jaxpr().count("custom_vjp") >= 3  # the switch ends with its block
     with pytest.raises(ValueError, match="unknown CPU kernel"), cpu_kernels.switched_off("conv"):
         pass
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_the_bfloat16_kernel_gradient_is_as_close_to_float32_as_xla_s(kernel):
+    """Half precision (`half_precision`) takes the rewrite too: its gradient, in bfloat16 like XLA's, errs no more."""
+    x, w, ours, reference = _conv_pair(kernel, 8, 4, "SAME", 6, 6)
+    grad = jnp.asarray(np.random.default_rng(7).normal(size=(3, 6, 6, 4)), jnp.float32)
+    half = [a.astype(jnp.bfloat16) for a in (x, w, grad)]
+
+    def kernel_gradient(conv, x, w, grad):
+        return jax.vjp(lambda w: conv(x, w), w)[1](grad)[0]
+
+    exact = kernel_gradient(reference, *(a.astype(jnp.float32) for a in half))
+    got, xla = kernel_gradient(ours, *half), kernel_gradient(reference, *half)
+    assert got.dtype == xla.dtype == jnp.bfloat16
+    scale = float(np.abs(exact).max())
+    assert float(np.abs(got.astype(jnp.float32) - exact).max()) <= max(
+        float(np.abs(xla.astype(jnp.float32) - exact).max()), 1e-2 * scale)
