@@ -36,7 +36,8 @@ CATEGORIES = ("convolution forward", "convolution input gradient", _KERNEL_GRADI
               _OUTSIDE, "other")
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\(?[a-z]\w*\[[\d,]*\][^ ]*) ([\w\-]+)\((.*)$")
-_POOL_SCOPE = re.compile(r"^(max_|avg_)?pool\d*$")  # pool, pool2, avg_pool; not pool_proj
+# pool, pool2, avg_pool, block1_pool, global_max_pooling; not pool_proj
+_POOL_SCOPE = re.compile(r"^(\w+_)?pool(ing)?\d*$")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _OPERANDS = re.compile(r"%([\w.\-]+)")
 

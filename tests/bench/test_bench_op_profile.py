@@ -24,6 +24,10 @@ ENTRY %main {
   %add.9 = f32[32]{0} add(%w, %u), metadata={op_name="jit(train_step)/sgd/add"}
   %maximum.11 = f32[8,8,8,64]{3,2,1,0} maximum(%a, %b), metadata={op_name="jit(predict_step)/Net/pool2/max"}
   %maximum.10 = f32[8,16,16,32]{3,2,1,0} maximum(%a, %b), metadata={op_name="jit(train_step)/jvp(Net)/block1/pool_proj/relu/max"}
+  %select_maximum_fusion.12 = f32[8,8,8,64]{3,2,1,0} fusion(%a), metadata={op_name="jit(train_step)/jvp(VGG)/block1_pool/max"}
+  %select_fusion.13 = f32[8,16,16,64]{3,2,1,0} fusion(%a), metadata={op_name="jit(train_step)/transpose(jvp(VGG))/block2_pool/select_n"}
+  %reduce.14 = f32[8,64]{1,0} reduce(%a, %c), metadata={op_name="jit(predict_step)/VGG/global_max_pooling/reduce_max"}
+  %maximum.15 = f32[8,16,16,64]{3,2,1,0} maximum(%a, %b), metadata={op_name="jit(predict_step)/VGG/block1_conv2/relu/max"}
 }
 """
 
@@ -43,6 +47,10 @@ def test_categories_follow_layer_direction_and_shape():
         "add.9": op_profile._OUTSIDE,
         "maximum.11": "pooling",
         "maximum.10": "activation",  # of the pooling branch's projection, not pooling
+        "select_maximum_fusion.12": "pooling",  # VGG names its pools block1_pool …
+        "select_fusion.13": "pooling",
+        "reduce.14": "pooling",  # … and its global pooling global_max_pooling
+        "maximum.15": "activation",
     }
     events = [dict(ph="X", name="conv.1", dur=3e6), dict(ph="X", name="convolution.4", dur=1e6),
               dict(ph="X", name="conv.1", dur=1e6), dict(ph="X", name="$python frame", dur=9e6),
