@@ -9,7 +9,9 @@ is the backward pass); a convolution's gradient with an image-shaped result is t
 with a kernel-shaped result the kernel gradient. XLA's kernel-gradient convolutions carry no
 metadata (a convolution without it is one), and copies without it (activations transposed for a kernel
 gradient) take the category of the first instruction that uses them. Shares are of the summed operation
-time on all threads, so they hold on a busy machine as long as both runs are measured alike.
+time on all threads, so they hold on a busy machine as long as both runs are measured alike. On a CPU an
+Eigen convolution's trace event covers its launch, not its work (docs/performance.md), so the convolution
+categories are undercounts there.
 """
 
 import collections
