@@ -20,11 +20,11 @@ _EIGEN_CONVOLUTIONS = f"--{_YNN_FLAG}=-individual_convolution"
 _FLAG_MARKERS = (_YNN_FLAG.encode(), b"LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
 _MALLOC_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 _ASYNC_DISPATCH = "jax_cpu_enable_async_dispatch"
-OPT_OUT = "CNN_FLAX_CPU_TUNING"  # set to 0 to leave all three settings alone
+OPT_OUT = "CNN_FLAX_CPU_TUNING"  # set to 0 to leave every setting here alone
 
 
 def tune_cpu() -> list[str]:
-    """Apply the three settings unless opted out; returns the names of those applied (for the log)."""
+    """Apply the settings unless opted out; returns the names of those applied (for the log)."""
     if os.environ.get(OPT_OUT, "1") == "0":
         return []
     applied = []
@@ -32,6 +32,8 @@ def tune_cpu() -> list[str]:
         applied.append("eigen_convolutions")
     if keep_freed_host_memory():
         applied.append("keep_freed_host_memory")
+        release_memory_after_compiles()
+        applied.append("release_memory_after_compiles")
     if run_cpu_steps_inline():
         applied.append("run_cpu_steps_inline")
     return applied
@@ -125,6 +127,41 @@ def release_freed_host_memory() -> bool:
     except OSError:
         return False
     return bool(libc.malloc_trim(0))
+
+
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # JAX records it after each XLA compile
+LONG_COMPILE_SECONDS = 1.0  # compiles shorter than this free too little to be worth a trim
+
+
+def release_memory_after_compiles(min_seconds: float = LONG_COMPILE_SECONDS) -> None:
+    """After every XLA compile of at least `min_seconds`, hand what it freed back to the kernel, before the
+    compiled program first runs.
+
+    Compiling a train step takes hundreds of megabytes (LLVM) and frees them in pieces. With freed memory
+    kept (`keep_freed_host_memory`) those pieces stayed resident while the first run took its temporaries
+    as one fresh block beside them, so a process that compiled its step peaked at the compile's memory
+    plus the step's. JAX reports each compile's duration to its monitoring listeners between compiling
+    and running, which is where this trims. Short compiles (the many small eager operations) are skipped:
+    a trim walks the whole heap.
+    """
+    import jax
+
+    if _trim_after_compiles.min_seconds is None:
+        jax.monitoring.register_event_duration_secs_listener(_trim_after_compiles)
+    _trim_after_compiles.min_seconds = min_seconds
+
+
+class _TrimAfterCompiles:
+    """The one listener `release_memory_after_compiles` registers (calling it again changes its threshold)."""
+
+    min_seconds: float | None = None
+
+    def __call__(self, event: str, duration_secs: float, **kwargs: str | int) -> None:
+        if event == _COMPILE_EVENT and self.min_seconds is not None and duration_secs >= self.min_seconds:
+            release_freed_host_memory()
+
+
+_trim_after_compiles = _TrimAfterCompiles()
 
 
 def use_compile_cache() -> str:

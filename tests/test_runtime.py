@@ -98,3 +98,26 @@ def test_cpu_steps_run_inline_so_a_steps_temporaries_are_freed_when_it_returns()
 def test_a_users_dispatch_choice_is_left_alone(monkeypatch):
     monkeypatch.setenv("JAX_CPU_ENABLE_ASYNC_DISPATCH", "1")
     assert run_cpu_steps_inline() is False
+
+
+def test_a_long_compile_hands_the_memory_freed_before_it_back_to_the_kernel():
+    """With freed memory kept, what a compile frees would stay resident beside the program's first run; the
+    listener trims once JAX reports a compile of at least the threshold (0 here, so any compile counts)."""
+    probe = ("from cnn_flax.runtime import keep_freed_host_memory, release_memory_after_compiles\n"
+             "from cnn_flax.bench.cli import rss_mb\n"
+             "assert keep_freed_host_memory()\n"
+             "import jax, jax.numpy as jnp\n"
+             "x = jnp.ones(8)\n"
+             "release_memory_after_compiles(0.0)\n"
+             "block = bytearray(300 * 2**20); del block; kept = rss_mb()\n"
+             "jax.jit(lambda v: v * 3 + 1)(x).block_until_ready()\n"
+             "compiled = rss_mb()\n"
+             "release_memory_after_compiles(3600.0)\n"
+             "block = bytearray(300 * 2**20); del block; kept_again = rss_mb()\n"
+             "jax.jit(lambda v: v * 5 - 2)(x).block_until_ready()\n"
+             "print(round(kept), round(compiled), round(kept_again), round(rss_mb()))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    kept, compiled, kept_again, short = map(int, subprocess.run([sys.executable, "-c", probe], capture_output=True,
+                                                                text=True, env=env, check=True).stdout.split())
+    assert compiled < kept - 250  # trimmed when the compile was reported
+    assert short > kept_again - 10  # a compile under the threshold leaves the heap alone
