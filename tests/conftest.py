@@ -8,6 +8,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # 1e-3 to 1e-2 off the exact ones, too far for the tests that compare a Keras training step with ours.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("WANDB_MODE", "offline")
+# The same for every process a test starts (launch.py, a benchmark's eval child, the notebook's kernel): XLA's
+# unoptimized compiles, and the suite's compile cache.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".jax_cache")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", CACHE)
 
 from cnn_flax.runtime import prefer_eigen_convolutions  # noqa: E402
 
@@ -19,7 +24,7 @@ jax.config.update("jax_disable_most_optimizations", True)
 jax.config.update("jax_platforms", "cpu")
 
 # Tests build the same small networks many times: keep compiled programs across tests and processes.
-jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
+jax.config.update("jax_compilation_cache_dir", CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
