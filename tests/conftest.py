@@ -32,7 +32,8 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 # `python -m pytest -m "not slow"` is the everyday loop; CI runs everything.
 END_TO_END = {
     "bench/test_bench_entry_points.py", "bench/test_bench_model.py", "bench/test_bench_op_profile.py",
-    "bench/test_bench_peers.py", "bench/test_bench_precision.py", "bench/test_bench_table.py",
+    "bench/test_bench_kernels.py", "bench/test_bench_peers.py", "bench/test_bench_precision.py",
+    "bench/test_bench_table.py",
     "export/test_export.py", "export/test_hub_folder.py",
     "pretrained/test_keras2_checkpoints.py", "pretrained/test_keras_checkpoints.py",
     "pretrained/test_pretrained_keras.py", "pretrained/test_torchvision_weights.py",

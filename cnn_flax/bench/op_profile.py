@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from cnn_flax.bench import cli
+from cnn_flax.errors import UserError
 
 if TYPE_CHECKING:
     import ml_collections
@@ -169,12 +170,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.parser(__doc__, config=True, batch=64)
     parser.add_argument("--steps", type=int, default=3, help="traced runs of each compiled step")
     parser.add_argument("--half-precision", action="store_true", help="bfloat16 compute")
+    parser.add_argument("--off", default="", help="comma-separated CPU kernels to replace by XLA's own ops "
+                        "(max_pool, batch_norm, conv_kernel_gradient): the profile before a rewrite")
     args = parser.parse_args(argv)
     cli.check_positive(steps=args.steps)
     cli.tune_runtime()  # the same XLA settings as launch.py, before JAX starts
+    from cnn_flax.models import cpu_kernels
+
+    off = tuple(name for name in args.off.split(",") if name)
+    unknown = sorted(set(off) - set(cpu_kernels.KERNELS))
+    if unknown:
+        raise UserError(f"--off {args.off}: {', '.join(unknown)} is not a CPU kernel; "
+                        f"name some of {', '.join(cpu_kernels.KERNELS)}")
     config = cli.load_config(args.config, args.batch)
     config.half_precision = args.half_precision
-    print(shares_table(profile(config, args.steps)))
+    with cpu_kernels.switched_off(*off):  # read while tracing: both compiled steps keep XLA's ops
+        print(shares_table(profile(config, args.steps)))
     return 0
 
 

@@ -51,8 +51,8 @@ def create_model(model_config: Mapping[str, Any], dtype: Any = jnp.float32, *, b
     """Build the module `model_config['name']` with the other keys as its options.
 
     `bn_axis_name`: under `jax.pmap`, the device axis BatchNorm averages batch statistics over.
-    `cpu_kernels`: max pooling and BatchNorm written for XLA's CPU backend (`cpu_kernels.py`).
-    Models without BatchNorm or max pooling have no such field and ignore the argument.
+    `cpu_kernels`: max pooling, BatchNorm and convolution kernel gradients written for XLA's CPU backend
+    (`cpu_kernels.py`). Models without such a field ignore the argument.
     """
     name = model_config.get("name")
     if name not in MODELS:

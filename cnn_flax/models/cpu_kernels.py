@@ -13,12 +13,19 @@ stride phase, reading the recorded positions at a few shifts.
 BatchNorm in training: Flax's values, with a gradient that makes fewer full-size passes over memory
 (`batch_norm_train`).
 
-Measured on DeeperGoogLeNet and MiniGoogLeNet: docs/performance.md, "Where the time goes". Models use both when
-created with `cpu_kernels=True` (the experiment does that on a CPU backend). Convolutions need nothing
-here once `cnn_flax.runtime.tune_cpu` has moved them from YNNPACK to XLA's Eigen kernels.
+Convolutions: XLA's forward pass and input gradient (on Eigen once `cnn_flax.runtime.tune_cpu` has
+moved them from YNNPACK), and a kernel gradient that does not first copy the layer's input to
+channel-major (`conv_general_dilated`, `_kernel_gradient`), which `nn.Conv` takes as its
+`conv_general_dilated`.
+
+Measured: docs/performance.md, "Where the time goes" (`python -m cnn_flax.bench.kernels` times each
+kernel against XLA's op in one process). Models use them all when created with `cpu_kernels=True` (the
+experiment does that on a CPU backend).
 """
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 import flax.linen as nn
 import jax
@@ -27,6 +34,26 @@ import numpy as np
 from jax import lax
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
+
+KERNELS = ("max_pool", "batch_norm", "conv_kernel_gradient")
+_switched_off: set[str] = set()
+
+
+@contextlib.contextmanager
+def switched_off(*names: str) -> Iterator[None]:
+    """Within the block, models traced with `cpu_kernels=True` use XLA's or Flax's own op in place of the
+    named kernels: a benchmark compiles both variants in one process to time each kernel's gain
+    (`cnn_flax.bench.kernels`). Read while tracing, so a step compiled inside keeps the choice."""
+    unknown = sorted(set(names) - set(KERNELS))
+    if unknown:
+        raise ValueError(f"unknown CPU kernel(s) {unknown}; known: {', '.join(KERNELS)}")
+    before = set(_switched_off)
+    _switched_off.update(names)
+    try:
+        yield
+    finally:
+        _switched_off.clear()
+        _switched_off.update(before)
 
 
 def _output_size(size: int, window: int, stride: int, pads: tuple[int, int]) -> int:
@@ -150,7 +177,7 @@ _MAX_POSITIONS = 127  # window positions an int8 can name
 def max_pool(x: jax.Array, window: int, stride: int, padding: str) -> jax.Array:
     """Max pooling over H and W of an NHWC tensor ('SAME' or 'VALID', TensorFlow's padding)."""
     pads = lax.padtype_to_pads(x.shape[1:3], (window, window), (stride, stride), padding)
-    if window * window > _MAX_POSITIONS:
+    if window * window > _MAX_POSITIONS or "max_pool" in _switched_off:
         return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1),
                                  ((0, 0), *pads, (0, 0)))
     return _max_pool(x, window, stride, tuple(tuple(p) for p in pads))
@@ -221,7 +248,7 @@ class BatchNorm(nn.BatchNorm):
         use_running_average = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
         covered = (self.axis in (-1, x.ndim - 1) and self.use_scale and self.use_bias and self.use_fast_variance
                    and self.force_float32_reductions and self.axis_index_groups is None and mask is None)
-        if use_running_average or self.is_initializing() or not covered:
+        if use_running_average or self.is_initializing() or not covered or "batch_norm" in _switched_off:
             return nn.BatchNorm.__call__(self, x, at_call, mask=mask)
         features = (x.shape[-1],)
         running_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), features)
@@ -232,3 +259,87 @@ class BatchNorm(nn.BatchNorm):
         running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
         running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
         return y.astype(self.dtype or jnp.result_type(x, scale, bias))
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, pads: Pads) -> jax.Array:
+    return lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv(x: jax.Array, kernel: jax.Array, pads: Pads) -> jax.Array:
+    return _xla_conv(x, kernel, pads)
+
+
+def _conv_fwd(x, kernel, pads):
+    return _xla_conv(x, kernel, pads), (x, kernel)
+
+
+def _conv_bwd(pads, residuals, grad):
+    x, kernel = residuals
+    grad_x = jax.vjp(lambda v: _xla_conv(v, kernel, pads), x)[1](grad)[0]  # XLA's own input gradient
+    return grad_x, _kernel_gradient(x, grad, kernel.shape, pads).astype(kernel.dtype)
+
+
+def _kernel_gradient(x: jax.Array, grad: jax.Array, kernel_shape: tuple[int, ...], pads: Pads) -> jax.Array:
+    """dW[i, j, c, o] = Σ_{n,h,w} x[n, h+i-p, w+j-p, c]·grad[n, h, w, o], without XLA's channel-major copy of x.
+
+    1x1: one matrix product contracting over the N·H·W rows both operands hold contiguously (Eigen reads
+    them transposed while packing). kxk: XLA's own form is a convolution whose batch is x's channels and
+    whose contracted features are x's images, so x is first copied to (C, H, W, N), an element-by-element
+    transpose of the larger operand. Written the other way round, the output gradient plays the image
+    (batch O, features N: it is the tensor copied to channel-major, smaller than x wherever C ≥ O, the
+    case this is used for) and x the kernel, laid out (H, W, N, C): that copy moves whole rows of C
+    contiguous values. Its windows run over negative offsets, so the result comes out flipped in i and j.
+    """
+    kernel_h, kernel_w = kernel_shape[:2]
+    if (kernel_h, kernel_w) == (1, 1):
+        rows = x.shape[0] * x.shape[1] * x.shape[2]
+        product = lax.dot_general(grad.reshape(rows, grad.shape[3]), x.reshape(rows, x.shape[3]),
+                                  (((0,), (0,)), ((), ())))  # (O, C): the small result is what gets transposed
+        return product.T.reshape(kernel_shape)
+    (low_h, high_h), (low_w, high_w) = pads
+    flipped = lax.conv_general_dilated(
+        grad, x, (1, 1), ((kernel_h - 1 - low_h, kernel_h - 1 - high_h), (kernel_w - 1 - low_w, kernel_w - 1 - high_w)),
+        dimension_numbers=("CHWN", "IHWO", "NHWC"))  # (O, kh, kw, C)
+    return jnp.flip(flipped, (1, 2)).transpose(1, 2, 3, 0)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _rewritten(lhs: jax.Array, rhs: jax.Array, pads: Pads) -> bool:
+    """Where `_kernel_gradient` measured faster than XLA's (docs/performance.md): a 1x1 convolution without
+    padding, or a kxk one whose padding keeps the size ('same') and whose input has at least as many
+    channels as its output (else the output gradient, the tensor transposed here, is the larger one)."""
+    kernel_h, kernel_w, channels, features = rhs.shape
+    if (kernel_h, kernel_w) == (1, 1):
+        return pads == ((0, 0), (0, 0))
+    same = sum(pads[0]) == kernel_h - 1 and sum(pads[1]) == kernel_w - 1 and min(*pads[0], *pads[1]) >= 0
+    return same and channels >= features
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
+                         batch_group_count: int = 1, precision=None, preferred_element_type=None) -> jax.Array:
+    """`lax.conv_general_dilated` (Flax's `nn.Conv` takes it as `conv_general_dilated`), with the kernel
+    gradient of `_kernel_gradient` for stride-1 NHWC convolutions where it is faster; the forward pass and
+    the input gradient stay XLA's, and every other convolution is XLA's own."""
+    plain = (lhs.ndim == 4 and rhs.ndim == 4 and tuple(window_strides) == (1, 1)
+             and lhs_dilation in (None, (1, 1)) and rhs_dilation in (None, (1, 1))
+             and dimension_numbers is not None
+             and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+             == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+             and feature_group_count == 1 and batch_group_count == 1 and precision is None
+             and preferred_element_type is None and lhs.dtype == rhs.dtype
+             and "conv_kernel_gradient" not in _switched_off)
+    if plain:
+        pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding) if isinstance(padding, str)
+                else padding)
+        pads = tuple((int(low), int(high)) for low, high in pads)
+        if _rewritten(lhs, rhs, pads):
+            return _conv(lhs, rhs, pads)
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                                    feature_group_count, batch_group_count, precision, preferred_element_type)

@@ -8,8 +8,8 @@ that an input too small for a window fails with a message instead of an empty te
 
 Two fields are set by whoever runs a model, never by a config: `bn_axis_name` (under `jax.pmap`, the
 device axis BatchNorm averages its batch statistics over, as in Flax's own examples; `jax.jit` over a
-mesh needs nothing) and `cpu_kernels` (max pooling and BatchNorm written for XLA's CPU backend, see
-`cpu_kernels.py`). Both default to plain Linen.
+mesh needs nothing) and `cpu_kernels` (max pooling, BatchNorm and convolution kernel gradients written for
+XLA's CPU backend, see `cpu_kernels.py`). Both default to plain Linen.
 """
 
 from collections.abc import Callable
@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from cnn_flax.errors import UserError
 from cnn_flax.models.batchnorm_module import BatchNormModule
 from cnn_flax.models.cpu_kernels import BatchNorm as CpuBatchNorm
+from cnn_flax.models.cpu_kernels import conv_general_dilated as cpu_conv
 from cnn_flax.models.cpu_kernels import max_pool as cpu_max_pool
 
 Dtype = Any
@@ -51,9 +52,10 @@ def keras_batch_norm(train: bool, dtype: Dtype, axis_name: str | None = None, na
 
 
 def keras_conv(features: int, kernel: int, strides: int = 1, padding: str = "SAME", dtype: Dtype = jnp.float32,
-               name: str | None = None) -> nn.Conv:
+               name: str | None = None, cpu_kernels: bool = False) -> nn.Conv:
     return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=padding,
-                   kernel_init=keras_kernel_init, dtype=dtype, name=name)
+                   kernel_init=keras_kernel_init, dtype=dtype, name=name,
+                   conv_general_dilated=cpu_conv if cpu_kernels else None)
 
 
 def keras_dense(features: int, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Dense:
@@ -80,7 +82,8 @@ class ConvModule(BatchNormModule):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = keras_conv(self.features, self.kernel, self.strides, self.padding, self.dtype, name="conv")(x)
+        x = keras_conv(self.features, self.kernel, self.strides, self.padding, self.dtype, name="conv",
+                       cpu_kernels=self.cpu_kernels)(x)
         if not self.batch_norm:
             return activation_fn(self.activation)(x)
         return norm_and_activate(x, order=self.bn_order, activation=self.activation, train=train,

@@ -34,9 +34,10 @@ class NiN(nn.Module):
         act = activation_fn(self.activation)
         for block, (kernel, filters, pool) in enumerate(MLPCONV_BLOCKS, start=1):
             filters = tuple(self.num_classes if f is None else f for f in filters)
-            x = act(keras_conv(filters[0], kernel, dtype=self.dtype, name=f"mlpconv{block}_conv")(x))
-            x = act(keras_conv(filters[1], 1, dtype=self.dtype, name=f"mlpconv{block}_cccp1")(x))
-            x = act(keras_conv(filters[2], 1, dtype=self.dtype, name=f"mlpconv{block}_cccp2")(x))
+            conv_options = dict(dtype=self.dtype, cpu_kernels=self.cpu_kernels)
+            x = act(keras_conv(filters[0], kernel, name=f"mlpconv{block}_conv", **conv_options)(x))
+            x = act(keras_conv(filters[1], 1, name=f"mlpconv{block}_cccp1", **conv_options)(x))
+            x = act(keras_conv(filters[2], 1, name=f"mlpconv{block}_cccp2", **conv_options)(x))
             if pool is None:
                 break
             name = f"mlpconv{block}_pool"

@@ -77,7 +77,8 @@ class VGG(nn.Module):
             else:
                 kernel, features = (int(v) for v in layer.removeprefix("conv").split("-"))
                 conv_in_block += 1
-                x = act(keras_conv(features, kernel, dtype=self.dtype, name=f"block{block}_conv{conv_in_block}")(x))
+                x = act(keras_conv(features, kernel, dtype=self.dtype, name=f"block{block}_conv{conv_in_block}",
+                                   cpu_kernels=self.cpu_kernels)(x))
         if self.include_top:
             x = Flatten(name="flatten")(x)
             for name in ("fc1", "fc2"):

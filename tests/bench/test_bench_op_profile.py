@@ -4,9 +4,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from run_configs import tiny_config
 
 from cnn_flax.bench import op_profile
+from cnn_flax.errors import UserError
 
 HLO = """
 ENTRY %main {
@@ -76,3 +78,8 @@ def test_profile_of_a_model_covers_every_direction_of_its_convolutions():
             "BatchNorm"} <= {category for category, seconds in columns["train"].items() if seconds > 0}
     assert columns["inference"]["convolution forward"] > 0
     assert not any("gradient" in category for category in columns["inference"])
+
+
+def test_off_names_only_known_kernels():
+    with pytest.raises(UserError, match="--off conv: conv is not a CPU kernel; name some of max_pool"):
+        op_profile.main(["--config", "configs/quickstart.py", "--off", "conv"])

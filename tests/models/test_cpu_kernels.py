@@ -4,6 +4,8 @@ Forward values are compared exactly; gradients within float32 rounding, since an
 maximum of several windows sums their gradients in another order than select-and-scatter does.
 """
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -171,3 +173,108 @@ def test_batch_norm_under_pmap_averages_over_devices_like_flax():
     np.testing.assert_allclose(y, expected_y, rtol=1e-6, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), stats, expected_stats)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5), grads, expected_grads)
+
+
+# (kernel, input channels, output channels, padding, height, width): the 1x1 convolutions of the Inception
+# networks and NiN, 3x3 and 5x5 'same' with C >= O (rewritten), 2x2 'same' (padding only at the end),
+# explicit pads; then what stays XLA's: kxk with C < O, 'valid' kxk, a padded 1x1, strides (below).
+CONV_CASES = [(1, 5, 3, "SAME", 6, 7), (1, 3, 8, "VALID", 5, 5), (3, 6, 4, "SAME", 7, 6), (3, 4, 4, "SAME", 5, 5),
+              (5, 6, 3, "SAME", 8, 9), (2, 5, 3, "SAME", 6, 5), (3, 4, 4, ((1, 1), (1, 1)), 6, 6),
+              (3, 3, 8, "SAME", 6, 6), (3, 6, 4, "VALID", 7, 7), (1, 5, 3, ((1, 1), (0, 0)), 5, 5)]
+
+
+def _conv_pair(kernel, channels, features, padding, height, width, strides=(1, 1)):
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(3, height, width, channels)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, channels, features)), jnp.float32)
+    numbers = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+
+    def ours(x, w):
+        return cpu_kernels.conv_general_dilated(x, w, strides, padding, dimension_numbers=numbers)
+
+    def reference(x, w):
+        return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=numbers)
+
+    return x, w, ours, reference
+
+
+@pytest.mark.parametrize("kernel,channels,features,padding,height,width", CONV_CASES)
+def test_convolution_and_its_gradients_equal_xla(kernel, channels, features, padding, height, width):
+    x, w, ours, reference = _conv_pair(kernel, channels, features, padding, height, width)
+    out, ours_vjp = jax.vjp(ours, x, w)
+    expected, reference_vjp = jax.vjp(reference, x, w)
+    np.testing.assert_array_equal(out, expected)  # the forward pass is XLA's own convolution
+    grad = jnp.asarray(np.random.default_rng(6).normal(size=out.shape), jnp.float32)
+    for name, got, want in zip(("input", "kernel"), ours_vjp(grad), reference_vjp(grad), strict=True):
+        scale = float(np.abs(want).max())
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * scale, err_msg=name)
+    rewritten = "custom_vjp" in str(jax.make_jaxpr(ours)(x, w))
+    pads = padding if not isinstance(padding, str) else lax.padtype_to_pads((height, width), (kernel,) * 2, (1, 1),
+                                                                            padding)
+    same = all(sum(p) == kernel - 1 for p in pads)
+    assert rewritten == ((kernel == 1 and same) or (kernel > 1 and same and channels >= features))
+
+
+def test_strided_and_dilated_convolutions_stay_xla_s():
+    x, w, ours, reference = _conv_pair(3, 6, 4, "SAME", 8, 8, strides=(2, 2))
+    assert "custom_vjp" not in str(jax.make_jaxpr(ours)(x, w))
+    np.testing.assert_array_equal(jax.grad(lambda w: ours(x, w).sum())(w), jax.grad(lambda w: reference(x, w).sum())(w))
+    numbers = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    dilated = jax.make_jaxpr(lambda x, w: cpu_kernels.conv_general_dilated(x, w, (1, 1), "SAME", rhs_dilation=(2, 2),
+                                                                           dimension_numbers=numbers))(x, w)
+    assert "custom_vjp" not in str(dilated)
+
+
+def _transposed_shapes(compiled_hlo: str) -> set[tuple[int, ...]]:
+    """Result shapes of the transposes in a compiled module (XLA's layout copies are transposes)."""
+    found = re.findall(r"= f32\[([\d,]+)\]\{[\d,]*\} transpose\(", compiled_hlo)
+    return {tuple(int(d) for d in dims.split(",")) for dims in found}
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_the_kernel_gradient_does_not_copy_the_input_to_channel_major(kernel):
+    """What the rewrite is for: XLA's kernel gradient transposes the input to (C, H, W, N) first."""
+    x, w, ours, reference = _conv_pair(kernel, 8, 4, "SAME", 6, 6)
+    grad = jnp.ones((3, 6, 6, 4), jnp.float32)
+
+    def kernel_gradient(conv):
+        return jax.jit(lambda x, w: jax.vjp(lambda w: conv(x, w), w)[1](grad)[0]).lower(x, w).compile().as_text()
+
+    channel_major = (8, 6, 6, 3)
+    assert channel_major in _transposed_shapes(kernel_gradient(reference))  # XLA's own: the copy is there
+    assert channel_major not in _transposed_shapes(kernel_gradient(ours))
+
+
+def test_switched_off_kernels_trace_xla_s_ops_and_unknown_names_fail():
+    model = create_model(dict(name="minivgg", num_classes=4), cpu_kernels=True)
+    variables = init_variables(model, jax.random.key(0), (8, 8, 3))
+    images = jnp.ones((2, 8, 8, 3))
+
+    def jaxpr():
+        return str(jax.make_jaxpr(lambda v: model.apply(v, images, train=True, mutable=["batch_stats"],
+                                                        rngs={"dropout": jax.random.key(1)}))(variables))
+
+    assert jaxpr().count("custom_vjp") >= 3  # pooling, BatchNorm, a convolution
+    with cpu_kernels.switched_off(*cpu_kernels.KERNELS):
+        assert "custom_vjp" not in jaxpr()
+    assert jaxpr().count("custom_vjp") >= 3  # the switch ends with its block
+    with pytest.raises(ValueError, match="unknown CPU kernel"), cpu_kernels.switched_off("conv"):
+        pass
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_the_bfloat16_kernel_gradient_is_as_close_to_float32_as_xla_s(kernel):
+    """Half precision (`half_precision`) takes the rewrite too: its gradient, in bfloat16 like XLA's, errs no more."""
+    x, w, ours, reference = _conv_pair(kernel, 8, 4, "SAME", 6, 6)
+    grad = jnp.asarray(np.random.default_rng(7).normal(size=(3, 6, 6, 4)), jnp.float32)
+    half = [a.astype(jnp.bfloat16) for a in (x, w, grad)]
+
+    def kernel_gradient(conv, x, w, grad):
+        return jax.vjp(lambda w: conv(x, w), w)[1](grad)[0]
+
+    exact = kernel_gradient(reference, *(a.astype(jnp.float32) for a in half))
+    got, xla = kernel_gradient(ours, *half), kernel_gradient(reference, *half)
+    assert got.dtype == xla.dtype == jnp.bfloat16
+    scale = float(np.abs(exact).max())
+    assert float(np.abs(got.astype(jnp.float32) - exact).max()) <= max(
+        float(np.abs(xla.astype(jnp.float32) - exact).max()), 1e-2 * scale)
