@@ -8,7 +8,13 @@ import jax
 import jax.numpy as jnp
 
 from cnn_flax.models import _compiled_init, create_model, init_variables
-from cnn_flax.runtime import keep_freed_host_memory, prefer_eigen_convolutions, tune_cpu, use_compile_cache
+from cnn_flax.runtime import (
+    keep_freed_host_memory,
+    prefer_eigen_convolutions,
+    run_cpu_steps_inline,
+    tune_cpu,
+    use_compile_cache,
+)
 
 
 def test_runtime_tuning_is_explicit_and_respects_the_users_choices(monkeypatch):
@@ -59,3 +65,59 @@ def test_released_host_memory_leaves_the_process():
     before, kept, released = map(int, subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                                                      env=env, check=True).stdout.split())
     assert kept > before - 10 and released < kept - 250
+
+
+def test_cpu_steps_run_inline_so_a_steps_temporaries_are_freed_when_it_returns():
+    """With async dispatch XLA frees a step's temporaries on its worker thread after the result is ready, so
+    the next step could take a second block meanwhile; run inline, they are freed before the call returns."""
+    probe = (
+        "import ctypes\n"
+        "from cnn_flax.runtime import tune_cpu\n"
+        "assert 'run_cpu_steps_inline' in tune_cpu()\n"
+        "import jax, jax.numpy as jnp\n"
+        "assert jax.config.read('jax_cpu_enable_async_dispatch') is False\n"
+        "class Info(ctypes.Structure):\n"
+        "    _fields_ = [(n, ctypes.c_size_t) for n in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks',\n"
+        "                                               'fsmblks', 'uordblks', 'fordblks', 'keepcost')]\n"
+        "libc = ctypes.CDLL('libc.so.6'); libc.mallinfo2.restype = Info\n"
+        "f = jax.jit(lambda x: (jnp.cos(jnp.sin(x) @ x) @ x).sum())\n"
+        "x = jnp.full((1024, 1024), 1e-3)\n"
+        "print(f.lower(x).compile().memory_analysis().temp_size_in_bytes)\n"
+        "f(x).block_until_ready()\n"
+        "for _ in range(8):\n"
+        "    before = libc.mallinfo2().uordblks; f(x).block_until_ready()\n"
+        "    print(libc.mallinfo2().uordblks - before)\n")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k not in ("JAX_CPU_ENABLE_ASYNC_DISPATCH", "CNN_FLAX_CPU_TUNING")}
+    temp, *held = map(int, subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                                          check=True).stdout.split())
+    assert temp >= 8 * 2**20  # two 4 MB intermediates: a block the allocator would see
+    assert max(held) < 2**20, held  # each call's temporaries were freed by the time it returned
+
+
+def test_a_users_dispatch_choice_is_left_alone(monkeypatch):
+    monkeypatch.setenv("JAX_CPU_ENABLE_ASYNC_DISPATCH", "1")
+    assert run_cpu_steps_inline() is False
+
+
+def test_a_long_compile_hands_the_memory_freed_before_it_back_to_the_kernel():
+    """With freed memory kept, what a compile frees would stay resident beside the program's first run; the
+    listener trims once JAX reports a compile of at least the threshold (0 here, so any compile counts)."""
+    probe = ("from cnn_flax.runtime import keep_freed_host_memory, release_memory_after_compiles\n"
+             "from cnn_flax.bench.cli import rss_mb\n"
+             "assert keep_freed_host_memory()\n"
+             "import jax, jax.numpy as jnp\n"
+             "x = jnp.ones(8)\n"
+             "release_memory_after_compiles(0.0)\n"
+             "block = bytearray(300 * 2**20); del block; kept = rss_mb()\n"
+             "jax.jit(lambda v: v * 3 + 1)(x).block_until_ready()\n"
+             "compiled = rss_mb()\n"
+             "release_memory_after_compiles(3600.0)\n"
+             "block = bytearray(300 * 2**20); del block; kept_again = rss_mb()\n"
+             "jax.jit(lambda v: v * 5 - 2)(x).block_until_ready()\n"
+             "print(round(kept), round(compiled), round(kept_again), round(rss_mb()))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    kept, compiled, kept_again, short = map(int, subprocess.run([sys.executable, "-c", probe], capture_output=True,
+                                                                text=True, env=env, check=True).stdout.split())
+    assert compiled < kept - 250  # trimmed when the compile was reported
+    assert short > kept_again - 10  # a compile under the threshold leaves the heap alone

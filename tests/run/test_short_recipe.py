@@ -2,8 +2,9 @@
 
 Before the EMA warmup and precise BN this run reached 0.92 training accuracy with a test rank-1 of 0.30, and
 0.096 (chance) for the moving average: BatchNorm's running statistics and the average still held their
-initial values. Measured with this recipe and precise_bn_batches=20: rank-1 0.991 for both, with the
-quickstart's momentum 0.9 and with Keras's 0.99 alike. End to end on the real 32x32 digits, so marked slow.
+initial values. Measured with this recipe and precise_bn_batches=20: rank-1 0.991 for both at 32x32, with
+the quickstart's momentum 0.9 and with Keras's 0.99 alike; at the test's 16x16 (a quarter of the work), seeds 0
+and 1 gave 0.978 and 0.996 plain, 0.980 and 0.993 averaged. End to end on the real digits, so marked slow.
 """
 
 import pytest
@@ -21,7 +22,7 @@ RECIPE = {"num_epochs": 4, "optimizer.name": "adamw", "optimizer.learning_rate":
 def test_four_epochs_of_the_current_recipe_reach_ninety_percent_with_plain_and_averaged_weights(tmp_path):
     from configs import quickstart
 
-    config = with_overrides(quickstart.get_config(), RECIPE)
+    config = with_overrides(quickstart.get_config(), {**RECIPE, "data.image_size": 16})
     with optimized_compiles():  # accum_steps=2 runs the convolutions inside a lax.scan
         result = train_and_evaluate(config, str(tmp_path))
     metrics = result.metrics

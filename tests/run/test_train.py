@@ -245,3 +245,21 @@ def test_modern_switches_resume_bit_exactly_and_report_the_moving_average(tmp_pa
         modes.evaluate(tiny_config(num_epochs=2, ema_eval=True), reference)
     with pytest.raises(UserError, match="accum_steps=3: batch_size=32 must split"):
         train_and_evaluate(tiny_config(**{"optimizer.accum_steps": 3}), str(tmp_path / "bad"))
+
+
+def test_the_train_step_donates_the_state_and_metrics_it_is_given():
+    """A step writes its new state into the buffers of the one it was given, so a run holds one train
+    state, not two: the arrays passed in are deleted and the step's result is a working state."""
+    from cnn_flax.run.experiment import initial_variables
+    from cnn_flax.training.metrics import TrainMetrics
+
+    trainer = Trainer(tiny_config())
+    parallel = trainer.parallel
+    batch = parallel.put_batch(next(iter(trainer.batches("train", shuffle=True, epoch=0, drop_remainder=True))))
+    state = parallel.put_replicated(trainer.new_state(initial_variables(trainer.experiment)))
+    metrics = parallel.put_replicated(TrainMetrics.empty())
+    given = jax.tree_util.tree_leaves((state, metrics))
+    state, metrics = trainer.train_step(state, batch, metrics)
+    jax.block_until_ready(metrics)
+    assert given and all(leaf.is_deleted() for leaf in given)
+    assert int(jax.device_get(state.step).reshape(-1)[0]) == 1  # the result is the advanced state
