@@ -19,7 +19,8 @@ def optimized_compiles():
 def tiny_config(**overrides):
     """The quickstart at 16x16 with a few steps per epoch: seconds per epoch on a CPU.
 
-    `overrides` are dotted config keys, e.g. `tiny_config(num_epochs=2, **{"model.bn_order": "conv_bn_act"})`.
+    No Grad-CAM figure of the worst mistakes unless `gradcam.mistakes` asks for one. `overrides` are dotted
+    config keys, e.g. `tiny_config(num_epochs=2, **{"model.bn_order": "conv_bn_act"})`.
     """
     from configs import quickstart
 
@@ -30,6 +31,9 @@ def tiny_config(**overrides):
     config.eval_steps = 2
     config.log_every_steps = 2
     config.checkpoint_every_epochs = 1
+    # The report's Grad-CAM figure compiles a gradient of the model and draws a figure: a second or two of every
+    # run. tests/run/test_gradcam.py asks for it (gradcam.mistakes); the other runs test something else.
+    config.gradcam.mistakes = 0
     return with_overrides(config, overrides)
 
 
