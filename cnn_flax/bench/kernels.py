@@ -14,7 +14,6 @@ shares). One line: `kernels model=… batch=… off=… step_on_img_per_s=… st
 step_on_over_off=… step_on_over_off_cpu=…`, the same for `eval`, `rounds=… compiles=…`.
 """
 
-import os
 import statistics
 from typing import Any
 
@@ -22,13 +21,8 @@ import ml_collections
 
 from cnn_flax.bench import cli
 from cnn_flax.bench.model import BareSteps, benchmark_config, synthetic_steps
-from cnn_flax.bench.phases import WINDOWS, phase_after_one
+from cnn_flax.bench.phases import WINDOWS, alternated, median_ratio
 from cnn_flax.errors import UserError
-
-
-def _cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 def kernel_figures(config: ml_collections.ConfigDict, seconds: float, kernels: tuple[str, ...],
@@ -54,20 +48,11 @@ def kernel_figures(config: ml_collections.ConfigDict, seconds: float, kernels: t
                                    batch=config.batch_size, off=",".join(kernels))
     for kind in ("step", "eval"):
         runs = {name: (steps if kind == "step" else steps.infer) for name, steps in bare.items()}
-        sizes = {name: phase_after_one(seconds, run, warm_up_only=True).steps for name, run in runs.items()}
-        rates: dict[str, list[float]] = {name: [] for name in runs}
-        cpu_rates: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(rounds):
-            for name, run in runs.items():
-                cpu_start = _cpu_seconds()
-                rates[name].append(sizes[name] * config.batch_size / run(sizes[name]))
-                cpu_rates[name].append(sizes[name] * config.batch_size / max(_cpu_seconds() - cpu_start, 1e-9))
+        rates, cpu_rates = alternated(runs, seconds, config.batch_size, rounds)
         for name in runs:
             figures[f"{kind}_{name}_img_per_s"] = statistics.median(rates[name])
-        figures[f"{kind}_on_over_off"] = statistics.median(
-            on / off for on, off in zip(rates["on"], rates["off"], strict=True))
-        figures[f"{kind}_on_over_off_cpu"] = statistics.median(
-            on / off for on, off in zip(cpu_rates["on"], cpu_rates["off"], strict=True))
+        figures[f"{kind}_on_over_off"] = median_ratio(rates["on"], rates["off"])
+        figures[f"{kind}_on_over_off_cpu"] = median_ratio(cpu_rates["on"], cpu_rates["off"])
     figures["rounds"] = rounds
     figures["compiles"] = max(steps.trainer.compile_count("train") for steps in bare.values())
     return figures

@@ -8,14 +8,16 @@ last measured rate, so a window lasts about `seconds / windows`, and it is then 
 windows, whose median rate is the figure. The same phase drives the bare step, inference and the real
 training loop (`benchmark.LoopWindows`), so the loop is timed over windows as long as the bare step's.
 
-Nothing here reads a clock: callers time their windows and `record` the seconds, so the logic is tested
-with made-up durations.
+Callers time their windows and `record` the seconds, so the logic is tested with made-up durations.
+`alternated` runs several variants' windows in turn (an A/B in one process, so a shared machine's load
+hits each alike) and is the one place here that reads a clock: the process's CPU time beside each window.
 """
 
 import dataclasses
 import math
+import os
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 WINDOWS = 3  # timed windows per phase; each figure is their median
 
@@ -100,3 +102,29 @@ def phase_after_one(seconds: float, window: Callable[[int], float], warm_up_only
     phase = Phase(seconds, WINDOWS)
     phase.start(window(1))
     return run_phase(phase, window, warm_up_only)
+
+
+def alternated(runs: Mapping[str, Callable[[int], float]], seconds: float, images_per_step: int,
+               rounds: int = WINDOWS) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Each run warmed up on its own (`phase_after_one`), then one window of each in turn, `rounds` times;
+    the images/s of every window by the wall clock (what `run(steps)` returns) and by the process's CPU
+    time (user and system: the work, not the waiting)."""
+    sizes = {name: phase_after_one(seconds, run, warm_up_only=True).steps for name, run in runs.items()}
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            cpu_start = _cpu_seconds()
+            wall[name].append(sizes[name] * images_per_step / run(sizes[name]))
+            cpu[name].append(sizes[name] * images_per_step / max(_cpu_seconds() - cpu_start, 1e-9))
+    return wall, cpu
+
+
+def median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """The median of the pairs' ratios: each pair ran back to back, so the load of its moment cancels."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators, strict=True))
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system

@@ -19,7 +19,7 @@ import ml_collections
 
 from cnn_flax.bench import cli
 from cnn_flax.bench.model import BareSteps, benchmark_config, synthetic_steps
-from cnn_flax.bench.phases import WINDOWS, phase_after_one
+from cnn_flax.bench.phases import alternated, median_ratio
 from cnn_flax.defaults import base
 from cnn_flax.errors import UserError
 
@@ -46,15 +46,10 @@ def precision_figures(config: ml_collections.ConfigDict, seconds: float) -> dict
     for kind in ("step", "eval"):
         runs: dict[str, Callable[[int], float]] = {
             name: (steps if kind == "step" else steps.infer) for name, steps in bare.items()}
-        sizes = {name: phase_after_one(seconds, run, warm_up_only=True).steps for name, run in runs.items()}
-        rates: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(WINDOWS):
-            for name, run in runs.items():
-                rates[name].append(sizes[name] * batch_size / run(sizes[name]))
+        rates, _ = alternated(runs, seconds, batch_size)
         for name in runs:
             figures[f"{kind}_{name}_img_per_s"] = statistics.median(rates[name])
-        figures[f"{kind}_bf16_over_f32"] = statistics.median(b / f for b, f in zip(rates["bf16"], rates["f32"],
-                                                                                    strict=True))
+        figures[f"{kind}_bf16_over_f32"] = median_ratio(rates["bf16"], rates["f32"])
     figures["compiles"] = max(steps.trainer.compile_count("train") for steps in bare.values())
     return figures
 

@@ -3,7 +3,7 @@
 import pytest
 
 from cnn_flax.bench.model import LoopWindows
-from cnn_flax.bench.phases import Phase, run_phase, steps_for
+from cnn_flax.bench.phases import Phase, alternated, median_ratio, run_phase, steps_for
 from cnn_flax.training.loop import LoopState
 
 
@@ -110,3 +110,23 @@ def test_loop_windows_stop_their_clock_between_epochs_and_end_the_run():
     assert phase.timed_seconds == [4.5, 4.5] and phase.steps == 4
     assert windows.epoch_extras == [10.0, 10.0, 10.0]
     assert between == [0, 1, 2]  # after the warm-up window and after each timed one, never on the clock
+
+
+def test_alternated_variants_take_turns_and_their_ratio_is_the_median_of_the_pairs():
+    """Two variants whose steps take 10 and 20 ms of (made-up) wall clock: after each one's own warm-up they
+    take turns, one window each per round, and the faster one's rate is twice the slower one's."""
+    calls = []
+
+    def variant(name, step_seconds):
+        def window(steps):
+            calls.append(name)
+            return steps * step_seconds
+        return window
+
+    wall, cpu = alternated({"fast": variant("fast", 0.01), "slow": variant("slow", 0.02)}, seconds=0.3,
+                           images_per_step=8, rounds=4)
+    assert calls[-8:] == ["fast", "slow"] * 4  # the timed windows alternate
+    assert wall["fast"] == pytest.approx([800.0] * 4) and wall["slow"] == pytest.approx([400.0] * 4)
+    assert len(cpu["fast"]) == len(cpu["slow"]) == 4 and all(rate > 0 for rate in cpu["fast"] + cpu["slow"])
+    assert median_ratio(wall["fast"], wall["slow"]) == pytest.approx(2.0)
+    assert median_ratio([1.0, 3.0, 10.0], [1.0, 1.0, 1.0]) == 3.0  # a median, not a mean
