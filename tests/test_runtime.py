@@ -7,7 +7,7 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from cnn_flax.models import _compiled_init, create_model, init_variables
+from cnn_flax.models import compiled_init, create_model, init_variables
 from cnn_flax.runtime import (
     keep_freed_host_memory,
     prefer_eigen_convolutions,
@@ -47,9 +47,9 @@ def test_initialisation_compiles_once_per_model_and_shape():
     first = create_model(dict(name="minivgg", num_classes=10), jnp.float32)
     again = create_model(dict(name="minivgg", num_classes=10), jnp.float32)  # equal, not the same object
     a = init_variables(first, jax.random.key(0), (16, 16, 3))
-    compiled = _compiled_init.cache_info().misses  # other tests may have compiled this one already
+    compiled = compiled_init.cache_info().misses  # other tests may have compiled this one already
     b = init_variables(again, jax.random.key(0), [16, 16, 3])
-    assert _compiled_init.cache_info().misses == compiled
+    assert compiled_init.cache_info().misses == compiled
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda x, y: bool((x == y).all()), a, b))
 
 

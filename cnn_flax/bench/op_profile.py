@@ -30,12 +30,12 @@ from cnn_flax.errors import UserError
 if TYPE_CHECKING:
     import ml_collections
 
-_OUTSIDE = "outside the model (optimizer, loss, augmentation)"
+OUTSIDE_MODEL = "outside the model (optimizer, loss, augmentation)"
 _KERNEL_GRADIENT = "convolution kernel gradient"
 _KERNEL_GRADIENT_COPIES = "convolution kernel gradient: layout copies"
 CATEGORIES = ("convolution forward", "convolution input gradient", _KERNEL_GRADIENT, _KERNEL_GRADIENT_COPIES,
               "BatchNorm", "activation", "concatenation", "pooling", "dense",
-              _OUTSIDE, "other")
+              OUTSIDE_MODEL, "other")
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\(?[a-z]\w*\[[\d,]*\][^ ]*) ([\w\-]+)\((.*)$")
 # pool, pool2, avg_pool, block1_pool, global_max_pooling; not pool_proj
@@ -69,7 +69,7 @@ def categorize(op_name: str, opcode: str, shape: str, batch: int) -> str:
     if any(word in layer for word in ("relu", "max", "select_n")):
         return "activation"
     if not op_name or "jvp(" not in op_name:
-        return _OUTSIDE
+        return OUTSIDE_MODEL
     return "other"
 
 
@@ -131,7 +131,8 @@ def shares_table(columns: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def _trace_events(directory: str) -> list[dict]:
+def trace_events(directory: str) -> list[dict]:
+    """The events of the one profiler trace written under `directory` (jax.profiler's .trace.json.gz)."""
     files = glob.glob(os.path.join(directory, "**", "*.trace.json.gz"), recursive=True)
     with gzip.open(files[0]) as handle:
         return json.load(handle)["traceEvents"]
@@ -165,7 +166,7 @@ def profile(config: "ml_collections.ConfigDict", steps: int) -> dict[str, dict[s
             directory = os.path.join(scratch, phase)
             with jax.profiler.trace(directory):
                 run()
-            columns[phase] = operation_seconds(_trace_events(directory), categories)
+            columns[phase] = operation_seconds(trace_events(directory), categories)
     return columns
 
 

@@ -85,7 +85,7 @@ def init_variables(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...
     shape = tuple(int(d) for d in input_shape)
     if isinstance(rng, jax.core.Tracer):  # under jax.eval_shape or another transformation: nothing to compile
         return init_traced(model, shape, rng)
-    return _compiled_init(model, shape, jax.ShapeDtypeStruct(rng.shape, rng.dtype))(rng)
+    return compiled_init(model, shape, jax.ShapeDtypeStruct(rng.shape, rng.dtype))(rng)
 
 
 def init_traced(model: nn.Module, input_shape: tuple[int, ...], rng: jax.Array) -> dict[str, Any]:
@@ -100,6 +100,8 @@ _CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensi
 
 
 @functools.cache
-def _compiled_init(model: nn.Module, input_shape: tuple[int, ...], rng_type: jax.ShapeDtypeStruct):
+def compiled_init(model: nn.Module, input_shape: tuple[int, ...], rng_type: jax.ShapeDtypeStruct):
+    """The compiled initialiser of `model` at `input_shape`, cached: equal models (Linen modules compare by
+    their fields) share one compilation, which for VGG16 is most of the time `init_variables` takes."""
     jitted = jax.jit(lambda rng: init_traced(model, input_shape, rng))
     return jitted.lower(rng_type).compile(compiler_options=_CHEAP_COMPILE)

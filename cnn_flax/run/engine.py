@@ -92,16 +92,19 @@ class Engine:
                 self._precise_bn[start] = self.compile(f"precise_bn_{start:g}", step, donate=())
             self._precise_bn["precise_bn"] = True
         batches = self.batches("train", shuffle=True, epoch=0, drop_remainder=True)
+        # Each update comes to the host as it is made and the mean is taken there: a few KB per batch, and
+        # no chain of eager adds across the devices while the next compiled steps are still in flight.
+        fetch = self.parallel.fetch
         updates, probe = [], None
         for _, batch in zip(range(count), device_prefetch(batches, self.parallel.put_batch), strict=False):
-            updates.append(self._precise_bn[0.0](variables, batch))
+            updates.append(fetch(self._precise_bn[0.0](variables, batch)))
             if probe is None:
-                probe = self._precise_bn[1.0](variables, batch)
+                probe = fetch(self._precise_bn[1.0](variables, batch))
         if len(updates) < count:
             log.warning("precise_bn_batches=%d: the train split has %d batches of %d; used them all", count,
                         len(updates), self.config.batch_size)
         stats = average_batch_stats(updates, updates[0], probe)
-        return {**variables, "batch_stats": self.parallel.put_replicated(self.parallel.fetch(stats))}
+        return {**variables, "batch_stats": self.parallel.put_replicated(stats)}
 
     def eval_batches(self, split: str) -> Iterator[dict]:
         """The split in order on the devices, padded rows masked; only the first eval_steps when that is > 0."""

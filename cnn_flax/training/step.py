@@ -74,7 +74,9 @@ def _targets(rows: Any, lam: jax.Array | None, num_classes: int) -> jax.Array:
     return lam * one_hot(own) + (1.0 - lam) * one_hot(partner)
 
 
-def _step_keys(seed: int, step: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
+def step_keys(seed: int, step: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
+    """The (augmentation, dropout) keys of training step `step`: a function of (seed, step, device) alone,
+    so a resumed run draws what the uninterrupted one drew from the step it resumes at."""
     key = jax.random.fold_in(jax.random.key(seed), step)
     if axis_name is not None:
         key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
@@ -169,7 +171,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preproce
         return (losses.mean(), (join_micro_batches(logits), batch_stats)), grads
 
     def train_step(state: TrainState, batch: Batch, metrics: TrainMetrics) -> tuple[TrainState, TrainMetrics]:
-        augment_key, dropout_key = _step_keys(seed, state.step, axis_name)
+        augment_key, dropout_key = step_keys(seed, state.step, axis_name)
         images = preprocess(batch["image"], augment_key)
         labels = batch["label"]
         rows, lam = labels, None

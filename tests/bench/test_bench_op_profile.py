@@ -44,7 +44,7 @@ def test_categories_follow_layer_direction_and_shape():
         "maximum_concatenate_fusion.6": "concatenation",
         "select_pad_fusion.7": "pooling",
         "slice_select_fusion.8": "activation",
-        "add.9": op_profile._OUTSIDE,
+        "add.9": op_profile.OUTSIDE_MODEL,
         "maximum.11": "pooling",
         "maximum.10": "activation",  # of the pooling branch's projection, not pooling
         "select_maximum_fusion.12": "pooling",  # VGG names its pools block1_pool …
@@ -74,7 +74,7 @@ def test_trace_of_a_compiled_gradient_is_read_by_instruction(tmp_path):
     categories = op_profile.instruction_categories(grad.lower(*args).compile().as_text(), batch=4)
     with jax.profiler.trace(str(tmp_path)):
         jax.block_until_ready(grad(*args))
-    seconds = op_profile.operation_seconds(op_profile._trace_events(str(tmp_path)), categories)
+    seconds = op_profile.operation_seconds(op_profile.trace_events(str(tmp_path)), categories)
     # Every direction of the convolution ran and was timed under its own category.
     assert {"convolution forward", "convolution input gradient", "convolution kernel gradient"} <= set(seconds)
     assert all(value > 0 for value in seconds.values())

@@ -81,7 +81,7 @@ def test_one_nnx_optimizer_step_equals_our_linen_train_step(monkeypatch):
     stream_key = jax.random.key(42)
     dropout_key = jax.random.fold_in(stream_key, 0)  # what nnx.Rngs(dropout=stream_key) yields first
 
-    monkeypatch.setattr(step_module, "_step_keys", lambda seed, step, axis_name: (jax.random.key(0), dropout_key))
+    monkeypatch.setattr(step_module, "step_keys", lambda seed, step, axis_name: (jax.random.key(0), dropout_key))
     train_step = step_module.make_train_step(model, tx, preprocess, seed=0)
     state, _ = jax.jit(train_step)(TrainState.create(variables, tx), batch, TrainMetrics.empty())
 

@@ -14,7 +14,7 @@ from cnn_flax.models.layers import ConvModule
 from cnn_flax.training.metrics import TrainMetrics
 from cnn_flax.training.parallel import JitParallel, PmapParallel
 from cnn_flax.training.state import TrainState
-from cnn_flax.training.step import _step_keys, make_train_step
+from cnn_flax.training.step import make_train_step, step_keys
 from configs.common import base
 
 CLASSES, SIZE, BATCH = 4, 8, 16
@@ -86,7 +86,7 @@ def test_loss_is_on_mixed_targets_and_accuracy_on_true_labels(pieces, one_device
 
     @jax.jit
     def written_out(images):  # the first step by hand: its key, augmentation, mixing draw and logits
-        augment_key, _ = _step_keys(3, jnp.asarray(0), None)
+        augment_key, _ = step_keys(3, jnp.asarray(0), None)
         images = preprocess(images, augment_key)
         draw = mixing.draw(augment_key, BATCH, SIZE, SIZE)
         logits, _ = model.apply(variables, mixing.images(images, draw), train=True, mutable=["batch_stats"])
