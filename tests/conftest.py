@@ -44,6 +44,14 @@ END_TO_END = {
     "run/test_vgg16_finetune.py", "run/test_wandb.py",
 }
 
+# The files that take longest on a 2-core machine (pytest --durations), longest first.
+LONGEST = (
+    "run/test_multihost.py", "run/test_soak.py", "pretrained/test_torchvision_weights.py", "run/test_train.py",
+    "run/test_leftovers.py", "run/test_short_recipe.py", "run/test_reliability.py", "run/test_gradcam.py",
+    "export/test_export.py", "run/test_vgg16_finetune.py", "run/test_training_controls.py",
+    "pretrained/test_keras_checkpoints.py", "run/test_lr_find.py", "run/test_launch.py",
+)
+
 
 def pytest_collection_modifyitems(config, items):
     import pytest
@@ -52,3 +60,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if os.path.relpath(str(item.path), here) in END_TO_END:
             item.add_marker(pytest.mark.slow)
+    # xdist hands out whole files in collection order: the longest first, so that the short ones fill the
+    # end and no worker is left alone with a minute-long file while the other waits.
+    def weight(indexed):
+        index, item = indexed
+        name = os.path.relpath(str(item.path), here)
+        return (LONGEST.index(name) if name in LONGEST else len(LONGEST), name not in END_TO_END, index)
+
+    items[:] = [item for _, item in sorted(enumerate(items), key=weight)]

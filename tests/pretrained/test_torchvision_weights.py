@@ -38,21 +38,44 @@ if importlib.util.find_spec("torchvision") is None:
 REFERENCE = os.path.join(ROOT, "tests", "support", "torchvision_reference.py")
 
 
-def torchvision_reference(tmp_path, name: str, *, kind: str = "features", variant: str = "A", seed: int = 0,
-                          batch_norm: bool = False, layout: str = "zip",
-                          images: np.ndarray | None = None) -> tuple[str, np.ndarray | None]:
-    """torchvision's network (`kind`: a column's features, the full model, or features + a 1x1 classifier)
-    with random weights from `seed`, saved as `name` in `layout`; its outputs on `images` (NHWC) if given."""
-    spec = dict(kind=kind, variant=variant, seed=seed, batch_norm=batch_norm, layout=layout,
-                weights=str(tmp_path / name), images=None, outputs=str(tmp_path / f"{name}.out.npy"))
-    if images is not None:
-        spec["images"] = str(tmp_path / f"{name}.in.npy")
-        np.save(spec["images"], images)
-    spec_path = tmp_path / f"{name}.json"
-    spec_path.write_text(json.dumps(spec))
-    done = subprocess.run([sys.executable, REFERENCE, str(spec_path)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return spec["weights"], (np.load(spec["outputs"]) if images is not None else None)
+def torchvision_references(folder, networks: dict[str, dict]) -> dict[str, tuple[str, np.ndarray | None]]:
+    """torchvision's networks, all built in one process: for each file name, a spec (kind: a column's features,
+    the full model, or features + a 1x1 classifier; variant, seed, batch_norm, layout, NHWC images or None).
+    Returns the saved file's path and, where images were given, the network's outputs on them."""
+    specs, done = [], {}
+    for name, options in networks.items():
+        spec = {**dict(kind="features", variant="A", seed=0, batch_norm=False, layout="zip"), **options,
+                "weights": str(folder / name), "outputs": str(folder / f"{name}.out.npy")}
+        if spec["images"] is not None:
+            np.save(folder / f"{name}.in.npy", spec["images"])
+            spec["images"] = str(folder / f"{name}.in.npy")
+        specs.append(spec)
+    (folder / "specs.json").write_text(json.dumps(specs))
+    run = subprocess.run([sys.executable, REFERENCE, str(folder / "specs.json")], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for spec in specs:
+        done[os.path.basename(spec["weights"])] = (spec["weights"],
+                                                    np.load(spec["outputs"]) if spec["images"] else None)
+    return done
+
+
+COLUMN_IMAGES = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
+PREDICT_PIXELS = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+TORCHVISION_MEAN, TORCHVISION_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+# Every network the fast tests compare with, made in one start of torch for the module.
+NETWORKS = {
+    **{f"vgg_{variant}.pth": dict(variant=variant, images=COLUMN_IMAGES) for variant in "ABDE"},
+    "vgg11.pth": dict(images=None),
+    "vgg11_bn.pth": dict(batch_norm=True, images=None),
+    "vgg11-32.pth": dict(kind="classifier", seed=4, layout="legacy",
+                         images=((PREDICT_PIXELS / 255.0 - TORCHVISION_MEAN) / TORCHVISION_STD).astype(np.float32)),
+}
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory) -> dict[str, tuple[str, np.ndarray | None]]:
+    return torchvision_references(tmp_path_factory.mktemp("torchvision"), NETWORKS)
 
 
 def saved_state(path: str) -> dict:
@@ -131,29 +154,27 @@ def test_damaged_and_foreign_files_are_named(tmp_path):
 
 
 @pytest.mark.parametrize("variant", ["A", "B", "D", "E"])
-def test_every_columns_convolutions_equal_torchvisions(tmp_path, variant):
+def test_every_columns_convolutions_equal_torchvisions(references, variant):
     """include_top=False at 32x32: the last feature map [1, 1, 512] of each column equals torchvision's."""
-    images = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
-    path, expected = torchvision_reference(tmp_path, f"vgg_{variant}.pth", variant=variant, images=images)
+    path, expected = references[f"vgg_{variant}.pth"]
     model, template = ours(variant, 32, include_top=False)
     variables = load_weight_file(path, model, template, (32, 32, 3))
-    got = np.asarray(model.apply(variables, images, train=False))
+    got = np.asarray(model.apply(variables, COLUMN_IMAGES, train=False))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
-def test_wrong_column_batchnorm_files_and_sizes_are_one_line_errors(tmp_path):
-    torchvision_reference(tmp_path, "vgg11.pth")
+def test_wrong_column_batchnorm_files_and_sizes_are_one_line_errors(references):
+    vgg11, vgg11_bn = references["vgg11.pth"][0], references["vgg11_bn.pth"][0]
     model, template = ours("D", 32, include_top=False)
     with pytest.raises(UserError, match=r"vgg11.pth: 8 convolutions in the file but 13 in VGG column D; it is vgg11: "
                                         r"set --config.model.variant=A"):
-        load_weight_file(str(tmp_path / "vgg11.pth"), model, template, (32, 32, 3))
-    torchvision_reference(tmp_path, "vgg11_bn.pth", batch_norm=True)
+        load_weight_file(vgg11, model, template, (32, 32, 3))
     model, template = ours("A", 32, include_top=False)
     with pytest.raises(UserError, match="vgg11_bn.pth: a VGG with BatchNorm"):
-        load_weight_file(str(tmp_path / "vgg11_bn.pth"), model, template, (32, 32, 3))
+        load_weight_file(vgg11_bn, model, template, (32, 32, 3))
     model, template = ours("A", 32)  # a classifier, but only the convolutions in the file
     with pytest.raises(UserError, match="no classifier .* include_top=False"):
-        load_weight_file(str(tmp_path / "vgg11.pth"), model, template, (32, 32, 3))
+        load_weight_file(vgg11, model, template, (32, 32, 3))
 
 
 def _full_model_check(tmp_path, variant: str, file_kind: str) -> None:
@@ -161,8 +182,8 @@ def _full_model_check(tmp_path, variant: str, file_kind: str) -> None:
     # the stream-of-pickles layout torchvision's published VGG files have, or timm's Hub file: model.safetensors
     # in timm's layout, written by the safetensors library
     name, layout = (f"vgg_{variant}.pth", "legacy") if file_kind == "pth" else ("model.safetensors", "timm")
-    path, expected = torchvision_reference(tmp_path, name, kind="full", variant=variant, layout=layout,
-                                           images=images)
+    path, expected = torchvision_references(tmp_path, {name: dict(kind="full", variant=variant, layout=layout,
+                                                                  images=images)})[name]
     model, template = ours(variant, 224)
     variables = load_weight_file(str(path), model, template, (224, 224, 3))
     got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
@@ -185,9 +206,9 @@ def test_vgg_d_from_a_timm_safetensors_file_gives_torchvisions_logits(tmp_path):
     _full_model_check(tmp_path, "D", "safetensors")
 
 
-def test_a_new_classifier_keeps_the_models_own_layer(tmp_path):
+def test_a_new_classifier_keeps_the_models_own_layer(references, tmp_path):
     """init_skip=predictions with 10 classes: every other layer from the file, the classifier as initialised."""
-    state = saved_state(torchvision_reference(tmp_path, "vgg11_features.pth")[0])
+    state = saved_state(references["vgg11.pth"][0])
     rng = np.random.default_rng(0)
     for index, shape in ((0, (4096, 512)), (3, (4096, 4096)), (6, (1000, 4096))):
         state[f"classifier.{index}.weight"] = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
@@ -209,22 +230,18 @@ def test_a_new_classifier_keeps_the_models_own_layer(tmp_path):
     jax.tree_util.tree_map(np.testing.assert_array_equal, again, loaded)
 
 
-def test_mode_predict_with_torchvision_weights_and_normalisation(tmp_path, capsys):
+def test_mode_predict_with_torchvision_weights_and_normalisation(references, tmp_path):
     """--mode=predict as the docs give it (vgg_imagenet:A, init_from=the .pth, data.normalize=torchvision) at 32x32,
     where torchvision's convolutions end in 1x1 maps: torch's own layers with its ImageNet normalisation agree."""
     import importlib
 
-    pixels = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    inputs = ((pixels / 255.0 - mean) / std).astype(np.float32)
-    _, logits = torchvision_reference(tmp_path, "vgg11-32.pth", kind="classifier", seed=4, layout="legacy",
-                                      images=inputs)
+    weights, logits = references["vgg11-32.pth"]
     config = importlib.import_module("configs.vgg_imagenet").get_config("A")
     config.data.image_size = 32
     config.data.normalize = "torchvision"
-    config.init_from = str(tmp_path / "vgg11-32.pth")
+    config.init_from = weights
     paths = []
-    for i, image in enumerate(pixels):
+    for i, image in enumerate(PREDICT_PIXELS):
         paths.append(str(tmp_path / f"photo_{i}.png"))
         Image.fromarray(image).save(paths[-1])
     predictions = modes.predict(config, str(tmp_path / "run"), paths)

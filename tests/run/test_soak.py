@@ -1,5 +1,6 @@
-"""Soak: SIGKILL at seeded random moments of training (some inside a checkpoint save), of prepare and of export,
-restarting the same command each time; the finished result must equal an uninterrupted run's, with nothing left.
+"""Soak: SIGKILL at seeded random moments of training (some inside a checkpoint save; early stopping and the
+plateau's rate lowering on), of prepare and of export, restarting the same command each time; the finished
+result must equal an uninterrupted run's, with nothing left.
 
 Each writer's uninterrupted run is timed first and the kill moments are drawn (seeded) inside that time, so
 every kill lands while the run works: training's from its start, prepare's and export's from the moment
@@ -34,9 +35,17 @@ from killing import (
 )
 
 SEED = 26
+# Training with the Keras-style controls on: lowering the rate on a plateau (it acts twice in 7 epochs) and
+# early stopping (patient enough to watch every epoch) keep state a resumed run must get back exactly.
+EPOCHS = 7
 TRAIN = ["--config", "configs/quickstart.py", "--config.data.image_size=16", "--config.batch_size=32",
-         "--config.steps_per_epoch=6", "--config.num_epochs=3", "--config.log_every_steps=1", "--config.eval_steps=2",
-         "--config.export.onnx=no"]
+         "--config.steps_per_epoch=6", f"--config.num_epochs={EPOCHS}", "--config.log_every_steps=1",
+         "--config.eval_steps=2", "--config.export.onnx=no", "--config.optimizer.learning_rate=0.02",
+         "--config.schedule.name=constant", "--config.early_stopping.enabled=True",
+         "--config.early_stopping.patience=4", "--config.early_stopping.min_delta=0.05",
+         "--config.early_stopping.restore_best_weights=True", "--config.reduce_lr_on_plateau.enabled=True",
+         "--config.reduce_lr_on_plateau.patience=1", "--config.reduce_lr_on_plateau.min_delta=0.05",
+         "--config.reduce_lr_on_plateau.factor=0.5", "--config.reduce_lr_on_plateau.cooldown=1"]
 LEFTOVER = re.compile(r"\.partial[@-]|orbax-checkpoint-tmp")
 
 
@@ -104,13 +113,15 @@ def test_training_prepare_and_export_survive_kills_at_random_moments(tmp_path):
     result = launch([*TRAIN, "--workdir", workdir])
     assert result.returncode == 0, result.stderr[-3000:]
     report("training", outcomes)
-    assert history(workdir) == history(reference)
-    assert_same_tree(saved(workdir, 3), saved(reference, 3))
+    expected = history(reference)
+    assert any("lr_reduced_to" in record for record in expected)  # the plateau acted: its state had to resume
+    assert history(workdir) == expected
+    assert_same_tree(saved(workdir, EPOCHS), saved(reference, EPOCHS))
     assert not leftovers(workdir)
     events = re.compile(r"events\.out\.tfevents\.")  # TensorBoard's files: one per start, by design
     top = sorted(n for n in os.listdir(workdir) if not events.match(n))
     assert top == sorted(n for n in os.listdir(reference) if not events.match(n))
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["epoch_1", "epoch_2", "epoch_3"]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [f"epoch_{e}" for e in range(1, EPOCHS + 1)]
 
     # Prepare of a photo folder: three kills.
     photos = str(tmp_path / "photos")

@@ -1,17 +1,12 @@
 """Early stopping, lower-on-plateau and the best checkpoint in real runs on digits: the run's own history,
-fed to tf_keras's callbacks, gives the same rates and stop epoch; a killed run resumes to the same history."""
+fed to tf_keras's callbacks, gives the same rates and stop epoch. (A run with these controls killed at random
+moments resumes to the uninterrupted history: tests/run/test_soak.py.)"""
 
 import json
 import os
-import random
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
-from repo_paths import ROOT
 from run_configs import tiny_config, with_overrides
 
 from cnn_flax.errors import UserError
@@ -133,54 +128,3 @@ def test_an_early_stopped_run_stays_finished_and_another_setup_is_refused(contro
     with pytest.raises(UserError, match="early_stopping.monitor='val_top5' is not in the epoch's history"):
         train_and_evaluate(tiny_config(num_epochs=1, **{"early_stopping.enabled": True,
                                                         "early_stopping.monitor": "val_top5"}), str(tmp_path))
-
-
-# -- a run killed with SIGKILL at a random moment, then the same command: the history of an uninterrupted run --
-
-ARGS = ["--config", "configs/quickstart.py", "--config.data.image_size=16", "--config.batch_size=32",
-        "--config.steps_per_epoch=6", "--config.num_epochs=7", "--config.log_every_steps=1", "--config.eval_steps=2",
-        "--config.checkpoint_every_epochs=1", "--config.optimizer.learning_rate=0.02",
-        "--config.schedule.name=constant",
-        *[f"--config.{key}={value}" for key, value in CONTROLS.items()],
-        "--config.early_stopping.patience=4", "--config.early_stopping.min_delta=0.05",
-        "--config.reduce_lr_on_plateau.min_delta=0.05"]
-
-
-def _env():
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1", TF_CPP_MIN_LOG_LEVEL="3",
-               JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
-    env.pop("XLA_FLAGS", None)
-    return env
-
-
-def _launch(workdir, log_path):
-    with open(log_path, "a") as log:
-        return subprocess.Popen([sys.executable, "launch.py", *ARGS, "--workdir", workdir], cwd=ROOT, env=_env(),
-                                stdout=log, stderr=subprocess.STDOUT)
-
-
-def _without_seconds(workdir):
-    return [{k: v for k, v in record.items() if k != "seconds"} for record in _history(workdir)]
-
-
-@pytest.mark.slow
-def test_killed_at_a_random_moment_resumes_to_the_uninterrupted_history(tmp_path):
-    reference, log_path = str(tmp_path / "reference"), str(tmp_path / "log.txt")
-    assert _launch(reference, log_path).wait(timeout=600) == 0, open(log_path).read()[-3000:]
-    expected = _without_seconds(reference)
-    assert any("lr_reduced_to" in r for r in expected)  # the plateau acted, so its state had to be resumed
-    workdir, rng = str(tmp_path / "killed"), random.Random()
-    for _ in range(2):  # two kills, each at a random moment after training began
-        run = _launch(workdir, log_path)
-        deadline = time.monotonic() + 600
-        while "step 1/6" not in (open(os.path.join(workdir, "log.txt")).read()
-                                 if os.path.exists(os.path.join(workdir, "log.txt")) else ""):
-            assert run.poll() is None and time.monotonic() < deadline, open(log_path).read()[-3000:]
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 4.0))
-        if run.poll() is None:
-            os.kill(run.pid, signal.SIGKILL)
-        run.wait()
-    assert _launch(workdir, log_path).wait(timeout=600) == 0, open(log_path).read()[-3000:]
-    assert _without_seconds(workdir) == expected

@@ -1,13 +1,14 @@
 """torchvision's VGGs with random weights, written and run in a process of their own.
 
-    python tests/support/torchvision_reference.py SPEC.json
+    python tests/support/torchvision_reference.py SPECS.json
 
 torchvision imports triton, whose native start-up crashes a process that has already loaded TensorFlow;
 the test processes load it (export, data), so every torchvision network is built here instead, from a
-JSON spec: {"kind": "features" | "full" | "classifier", "variant": "A", "seed": 0, "batch_norm": false,
-"weights": PATH, "layout": "zip" | "legacy" | "timm", "images": NPY or null, "outputs": NPY}. It saves the
-network's state dict in the layout asked for and, given images (NHWC float32), the network's outputs
-(NHWC feature maps, or logits). Nothing of cnn_flax, JAX or TensorFlow is imported.
+JSON list of specs, each {"kind": "features" | "full" | "classifier", "variant": "A", "seed": 0,
+"batch_norm": false, "weights": PATH, "layout": "zip" | "legacy" | "timm", "images": NPY or null,
+"outputs": NPY}. For each it saves the network's state dict in the layout asked for and, given images
+(NHWC float32), the network's outputs (NHWC feature maps, or logits). Nothing of cnn_flax, JAX or
+TensorFlow is imported.
 """
 
 import json
@@ -56,7 +57,12 @@ def timm_layout(state: dict) -> dict:
 
 def main(spec_path: str) -> None:
     with open(spec_path) as handle:
-        spec = json.load(handle)
+        specs = json.load(handle)
+    for spec in specs if isinstance(specs, list) else [specs]:  # one start of torch for many networks
+        write_reference(spec)
+
+
+def write_reference(spec: dict) -> None:
     model, state = network(spec)
     if spec["layout"] == "timm":
         from safetensors.numpy import save_file
