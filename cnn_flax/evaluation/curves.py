@@ -68,7 +68,8 @@ def plot_history(
     import matplotlib.style
 
     with matplotlib.style.context("ggplot"):
-        figure = new_figure(figsize=(11, 5), layout="constrained")
+        figure = new_figure(figsize=(11, 5))  # redrawn after every epoch: fixed margins, no layout engine
+        figure.subplots_adjust(left=0.07, right=0.985, bottom=0.11, top=0.87, wspace=0.2)
         loss_ax, accuracy_ax = figure.subplots(1, 2)
         for ax, kind in ((loss_ax, "loss"), (accuracy_ax, "accuracy")):
             for key in (f"train_{kind}", f"val_{kind}"):

@@ -130,7 +130,8 @@ def test_prediction_grid(tmp_path, captured_figures):
     _assert_png(path, min_side=200)
     figure = captured_figures[0]
     assert figure.get_suptitle() == "Predictions"
-    titles = [ax.title for ax in figure.axes if ax.title.get_text()]
+    assert len(figure.axes) == 1  # one image of every tile, captions as its texts
+    titles = figure.axes[0].texts
     assert [t.get_text() for t in titles] == [
         "pred: cat / true: cat",
         "pred: bird / true: dog",
@@ -140,7 +141,15 @@ def test_prediction_grid(tmp_path, captured_figures):
     ]
     red, green = to_rgb("red"), to_rgb("green")
     assert [to_rgb(t.get_color()) for t in titles] == [green, red, green, red, green]
-    assert len(figure.axes) == 6  # 3 columns (ceil of sqrt 5), 2 rows, one cell left blank
+    # 3 columns (ceil of sqrt 5), 2 rows, one cell left white; each caption centred over its own tile
+    mosaic = figure.axes[0].images[0].get_array()
+    band, gap = round(16 * 0.22), round(16 * 0.1)
+    assert mosaic.shape == (2 * (band + 16), 3 * (16 + gap) - gap, 3)
+    for i, text in enumerate(titles):
+        top, left = (i // 3) * (band + 16) + band, (i % 3) * (16 + gap)
+        np.testing.assert_array_equal(mosaic[top:top + 16, left:left + 16], images[i])
+        assert text.get_position() == (left + 8, top - 0.5)
+    assert (mosaic[band + 16 + band:, 2 * (16 + gap):] == 255).all()
 
 
 def test_prediction_grid_limits_images_and_shortens_long_names(tmp_path, captured_figures):
@@ -148,7 +157,7 @@ def test_prediction_grid_limits_images_and_shortens_long_names(tmp_path, capture
     names = ["goldfish, Carassius auratus", "European fire salamander, Salamandra salamandra"]
     labels = np.ones(30, dtype=int)
     plot_predictions(images, labels, np.zeros(30, dtype=int), names, tmp_path / "p.png", max_images=4)
-    titles = [ax.title.get_text() for ax in captured_figures[0].axes if ax.title.get_text()]
+    titles = [text.get_text() for text in captured_figures[0].axes[0].texts]
     assert titles == ["pred: goldfish / true: European fire…"] * 4
 
 
