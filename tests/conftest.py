@@ -19,6 +19,7 @@ from cnn_flax.runtime import prefer_eigen_convolutions  # noqa: E402
 prefer_eigen_convolutions()  # as launch.py does: fast kernel gradients on XLA's CPU backend
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_disable_most_optimizations", True)
 jax.config.update("jax_platforms", "cpu")
@@ -54,8 +55,6 @@ LONGEST = (
 
 
 def pytest_collection_modifyitems(config, items):
-    import pytest
-
     here = os.path.dirname(os.path.abspath(__file__))
     for item in items:
         if os.path.relpath(str(item.path), here) in END_TO_END:
@@ -68,3 +67,19 @@ def pytest_collection_modifyitems(config, items):
         return (LONGEST.index(name) if name in LONGEST else len(LONGEST), name not in END_TO_END, index)
 
     items[:] = [item for _, item in sorted(enumerate(items), key=weight)]
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_each_modules_programs():
+    """After each test file: JAX's compiled programs and traces dropped, the heap trimmed. A worker that ran
+    the whole suite otherwise held 6-8 GB by its end (every jitted step of every test stays cached); with
+    this it stays near 2 GB. Programs a later file needs again come back from the persistent cache."""
+    yield
+    import gc
+
+    from cnn_flax.runtime import release_freed_host_memory
+
+    jax.clear_caches()
+    gc.collect()
+    release_freed_host_memory()
