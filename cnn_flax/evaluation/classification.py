@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from cnn_flax.errors import UserError
-from cnn_flax.evaluation.files import new_figure, save_figure, write_json, write_text
+from cnn_flax.evaluation.files import new_figure, save_captioned_grid, save_figure, write_json, write_text
 from cnn_flax.evaluation.metrics import rank_accuracies
 
 # Above this many classes a confusion matrix cell is too small for a number or a class name.
@@ -142,44 +142,12 @@ def plot_predictions(
         raise ValueError(f"max_images must be at least 1, got {max_images}")
     count = min(len(images), max_images)
     cols = math.ceil(math.sqrt(count))
-    rows = math.ceil(count / cols)
     captions = []
     for i in range(count):
         caption = f"pred: {_short_name(names[predictions[i]])} / true: {_short_name(names[labels[i]])}"
         captions.append(caption + (f"\n{notes[i]}" if notes is not None and notes[i] else ""))
-    lines = max(caption.count("\n") + 1 for caption in captions)
-    mosaic, corners = _mosaic(images[:count], rows, cols, caption_rows=0.08 + 0.14 * lines)
-    height = 2.6 * rows + 0.6
-    figure = new_figure(figsize=(2.6 * cols, height))  # a fixed grid: a layout engine would cost a second
-    # One Axes showing one image of all tiles: 25 Axes with titles took most of a second to draw.
-    ax = figure.add_axes((0.02, 0.02, 0.96, 0.98 - 0.6 / height))
-    ax.imshow(mosaic, vmin=0, vmax=255)
-    ax.axis("off")
-    for i, ((top, left), caption) in enumerate(zip(corners, captions, strict=True)):
-        correct = predictions[i] == labels[i]
-        ax.text(left + images.shape[2] / 2, top - 0.5, caption, ha="center", va="bottom", fontsize=7,
-                color="green" if correct else "red")
-    figure.suptitle(title)
-    save_figure(figure, path, dpi=100)
-
-
-def _mosaic(images: np.ndarray, rows: int, cols: int, caption_rows: float) -> tuple[np.ndarray, list]:
-    """The images ([N, H, W(, C)] uint8) on a white RGB canvas, row by row, with a band above each for its
-    caption (`caption_rows` of an image's height) and a gap between columns; returns the canvas and each
-    image's (top, left) pixel."""
-    if images.ndim == 4 and images.shape[-1] == 1:
-        images = images[..., 0]
-    if images.ndim == 3:
-        images = np.repeat(images[..., None], 3, axis=-1)  # grayscale shown as gray, as cmap="gray" would
-    height, width = images.shape[1:3]
-    band, gap = max(1, round(height * caption_rows)), max(1, round(width * 0.1))
-    canvas = np.full((rows * (band + height), cols * (width + gap) - gap, 3), 255, np.uint8)
-    corners = []
-    for i, image in enumerate(images):
-        top, left = (i // cols) * (band + height) + band, (i % cols) * (width + gap)
-        canvas[top:top + height, left:left + width] = image
-        corners.append((top, left))
-    return canvas, corners
+    colours = ["green" if predictions[i] == labels[i] else "red" for i in range(count)]
+    save_captioned_grid(images[:count], captions, colours, cols, path, title)
 
 
 def _optional_float(value: Any) -> float | None:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from cnn_flax.atomic import atomic_file
-from cnn_flax.evaluation.files import new_figure, save_figure
+from cnn_flax.evaluation.files import save_captioned_grid
 
 # The overlay files of small inputs (digits' and CIFAR-10's 32x32) are enlarged to at least this many pixels a
 # side, by whole pixels, so the map can be seen; the heat map itself is interpolated to that size.
@@ -127,7 +127,8 @@ def plot_mistake_maps(images: Any, true_maps: Any, predicted_maps: Any, captions
                       path: str | os.PathLike, title: str = "Where the network looked (Grad-CAM)") -> None:
     """A figure with one row per image: the image, the map of its true class, the map of the predicted class.
 
-    captions: per row (image caption, true-class caption, predicted-class caption).
+    captions: per row (image caption, true-class caption, predicted-class caption). The image is enlarged by
+    whole pixels as its overlays are, so that the three panels of a row have one size.
     """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
@@ -136,17 +137,8 @@ def plot_mistake_maps(images: Any, true_maps: Any, predicted_maps: Any, captions
     if not (len(true_maps) == len(predicted_maps) == len(captions) == count) or count == 0:
         raise ValueError(f"need one true map, predicted map and caption per image ({count} images), got "
                          f"{len(true_maps)}, {len(predicted_maps)} and {len(captions)}")
-    height = 2.3 * count + 0.8  # 0.8 inch of the height for the title, above the first row's captions
-    figure = new_figure(figsize=(7.2, height))
-    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.01, top=1 - 0.8 / height, wspace=0.08, hspace=0.3)
-    axes = figure.subplots(count, 3, squeeze=False)
-    for i in range(count):
-        image = images[i]
-        panels = (image, overlay(image, true_maps[i]), overlay(image, predicted_maps[i]))
-        for ax, panel, caption, colour in zip(axes[i], panels, captions[i], ("black", "green", "red"), strict=True):
-            ax.axis("off")
-            shown = panel.squeeze(-1) if panel.ndim == 3 and panel.shape[-1] == 1 else panel
-            ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
-            ax.set_title(caption, fontsize=7, color=colour)
-    figure.suptitle(title, y=1 - 0.15 / height, va="top")
-    save_figure(figure, path, dpi=100)
+    tiles = []
+    for image, true_map, predicted_map in zip(images, true_maps, predicted_maps, strict=True):
+        tiles += [overlay(image, true_map, alpha=0.0), overlay(image, true_map), overlay(image, predicted_map)]
+    save_captioned_grid(np.stack(tiles), [text for row in captions for text in row], ["black", "green", "red"] * count,
+                        3, path, title, tile_inches=2.4)

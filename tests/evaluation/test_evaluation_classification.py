@@ -9,7 +9,6 @@ from matplotlib.colors import to_rgb
 from PIL import Image
 
 from cnn_flax.errors import UserError
-from cnn_flax.evaluation import classification as report
 from cnn_flax.evaluation.classification import (
     classification_report_text,
     plot_confusion_matrix,
@@ -59,20 +58,6 @@ def test_classification_report_lists_classes_never_seen():
 def test_report_rejects_labels_beyond_the_class_names():
     with pytest.raises(UserError, match="2 class names"):
         classification_report_text(LABELS, PREDICTIONS, NAMES[:2])
-
-
-@pytest.fixture
-def captured_figures(monkeypatch):
-    """The figures the report module saves, kept for inspection (files are still written)."""
-    figures = []
-    real_save = report.save_figure
-
-    def save(figure, path, **kwargs):
-        figures.append(figure)
-        real_save(figure, path, **kwargs)
-
-    monkeypatch.setattr(report, "save_figure", save)
-    return figures
 
 
 def _assert_png(path, min_side=300):
