@@ -19,7 +19,7 @@ from cnn_flax.atomic import atomic_file, write_json, write_text
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["mosaic", "new_figure", "save_captioned_grid", "save_figure", "write_json", "write_text"]
+__all__ = ["new_figure", "save_captioned_grid", "save_figure", "write_json", "write_text"]
 
 
 def save_figure(figure: Figure, path: str | os.PathLike, **savefig_kwargs: Any) -> None:
@@ -39,7 +39,7 @@ def new_figure(**figure_kwargs: Any) -> Figure:
     return figure
 
 
-def mosaic(images: np.ndarray, rows: int, cols: int, caption_rows: float) -> tuple[np.ndarray, list]:
+def _mosaic(images: np.ndarray, rows: int, cols: int, caption_rows: float) -> tuple[np.ndarray, list]:
     """The images ([N, H, W(, C)] uint8) on a white RGB canvas, row by row, with a band above each for its
     caption (`caption_rows` of an image's height) and a gap between columns; returns the canvas and each
     image's (top, left) pixel."""
@@ -67,7 +67,7 @@ def save_captioned_grid(tiles: np.ndarray, captions: Sequence[str], colours: Seq
     """
     rows = math.ceil(len(tiles) / cols)
     lines = max(caption.count("\n") + 1 for caption in captions)
-    canvas, corners = mosaic(tiles, rows, cols, caption_rows=0.08 + 0.14 * lines)
+    canvas, corners = _mosaic(tiles, rows, cols, caption_rows=0.08 + 0.14 * lines)
     height = tile_inches * rows + 0.6
     figure = new_figure(figsize=(tile_inches * cols, height))
     ax = figure.add_axes((0.02, 0.02, 0.96, 0.98 - 0.6 / height))
