@@ -73,7 +73,6 @@ def pytest_collection_modifyitems(config, items):
     items[:] = [item for _, item in sorted(enumerate(items), key=weight)]
 
 
-
 @pytest.fixture(scope="module", autouse=True)
 def _release_each_modules_programs():
     """After each test file: JAX's compiled programs and traces dropped, the heap trimmed. A worker that ran

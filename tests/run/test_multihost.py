@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 import pytest
-from killing import descendants, running
+from killing import descendants, env, running
 from repo_paths import ROOT  # noqa: E402
 
 from cnn_flax.run.supervisor import EXIT_PEER_LOST
@@ -34,14 +34,6 @@ ARGS = ["--config", "configs/quickstart.py", "--config.data.image_size=16", "--c
         "--config.optimizer.learning_rate=0.001"]
 COMPARED = ("learning_rate", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
 TIMEOUT = 420
-
-
-def _env(devices: int) -> dict[str, str]:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1", TF_CPP_MIN_LOG_LEVEL="3",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    return env
 
 
 def _free_port() -> int:
@@ -56,7 +48,7 @@ def _start(workdir: str, log_dir: str, name: str, devices: int, extra: list[str]
     log_path = os.path.join(log_dir, f"{name}.log")
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, "launch.py", *args, "--workdir", workdir, *extra], cwd=ROOT,
-                                   env=_env(devices), stdout=log, stderr=subprocess.STDOUT)
+                                   env=env(devices), stdout=log, stderr=subprocess.STDOUT)
     return process, log_path
 
 

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import pytest
-from killing import assert_same_tree, history, saved
+from killing import assert_same_tree, env, history, saved
 from repo_paths import ROOT  # noqa: E402
 
 ARGS = ["--config", "configs/quickstart.py", "--config.data.image_size=16", "--config.batch_size=32",
@@ -54,23 +54,14 @@ runpy.run_path("launch.py", run_name="__main__")
 """
 
 
-def _env() -> dict[str, str]:
-    """One CPU device as on a laptop; compiled programs are shared with the other tests through the cache."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1", TF_CPP_MIN_LOG_LEVEL="3",
-               JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    env.pop("XLA_FLAGS", None)
-    return env
-
-
 def launch(workdir: str, *extra: str, prefix: tuple[str, ...] = ("launch.py",)) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *prefix, *ARGS, "--workdir", workdir, *extra], cwd=ROOT, env=_env(),
+    return subprocess.run([sys.executable, *prefix, *ARGS, "--workdir", workdir, *extra], cwd=ROOT, env=env(),
                           capture_output=True, text=True, timeout=TIMEOUT)
 
 
 def start(workdir: str, log_path: str) -> subprocess.Popen:
     with open(log_path, "w") as log:
-        return subprocess.Popen([sys.executable, "launch.py", *ARGS, "--workdir", workdir], cwd=ROOT, env=_env(),
+        return subprocess.Popen([sys.executable, "launch.py", *ARGS, "--workdir", workdir], cwd=ROOT, env=env(),
                                 stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -215,7 +206,7 @@ def test_verbose_shows_the_traceback_of_a_one_line_error(tmp_path):
     missing = str(tmp_path / "nowhere")
     result = subprocess.run([sys.executable, "launch.py", "--config", "configs/deeper_exp2_adam.py",
                              f"--config.data.dir={missing}", "--config.data.root=", "--workdir", str(tmp_path / "run"),
-                             "--verbose"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+                             "--verbose"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode != 0 and "Traceback (most recent call last)" in result.stderr
     assert f"UserError: {missing}/train.hdf5 not found and data.root is empty" in result.stderr
 

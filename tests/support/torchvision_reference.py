@@ -58,7 +58,7 @@ def timm_layout(state: dict) -> dict:
 def main(spec_path: str) -> None:
     with open(spec_path) as handle:
         specs = json.load(handle)
-    for spec in specs if isinstance(specs, list) else [specs]:  # one start of torch for many networks
+    for spec in specs:  # one start of torch for many networks
         write_reference(spec)
 
 
