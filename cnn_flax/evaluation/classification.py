@@ -1,10 +1,11 @@
 """The deck's evaluation artefacts: classification report, confusion matrix and a grid of predictions.
 
-The numbers come from scikit-learn and the pictures from matplotlib so that they match what readers of the
-deck (written with Keras + scikit-learn) already know how to read. Every class is listed even when it never
-occurs in the predictions, so reports of different runs line up row by row. Figures are drawn on bare Agg
-figures (no pyplot state, no display) and every file is written atomically, because a user may be looking at
-the previous version while a new one is written.
+The report has scikit-learn's `classification_report` layout and the confusion matrix the look of its
+`ConfusionMatrixDisplay`, so that they read as the deck's (written with Keras + scikit-learn) do; both are
+computed and drawn here, because importing scikit-learn cost every run 0.7 s at start-up. Every class is
+listed even when it never occurs in the predictions, so reports of different runs line up row by row.
+Figures are drawn on bare Agg figures (no pyplot state, no display) and every file is written atomically,
+because a user may be looking at the previous version while a new one is written.
 """
 
 from __future__ import annotations
@@ -45,19 +46,35 @@ def _check_predictions(
     return labels, predictions, names
 
 
-def classification_report_text(labels: Any, predictions: Any, class_names: Sequence[str]) -> str:
-    """Per-class precision / recall / f1 / support, accuracy, macro and weighted averages (two decimals)."""
-    labels, predictions, names = _check_predictions(labels, predictions, class_names)
-    from sklearn.metrics import classification_report  # imported when used: it costs a second at start-up
+def confusion_counts(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """int64 [true, predicted] counts."""
+    return np.bincount(labels * num_classes + predictions, minlength=num_classes**2).reshape(num_classes, -1)
 
-    return classification_report(
-        labels,
-        predictions,
-        labels=np.arange(len(names)),
-        target_names=names,
-        digits=2,
-        zero_division=0,
-    )
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is 0 (a class never predicted or never present)."""
+    return np.divide(numerator, denominator, out=np.zeros(len(numerator)), where=denominator > 0)
+
+
+def classification_report_text(labels: Any, predictions: Any, class_names: Sequence[str]) -> str:
+    """Per-class precision / recall / f1 / support, accuracy, macro and weighted averages (two decimals),
+    laid out as scikit-learn's `classification_report(..., digits=2, zero_division=0)`."""
+    labels, predictions, names = _check_predictions(labels, predictions, class_names)
+    matrix = confusion_counts(labels, predictions, len(names))
+    hits, support, predicted = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+    precision, recall = _ratio(hits, predicted), _ratio(hits, support)
+    f1 = _ratio(2 * hits, support + predicted)
+    total = int(support.sum())
+    width = max(len("weighted avg"), *(len(name) for name in names))
+    row = f"{{:>{width}}} " + " {:>9.2f}" * 3 + " {:>9}\n"
+    lines = [f"{'':>{width}} " + "".join(f" {h:>9}" for h in ("precision", "recall", "f1-score", "support")), "\n\n"]
+    lines += [row.format(name, *values) for name, *values in zip(names, precision, recall, f1, support, strict=True)]
+    lines.append("\n")
+    lines.append(f"{'accuracy':>{width}} " + " " * 20 + f" {hits.sum() / total:>9.2f} {total:>9}\n")
+    averages = {"macro avg": np.ones(len(names)), "weighted avg": support}
+    for name, weights in averages.items():
+        lines.append(row.format(name, *(np.average(v, weights=weights) for v in (precision, recall, f1)), total))
+    return "".join(lines)
 
 
 def _index_ticks(num_classes: int) -> np.ndarray:
@@ -76,34 +93,29 @@ def plot_confusion_matrix(
     """
     labels, predictions, names = _check_predictions(labels, predictions, class_names)
     num_classes = len(names)
-    from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
-
-    matrix = confusion_matrix(labels, predictions, labels=np.arange(num_classes))
+    matrix = confusion_counts(labels, predictions, num_classes)
     labelled = num_classes <= MAX_LABELLED_CLASSES
     side = 6 + 0.25 * num_classes if labelled else 10
     figure = new_figure(figsize=(side, side * 0.9), layout="constrained")
     ax = figure.add_subplot()
+    image = ax.imshow(matrix, interpolation="nearest", cmap="Blues")
+    figure.colorbar(image, ax=ax)
     if labelled:
-        display = ConfusionMatrixDisplay(matrix, display_labels=names)
-        display.plot(
-            ax=ax,
-            cmap="Blues",
-            values_format="d",
-            xticks_rotation=45,
-            colorbar=True,
-            text_kw={"fontsize": 10 if num_classes <= 15 else 7},
-        )
-        for tick in ax.get_xticklabels():
-            tick.set_horizontalalignment("right")
-            tick.set_rotation_mode("anchor")
-    else:  # drawn directly: scikit-learn would first make one tick per class, seconds for ImageNet's 1000
-        image = ax.imshow(matrix, interpolation="nearest", cmap="Blues")
-        figure.colorbar(image, ax=ax)
+        # Each count in the colour that reads on its cell: the map's lightest on the darker half, its darkest
+        # on the lighter half.
+        darkest, lightest = image.cmap(1.0), image.cmap(0.0)
+        middle = (matrix.max() + matrix.min()) / 2
+        size = 10 if num_classes <= 15 else 7
+        for (row, column), count in np.ndenumerate(matrix):
+            ax.text(column, row, str(count), ha="center", va="center", fontsize=size,
+                    color=lightest if count > middle else darkest)
+        ax.set_xticks(np.arange(num_classes), names, rotation=45, ha="right", rotation_mode="anchor")
+        ax.set_yticks(np.arange(num_classes), names)
+    else:  # a heat map: a tick per class would take seconds to lay out for ImageNet's 1000
         ticks = _index_ticks(num_classes)
         ax.set_xticks(ticks, [str(t) for t in ticks], rotation=0)
         ax.set_yticks(ticks, [str(t) for t in ticks])
-        ax.set(xlabel="Predicted label", ylabel="True label")
-    ax.set_title("Confusion Matrix")
+    ax.set(xlabel="Predicted label", ylabel="True label", title="Confusion Matrix")
     save_figure(figure, path, dpi=100)
     return matrix
 

@@ -1,6 +1,7 @@
 """The batch contract: epoch order, process shards, resume, evaluation padding, prefetching, digits."""
 
 import gc
+import math
 import threading
 
 import numpy as np
@@ -148,18 +149,53 @@ def test_digits_split_resize_and_channels():
     info = source.info
     assert info.split_sizes == {"train": 1347, "val": 450, "test": 450}
     assert info.class_names == tuple("0123456789") and info.image_shape == (8, 8, 3)
-    (train_x, _), (test_x, test_y) = source.arrays("train"), source.arrays("test")
+    (train_x, train_y), (test_x, test_y) = source.arrays("train"), source.arrays("test")
     assert source.arrays("val")[0] is test_x
     raw = load_digits()
-    expected = {np.round(im * 255 / 16).astype(np.uint8).tobytes() for im in raw.images}
-    assert {im[..., 0].tobytes() for im in train_x} | {im[..., 0].tobytes() for im in test_x} <= expected
+    grey = np.round(raw.images * 255 / 16).astype(np.uint8)
+    # Read from scikit-learn's file without importing scikit-learn: exactly its loader's digits, every one once.
+    assert sorted(zip((im.tobytes() for im in grey), raw.target, strict=True)) == sorted(
+        zip((im[..., 0].tobytes() for im in np.concatenate([train_x, test_x])), np.concatenate([train_y, test_y]),
+            strict=True))
     assert (train_x == train_x[..., :1]).all()
     per_class = np.bincount(test_y, minlength=10)
-    assert np.all(np.abs(per_class - 0.25 * np.bincount(raw.target)) <= 1)
+    assert np.all(np.abs(per_class - 0.25 * np.bincount(raw.target)) < 1)
+    assert len(set(test_y[:20].tolist())) > 5  # in random order, not class by class
     assert np.allclose(info.mean_rgb, train_x.reshape(-1, 3).mean(0), atol=1e-3)
     assert np.allclose(info.mean_image, train_x.mean(0), atol=1e-3)
     big = make_source(ConfigDict({"name": "digits"}))
     assert big.info.image_shape == (32, 32, 3) and big.arrays("train")[0].dtype == np.uint8
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.1, 0.5, 0.9])
+def test_stratified_split_gives_each_class_its_share_and_depends_only_on_the_seed(fraction):
+    from cnn_flax.data.sources.digits import stratified_split
+
+    labels = np.repeat(np.arange(7), [3, 50, 51, 9, 120, 1, 17])  # uneven classes, one of a single item
+    train, test = stratified_split(labels, fraction, seed=5)
+    num_test = math.ceil(fraction * len(labels))
+    assert len(test) == num_test and len(train) + len(test) == len(labels)
+    assert sorted([*train, *test]) == list(range(len(labels)))
+    shares = np.bincount(labels[test], minlength=7) - np.bincount(labels) * num_test / len(labels)
+    assert np.all(np.abs(shares) < 1), shares
+    again, other = stratified_split(labels, fraction, seed=5), stratified_split(labels, fraction, seed=6)
+    assert all(np.array_equal(a, b) for a, b in zip((train, test), again, strict=True))
+    assert not np.array_equal(test, other[1])
+
+
+def test_a_run_on_digits_imports_neither_scikit_learn_nor_scipy():
+    import subprocess
+    import sys
+
+    code = ("import sys; from cnn_flax.data import make_source; from ml_collections import ConfigDict; "
+            "from cnn_flax.evaluation.classification import classification_report_text, plot_confusion_matrix; "
+            "import tempfile, os; s = make_source(ConfigDict({'name': 'digits', 'image_size': 8})); "
+            "x, y = s.arrays('test'); classification_report_text(y, y, s.info.class_names); "
+            "plot_confusion_matrix(y, y, s.info.class_names, os.path.join(tempfile.mkdtemp(), 'cm.png')); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_measure_input_reports_a_rate():

@@ -11,6 +11,7 @@ from PIL import Image
 from cnn_flax.errors import UserError
 from cnn_flax.evaluation.classification import (
     classification_report_text,
+    confusion_counts,
     plot_confusion_matrix,
     plot_predictions,
     write_evaluation,
@@ -55,6 +56,24 @@ def test_classification_report_lists_classes_never_seen():
     assert _row(text, "accuracy") == ["0.60", "10"]
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_classification_report_is_scikit_learns_text(seed):
+    """Character for character scikit-learn's report, on random cases with classes never predicted or never
+    present and names longer than 'weighted avg'."""
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    rng = np.random.default_rng(seed)
+    num_classes = int(rng.integers(2, 14))
+    names = [f"class {i}" if i % 5 else f"a much longer class name {i}" for i in range(num_classes)]
+    labels = rng.integers(0, max(1, num_classes - seed), 60)  # seed > 0: the last classes never true
+    predictions = np.where(rng.random(60) < 0.6, labels, rng.integers(0, num_classes, 60))
+    expected = classification_report(labels, predictions, labels=np.arange(num_classes), target_names=names,
+                                     digits=2, zero_division=0)
+    assert classification_report_text(labels, predictions, names) == expected
+    np.testing.assert_array_equal(confusion_counts(labels, predictions, num_classes),
+                                  confusion_matrix(labels, predictions, labels=np.arange(num_classes)))
+
+
 def test_report_rejects_labels_beyond_the_class_names():
     with pytest.raises(UserError, match="2 class names"):
         classification_report_text(LABELS, PREDICTIONS, NAMES[:2])
@@ -80,6 +99,8 @@ def test_confusion_matrix_counts_and_labels(tmp_path, captured_figures):
     assert [t.get_text() for t in ax.get_yticklabels()] == NAMES
     assert all(t.get_rotation() != 0 for t in ax.get_xticklabels())
     assert sorted(t.get_text() for t in ax.texts) == sorted(str(v) for v in CONFUSION.ravel())
+    colour = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_color() for t in ax.texts}
+    assert colour[0, 0] == colour[2, 2] and colour[0, 0] != colour[0, 1]  # the darkest cells' text stands out
     assert len(captured_figures[0].axes) == 2  # the matrix and its colorbar
 
 
