@@ -163,19 +163,18 @@ def uninterrupted(tmp_path_factory) -> str:
     return workdir
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("victim", [0, 1])
-def test_a_lost_process_ends_the_other_with_one_line_and_a_restart_resumes(uninterrupted, tmp_path, victim):
-    """SIGKILL of one process in epoch 2: the other ends at once (or once JAX's heartbeat timeout says so)."""
-    workdir = str(tmp_path / "run")
-    pair = _start_pair(workdir, str(tmp_path), "killed", THREE_EPOCHS)
-    (killed, _), (survivor, survivor_log) = pair[victim], pair[1 - victim]
+def _kill_one_in(epoch: int, victim: int, workdir: str, log_dir: str, name: str) -> None:
+    """Starts the pair, SIGKILLs process `victim` once epoch `epoch` has begun; the other must end at once
+    (or once JAX's heartbeat timeout says so) with one line that says how to resume, and nothing left."""
     log_txt = os.path.join(workdir, "log.txt")
+    seen = len(open(log_txt).read()) if os.path.exists(log_txt) else 0  # what the earlier runs logged
+    pair = _start_pair(workdir, log_dir, name, THREE_EPOCHS)
+    (killed, _), (survivor, survivor_log) = pair[victim], pair[1 - victim]
     deadline = time.monotonic() + TIMEOUT
-    while not (os.path.exists(log_txt) and re.search(r"\] epoch 2 step 1/4:", open(log_txt).read())):
+    while not (os.path.exists(log_txt) and re.search(rf"\] epoch {epoch} step 1/4:", open(log_txt).read()[seen:])):
         if time.monotonic() > deadline or killed.poll() is not None or survivor.poll() is not None:
             _finish(pair)
-            pytest.fail("the pair never reached epoch 2")
+            pytest.fail(f"the pair never reached epoch {epoch}")
         time.sleep(0.01)
     below = descendants(killed.pid) | descendants(survivor.pid)
     killed.kill()
@@ -190,15 +189,25 @@ def test_a_lost_process_ends_the_other_with_one_line_and_a_restart_resumes(unint
     assert code == EXIT_PEER_LOST and seconds < 30, (code, seconds, text[-3000:])
     assert [line for line in text.splitlines() if line.startswith("error:")] == [
         f"error: process {victim} of 2 was lost (killed, crashed or unreachable); restart all 2 processes with the "
-        "same command: the run continues from epoch 2"], text[-3000:]
+        f"same command: the run continues from epoch {epoch}"], text[-3000:]
     for native in ("Traceback", "Check failure", "Fatal Python error", "coordination_service", "Gloo"):
         assert native not in text.replace("[Gloo] Rank", ""), text[-3000:]  # Gloo's connection notes are stdout's
     time.sleep(1)
     assert not [pid for pid in below if running(pid)]  # the killed supervisor's run went with it
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["epoch_1"]  # no empty interrupted/
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [f"epoch_{e}" for e in range(1, epoch)]
 
-    logs = _finish(_start_pair(workdir, str(tmp_path), "restarted", THREE_EPOCHS))
-    assert all("Resuming from the checkpoint after epoch 1 " in log for log in logs)
+
+@pytest.mark.slow
+def test_a_lost_process_ends_the_other_with_one_line_and_a_restart_resumes(uninterrupted, tmp_path):
+    """Process 1 killed in epoch 2, then, in the restarted pair, process 0 in epoch 3: each time the other
+    ends on its own with one line, and the last restart gives the uninterrupted pair's result bit for bit."""
+    workdir, logs_dir = str(tmp_path / "run"), str(tmp_path)
+    _kill_one_in(2, 1, workdir, logs_dir, "killed_1")
+    _kill_one_in(3, 0, workdir, logs_dir, "killed_0")  # its start resumed from epoch 1 (checked below, in the log)
+    logs = _finish(_start_pair(workdir, logs_dir, "restarted", THREE_EPOCHS))
+    assert all("Resuming from the checkpoint after epoch 2 " in log for log in logs)
+    killed_0 = [open(os.path.join(logs_dir, f"killed_0_{i}.log")).read() for i in range(2)]
+    assert all("Resuming from the checkpoint after epoch 1 " in log for log in killed_0)
     assert _history_without_seconds(workdir) == _history_without_seconds(uninterrupted)
     for a, b in zip(_params(workdir, 3), _params(uninterrupted, 3), strict=True):
         np.testing.assert_array_equal(a, b)
