@@ -53,6 +53,7 @@ class _Storage:
     def __init__(self, dtype: np.dtype, numel: int) -> None:
         self.dtype, self.numel = dtype, numel
         self.array: np.ndarray | None = None
+        self.given = False  # its array is some tensor's own: another tensor on it gets a copy
 
 
 class _Tensor:
@@ -147,7 +148,7 @@ def _read_zip(path: str) -> Any:
         def storage_for(key: str, dtype: np.dtype, numel: int) -> _Storage:
             if key not in storages:
                 storage = _Storage(dtype, numel)
-                raw = archive.read(f"{prefix}data/{key}")
+                raw = archive.read(f"{prefix}data/{key}")  # read-only bytes (zipfile checks their CRC on the way)
                 storage.array = _from_bytes(path, raw, dtype.newbyteorder(">") if big_endian else dtype, numel)
                 storages[key] = storage
             return storages[key]
@@ -183,11 +184,25 @@ def _read_legacy(path: str) -> Any:
                 raise UserError(f"{path}: storage {key} is listed but never used; the file is damaged")
             (count,) = struct.unpack("<q" if little else ">q", handle.read(8))
             dtype = storage.dtype if little else storage.dtype.newbyteorder(">")
-            storage.array = _from_bytes(path, handle.read(count * dtype.itemsize), dtype, count)
+            storage.array = _from_bytes(path, _read_all(handle, count * dtype.itemsize), dtype, count)
     return obj
 
 
-def _from_bytes(path: str, raw: bytes, dtype: np.dtype, numel: int) -> np.ndarray:
+def _read_all(handle: Any, size: int) -> bytearray:
+    """Up to `size` bytes into a buffer of our own: arrays on it are writable without a copy (VGG16's weights
+    are 528 MB; copying them cost a second)."""
+    buffer = bytearray(size)
+    with memoryview(buffer) as view:
+        done = 0
+        while done < size:
+            count = handle.readinto(view[done:])
+            if not count:
+                break
+            done += count
+    return buffer if done == size else buffer[:done]
+
+
+def _from_bytes(path: str, raw: bytes | bytearray, dtype: np.dtype, numel: int) -> np.ndarray:
     if len(raw) < numel * dtype.itemsize:
         raise UserError(f"{path}: a storage holds {len(raw)} bytes where {numel} elements of {dtype} need "
                         f"{numel * dtype.itemsize}; the file is truncated, download it again")
@@ -209,7 +224,11 @@ def _materialise(path: str, name: str, tensor: _Tensor) -> np.ndarray:
     flat = storage.array
     item = flat.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(flat[offset:], shape=size, strides=tuple(s * item for s in stride))
-    return np.array(view, order="C")  # contiguous, and no longer tied to the file's buffer
+    whole = offset == 0 and view.size == flat.size and view.flags.c_contiguous
+    if whole and flat.flags.writeable and not storage.given:
+        storage.given = True  # the whole storage in order, read into a buffer of ours: the tensor is its array
+        return flat.reshape(size)
+    return np.array(view, order="C")  # contiguous, writable, apart from what other tensors share
 
 
 def _state_dict(path: str, obj: Any) -> dict[str, np.ndarray]:

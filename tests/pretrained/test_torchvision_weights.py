@@ -88,13 +88,15 @@ def ours(variant: str, size: int, **options):
 
 
 def test_reader_gives_torchs_numbers_for_both_file_layouts_without_torch(tmp_path):
-    """dtypes, a transposed (non-contiguous) tensor, two views of one storage, a scalar, an empty tensor."""
+    """dtypes, a transposed (non-contiguous) tensor, two views of one storage, one tensor under two names, a
+    scalar, an empty tensor; every array is writable and apart from the others."""
     torch.manual_seed(0)
     base = torch.randn(6, 4)
     state = {"weight": torch.randn(3, 2, 3, 3), "half": torch.randn(5).half(), "bf16": torch.randn(7).bfloat16(),
              "steps": torch.tensor(12345678912, dtype=torch.int64), "mask": torch.tensor([True, False, True]),
              "transposed": base.t(), "rows": base[2:4], "empty": torch.zeros(0, 3), "int8": torch.arange(-4, 4,
                                                                                                         dtype=torch.int8)}
+    state["tied"] = state["weight"]  # one storage, whole, for two names
     for legacy in (False, True):
         path = tmp_path / f"state_{legacy}.pth"
         torch.save(state, path, _use_new_zipfile_serialization=not legacy)
@@ -106,7 +108,9 @@ def test_reader_gives_torchs_numbers_for_both_file_layouts_without_torch(tmp_pat
                         else tensor.numpy())
             assert read[name].dtype == expected.dtype and read[name].shape == expected.shape, name
             np.testing.assert_array_equal(read[name], expected, err_msg=name)
-            assert read[name].flags.c_contiguous
+            assert read[name].flags.c_contiguous and read[name].flags.writeable
+        read["weight"] += 1
+        np.testing.assert_array_equal(read["tied"], state["tied"].numpy())
 
 
 def test_reader_unwraps_a_checkpoint_dict_and_reads_parameters(tmp_path):
