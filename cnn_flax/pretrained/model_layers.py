@@ -6,6 +6,7 @@ the variables themselves come back as dicts sorted by name, which says nothing a
 """
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,6 +43,17 @@ class ModelLayer:
 
 def model_layers(model: nn.Module, input_shape: tuple[int, ...], variables: Mapping[str, Any]) -> list[ModelLayer]:
     """The Conv/Dense/BatchNorm layers of `model` in call order (training mode, so auxiliary heads count)."""
+    layers = []
+    for path, kind in _call_order(model, tuple(int(d) for d in input_shape)):
+        leaves = tuple(leaf for leaf in KERAS_WEIGHT_ORDER[kind] if _has(variables, leaf[0], (*path, leaf[1])))
+        layers.append(ModelLayer(path, kind, leaves))
+    return layers
+
+
+@functools.lru_cache(maxsize=32)
+def _call_order(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[tuple[tuple[str, ...], str], ...]:
+    """(path, kind) of each layer as the model calls it; kept per model (Linen modules compare by their fields)
+    and input shape, because tracing GoogLeNet takes a quarter of a second and a run may read many files."""
     from cnn_flax.models import init_traced
 
     calls: list[tuple[tuple[str, ...], str]] = []
@@ -54,12 +66,8 @@ def model_layers(model: nn.Module, input_shape: tuple[int, ...], variables: Mapp
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(note):
-        jax.eval_shape(lambda: init_traced(model, tuple(input_shape), jax.random.key(0)))
-    layers = []
-    for path, kind in calls:
-        leaves = tuple(leaf for leaf in KERAS_WEIGHT_ORDER[kind] if _has(variables, leaf[0], (*path, leaf[1])))
-        layers.append(ModelLayer(path, kind, leaves))
-    return layers
+        jax.eval_shape(lambda: init_traced(model, input_shape, jax.random.key(0)))
+    return tuple(calls)
 
 
 def is_chain(layers: list[ModelLayer], variables: Mapping[str, Any]) -> bool:
