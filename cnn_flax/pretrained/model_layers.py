@@ -43,8 +43,15 @@ class ModelLayer:
 
 def model_layers(model: nn.Module, input_shape: tuple[int, ...], variables: Mapping[str, Any]) -> list[ModelLayer]:
     """The Conv/Dense/BatchNorm layers of `model` in call order (training mode, so auxiliary heads count)."""
+    shape = tuple(int(d) for d in input_shape)
+    try:
+        hash(model)
+    except TypeError:  # a module with an unhashable field (a list of widths, say): traced every time
+        order = _call_order.__wrapped__(model, shape)
+    else:
+        order = _call_order(model, shape)
     layers = []
-    for path, kind in _call_order(model, tuple(int(d) for d in input_shape)):
+    for path, kind in order:
         leaves = tuple(leaf for leaf in KERAS_WEIGHT_ORDER[kind] if _has(variables, leaf[0], (*path, leaf[1])))
         layers.append(ModelLayer(path, kind, leaves))
     return layers

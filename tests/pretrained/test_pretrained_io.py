@@ -214,3 +214,26 @@ def test_damaged_files_and_weight_counts(tmp_path):
         load_tiny(tmp_path / "nobias.h5", tiny_template())
 
 
+
+
+def test_layer_order_of_a_module_with_an_unhashable_field():
+    """A research module with a list field cannot be a cache key; its layers are still found, in call order."""
+    from cnn_flax.models import init_traced
+    from cnn_flax.pretrained.model_layers import model_layers
+
+    class Widths(nn.Module):
+        widths: list
+
+        @nn.compact
+        def __call__(self, x, train=False):
+            for width in self.widths:
+                x = nn.relu(nn.Conv(width, (3, 3))(x))
+            return nn.Dense(3)(x.mean(axis=(1, 2)))
+
+    model = Widths([4, 8])
+    with pytest.raises(TypeError):
+        hash(model)
+    variables = jax.eval_shape(lambda: init_traced(model, (8, 8, 3), jax.random.key(0)))
+    layers = model_layers(model, (8, 8, 3), variables)
+    assert [(layer.label, layer.kind) for layer in layers] == [("Conv_0", "conv"), ("Conv_1", "conv"),
+                                                               ("Dense_0", "dense")]
