@@ -167,6 +167,17 @@ def test_digits_split_resize_and_channels():
     assert big.info.image_shape == (32, 32, 3) and big.arrays("train")[0].dtype == np.uint8
 
 
+def test_digits_come_from_scikit_learns_own_loader_where_its_file_is_elsewhere(monkeypatch):
+    from cnn_flax.data.sources import digits
+
+    from_file = digits.read_digits()
+    monkeypatch.setattr(digits, "_digits_file", lambda: None)
+    from_loader = digits.read_digits()
+    for a, b in zip(from_file, from_loader, strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("fraction", [0.25, 0.1, 0.5, 0.9])
 def test_stratified_split_gives_each_class_its_share_and_depends_only_on_the_seed(fraction):
     from cnn_flax.data.sources.digits import stratified_split
@@ -183,7 +194,7 @@ def test_stratified_split_gives_each_class_its_share_and_depends_only_on_the_see
     assert not np.array_equal(test, other[1])
 
 
-def test_a_run_on_digits_imports_neither_scikit_learn_nor_scipy():
+def test_digits_data_and_their_report_import_neither_scikit_learn_nor_scipy():
     import subprocess
     import sys
 

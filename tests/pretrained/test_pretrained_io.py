@@ -214,8 +214,6 @@ def test_damaged_files_and_weight_counts(tmp_path):
         load_tiny(tmp_path / "nobias.h5", tiny_template())
 
 
-
-
 def test_layer_order_of_a_module_with_an_unhashable_field():
     """A research module with a list field cannot be a cache key; its layers are still found, in call order."""
     from cnn_flax.models import init_traced

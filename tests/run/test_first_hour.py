@@ -21,6 +21,7 @@ import time
 
 import pytest
 from headless_chromium import find_chromium, inspect_page
+from killing import env
 from PIL import Image
 from repo_paths import ROOT  # noqa: E402
 
@@ -51,10 +52,7 @@ def needs_cifar10(command: str) -> bool:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-               COLUMNS="100")
-    env.pop("XLA_FLAGS", None)  # one device, as a user's laptop
-    return env
+    return dict(env(), COLUMNS="100")  # one device, as a user's laptop, and a 100-column terminal
 
 
 def run_in_terminal(argv: list[str], timeout: float = 300) -> tuple[int, str]:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from killing import env
 from ml_collections import config_flags  # noqa: F401 - the launcher's config loader, imported as it would be
 from repo_paths import ROOT  # noqa: E402
 
@@ -45,14 +46,9 @@ def load_config(spec: str):
 
 
 def launch(*args, timeout=600, optimize=False):
-    """launch.py in a process of its own. `optimize`: XLA's optimizing compiles, as a user's run has them,
-    for a run whose steps (not its compiles) take the time: the quickstart's three epochs took 62 s without
-    them and 27 s with, from an empty compile cache (31 s and 18 s from a filled one)."""
-    env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="0" if optimize else "1", JAX_PLATFORMS="cpu",
-               TF_CPP_MIN_LOG_LEVEL="3")
-    env.pop("XLA_FLAGS", None)  # one device, as a user's laptop
-    return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    """launch.py in a process of its own, on one device as a user's laptop (`optimize`: see killing.env)."""
+    return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, env=env(optimize=optimize),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("spec,total,trainable,non_trainable", SUMMARIES, ids=[s[0] for s in SUMMARIES])

@@ -47,37 +47,33 @@ def assert_same(params: dict, keras_weights: dict, layers: list[str], same: bool
 
 
 def test_head_warm_up_then_fine_tuning_from_a_keras_vgg16_file(tmp_path):
-    with optimized_compiles():  # VGG16's steps, not their compiles, take the time: 56 s -> 40 s
-        check_both_phases(tmp_path)
+    with optimized_compiles():  # VGG16's steps, not their compiles, take the time: 49 s -> 39 s warm
+        root, data_dir = str(tmp_path / "photos"), str(tmp_path / "prepared")
+        names = write_flat(root, (0, 1, 7), per_class=12, junk=False)
+        model = keras.applications.VGG16(weights=None, include_top=True, input_shape=(32, 32, 3), classes=10)
+        weights_file = str(tmp_path / "vgg16.weights.h5")
+        model.save_weights(weights_file)
+        from_keras = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers
+                      if layer.get_weights()}
+        convs = [name for name in from_keras if name.startswith("block")]
+        block5 = [name for name in convs if name.startswith("block5")]
 
+        head_dir = str(tmp_path / "head")
+        head = phase("head", root, data_dir, init_from=weights_file)
+        train_and_evaluate(head, head_dir)
+        params = run_variables(root, data_dir, head_dir)
+        assert params["predictions"]["kernel"].shape == (4096, 3)  # sized by the three class folders
+        assert_same(params, from_keras, convs, same=True)  # the base stays exactly ImageNet's (here: Keras's)
+        assert_same(params, from_keras, ["fc1", "fc2"], same=False)
+        assert json.load(open(os.path.join(head_dir, "config.json")))["optimizer"]["freeze"] == "^block"
 
-def check_both_phases(tmp_path):
-    root, data_dir = str(tmp_path / "photos"), str(tmp_path / "prepared")
-    names = write_flat(root, (0, 1, 7), per_class=12, junk=False)
-    model = keras.applications.VGG16(weights=None, include_top=True, input_shape=(32, 32, 3), classes=10)
-    weights_file = str(tmp_path / "vgg16.weights.h5")
-    model.save_weights(weights_file)
-    from_keras = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers
-                  if layer.get_weights()}
-    convs = [name for name in from_keras if name.startswith("block")]
-    block5 = [name for name in convs if name.startswith("block5")]
+        body_dir = str(tmp_path / "body")
+        train_and_evaluate(phase("body", root, data_dir, init_from=head_dir), body_dir)
+        tuned = run_variables(root, data_dir, body_dir)
+        assert_same(tuned, from_keras, [c for c in convs if c not in block5], same=True)
+        assert_same(tuned, from_keras, block5, same=False)
+        assert not np.array_equal(tuned["predictions"]["kernel"], params["predictions"]["kernel"])
 
-    head_dir = str(tmp_path / "head")
-    head = phase("head", root, data_dir, init_from=weights_file)
-    train_and_evaluate(head, head_dir)
-    params = run_variables(root, data_dir, head_dir)
-    assert params["predictions"]["kernel"].shape == (4096, 3)  # sized by the three class folders
-    assert_same(params, from_keras, convs, same=True)  # the base stays exactly ImageNet's (here: Keras's)
-    assert_same(params, from_keras, ["fc1", "fc2"], same=False)
-    assert json.load(open(os.path.join(head_dir, "config.json")))["optimizer"]["freeze"] == "^block"
-
-    body_dir = str(tmp_path / "body")
-    train_and_evaluate(phase("body", root, data_dir, init_from=head_dir), body_dir)
-    tuned = run_variables(root, data_dir, body_dir)
-    assert_same(tuned, from_keras, [c for c in convs if c not in block5], same=True)
-    assert_same(tuned, from_keras, block5, same=False)
-    assert not np.array_equal(tuned["predictions"]["kernel"], params["predictions"]["kernel"])
-
-    picture = os.path.join(root, names[1], "img000.jpg")
-    predicted = modes.predict(phase("body", root, data_dir), body_dir, [picture])
-    assert {p["name"] for p in predicted[0]["top5"]} == set(names)
+        picture = os.path.join(root, names[1], "img000.jpg")
+        predicted = modes.predict(phase("body", root, data_dir), body_dir, [picture])
+        assert {p["name"] for p in predicted[0]["top5"]} == set(names)
