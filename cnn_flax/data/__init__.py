@@ -3,16 +3,37 @@
 Knows nothing of models or training. `make_source(config.data)` picks the dataset from the registry in
 `sources.py`; every source yields the same plain batches (uint8 images, int32 labels) in an order fixed
 by (seed, epoch, split), which is what makes resume bit-exact and multi-host runs equal to single-host ones.
+
+The names below are imported on first use: `prepare` decodes photos in freshly spawned processes that import
+`cnn_flax.data.sources.images` (PIL and numpy), and importing this package must not cost them JAX's 1.5 s.
 """
 
 from __future__ import annotations
 
-from cnn_flax.data.augment.keras_affine import affine_warp, random_affine
-from cnn_flax.data.augment.preprocess import make_preprocess, normalize
-from cnn_flax.data.dataset import SPLITS, DatasetInfo, DataSource, epoch_order
-from cnn_flax.data.on_device import OnDeviceBatches
-from cnn_flax.data.registry import SOURCES, make_source, register_source
+import importlib
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from cnn_flax.data.augment.keras_affine import affine_warp, random_affine
+    from cnn_flax.data.augment.preprocess import make_preprocess, normalize
+    from cnn_flax.data.dataset import SPLITS, DatasetInfo, DataSource, epoch_order
+    from cnn_flax.data.on_device import OnDeviceBatches
+    from cnn_flax.data.registry import SOURCES, make_source, register_source
+
+_LAZY = {
+    "SOURCES": "cnn_flax.data.registry",
+    "SPLITS": "cnn_flax.data.dataset",
+    "DataSource": "cnn_flax.data.dataset",
+    "DatasetInfo": "cnn_flax.data.dataset",
+    "OnDeviceBatches": "cnn_flax.data.on_device",
+    "affine_warp": "cnn_flax.data.augment.keras_affine",
+    "epoch_order": "cnn_flax.data.dataset",
+    "make_preprocess": "cnn_flax.data.augment.preprocess",
+    "make_source": "cnn_flax.data.registry",
+    "normalize": "cnn_flax.data.augment.preprocess",
+    "random_affine": "cnn_flax.data.augment.keras_affine",
+    "register_source": "cnn_flax.data.registry",
+}
 __all__ = [
     "SOURCES",
     "SPLITS",
@@ -27,3 +48,15 @@ __all__ = [
     "random_affine",
     "register_source",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cnn_flax.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

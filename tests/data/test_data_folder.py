@@ -200,3 +200,22 @@ def test_summary_sizes_the_head_by_the_class_folders_without_reading_images(tmp_
     config = folder_config.get_config()
     config.data.root = str(tmp_path / "photos")
     assert build_experiment(config, need_data=False).model_config["num_classes"] == 3
+
+
+def test_the_decoding_workers_import_neither_jax_nor_the_rest_of_the_data_package():
+    """prepare's spawned workers import only the decoding module; the package's names still resolve."""
+    import subprocess
+    import sys
+
+    import cnn_flax.data
+
+    code = ("import sys, cnn_flax.data.sources.images; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'cnn_flax')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["['cnn_flax',", "'cnn_flax.data',", "'cnn_flax.data.sources',",
+                                   "'cnn_flax.data.sources.images']"]
+    assert set(cnn_flax.data.__all__) == set(cnn_flax.data._LAZY) <= set(dir(cnn_flax.data))
+    assert all(getattr(cnn_flax.data, name) is not None for name in cnn_flax.data.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        cnn_flax.data.nothing  # noqa: B018
