@@ -1,6 +1,6 @@
 """Figures for the evaluation package, written atomically like every other file of a run.
 
-Figures such as `training.png` are redrawn every epoch while a user may have them open; they go through
+Figures such as `training.png` are redrawn during training while a user may have them open; they go through
 `cnn_flax.atomic` like the JSON and text files (re-exported here for the package's modules).
 """
 

@@ -136,3 +136,39 @@ def test_benchmark_registers_a_hook_and_patches_nothing(monkeypatch):
     assert {c: dict(vars(c)) for c in classes} == class_attributes
     trainer = next(obj for obj in made if isinstance(obj, train.Trainer))
     assert trainer.compile_count("train") == 1 and trainer.compile_count("predict") == 1
+
+
+def test_the_curves_are_redrawn_at_most_every_few_seconds_and_always_at_the_end(tmp_path, monkeypatch):
+    """training.png: drawn at the first epoch's end, then only once `plot_seconds` have passed, at the last
+    epoch, and when a hook stops the run with epochs not yet drawn; history.json every epoch."""
+    import json
+
+    from cnn_flax.training import hooks
+    from cnn_flax.training.history import History
+    from cnn_flax.training.loop import LoopState
+
+    clock, drawn = [100.0], []
+    monkeypatch.setattr(hooks.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(hooks, "plot_history", lambda records, path: drawn.append(records[-1]["epoch"]))
+    history = History(str(tmp_path / "history.json"))
+    writer = hooks.WriteHistory(history, RunFiles(str(tmp_path)), plot_seconds=10.0)
+    loop = LoopState(epoch=1, batch=0, num_epochs=7, steps_per_epoch=1, state=None, metrics=None)
+    record = dict(learning_rate=0.1, train_loss=1.0, train_accuracy=0.5, val_loss=1.0, val_accuracy=0.5,
+                  seconds=4.0)
+
+    def end(epoch, seconds_later, stop=False):
+        clock[0] += seconds_later
+        loop.epoch, loop.record, loop.stop = epoch, dict(record, epoch=epoch), stop
+        writer.on_epoch_end(loop)
+        assert [r["epoch"] for r in json.loads((tmp_path / "history.json").read_text())] == list(range(1, epoch + 1))
+
+    for epoch in (1, 2, 3, 4):
+        end(epoch, 4.0)
+    assert drawn == [1, 4]  # 12 s after the first drawing
+    end(5, 4.0)
+    writer.on_stop(loop)  # e.g. SIGTERM mid-epoch 6: epoch 5 is not drawn yet
+    assert drawn == [1, 4, 5]
+    writer.on_stop(loop)  # nothing new
+    end(6, 1.0, stop=True)  # early stopping
+    end(7, 1.0)  # the last epoch
+    assert drawn == [1, 4, 5, 6, 7]
