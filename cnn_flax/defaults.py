@@ -21,6 +21,7 @@ def base(name: str) -> ml_collections.ConfigDict:
     config.eval_steps = -1  # -1: the whole evaluation split
     config.eval_split = "test"  # the split of the final report
     config.parallel = "jit"  # or "pmap"
+    config.num_devices = 0  # 0: every device of every process; N: the first N of a one-process run
     config.half_precision = False  # bfloat16 compute, float32 parameters and BatchNorm statistics
     # A weight file (Keras .h5, torchvision VGG .pth, .safetensors), hf://user/name[@revision], an export
     # folder, or a workdir / checkpoints/epoch_N of another run.

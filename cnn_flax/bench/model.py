@@ -291,9 +291,10 @@ def compiled_figures(step: Any, *args: Any, name: str, devices: int) -> dict[str
     return figures
 
 
-def matmul_peak(seconds: float, size: int | None = None, clock: Callable[[], float] = time.perf_counter) -> float:
-    """GFLOP/s of a large float32 matrix product on every device, at JAX's default precision as the models'
-    own products run: the best of a phase's timed windows, the machine's practical ceiling.
+def matmul_peak(seconds: float, size: int | None = None, clock: Callable[[], float] = time.perf_counter,
+                devices: int | None = None) -> float:
+    """GFLOP/s of a large float32 matrix product on `devices` devices (default: all), at JAX's default precision
+    as the models' own products run: the best of a phase's timed windows, the machine's practical ceiling.
 
     2048 on a CPU (16 MB per matrix, tens of GFLOP/s per core), 8192 on an accelerator.
     """
@@ -311,7 +312,7 @@ def matmul_peak(seconds: float, size: int | None = None, clock: Callable[[], flo
 
     phase = phase_after_one(seconds, window)
     best = max(phase.steps / elapsed for elapsed in phase.timed_seconds)
-    return 2 * n**3 * best * jax.device_count() / 1e9
+    return 2 * n**3 * best * (jax.device_count() if devices is None else devices) / 1e9
 
 
 def eval_figures(trainer: "Trainer", seconds: float) -> dict[str, Any]:
@@ -338,7 +339,7 @@ def eval_figures(trainer: "Trainer", seconds: float) -> dict[str, Any]:
     figures.update(eval_img_per_s=phase.steps_per_second * trainer.config.batch_size, eval_steps=phase.timed_steps,
                    eval_peak_rss_mb=cli.peak_rss_mb())
     figures.update({k: v for k, v in compiled_figures(predict, variables, batch, name="eval",
-                                                        devices=jax.device_count()).items()
+                                                        devices=parallel.device_count).items()
                     if k in ("eval_temp_mb", "eval_gflop")})
     return figures
 
@@ -398,10 +399,10 @@ def benchmark_figures(config: ml_collections.ConfigDict, seconds: float | None =
             figures.update(eval_figures_)
         run_config = benchmark_config(config, synthetic_steps(config), has_data)
         batch_size = run_config.batch_size
-        figures.update(model=run_config.model.get("name", "?"), batch=batch_size, devices=jax.device_count(),
-                       seconds=seconds)
         start, before = time.perf_counter(), cli.rss_mb()
         trainer = Trainer(run_config)
+        devices = trainer.parallel.device_count
+        figures.update(model=run_config.model.get("name", "?"), batch=batch_size, devices=devices, seconds=seconds)
         figures["model"] = trainer.experiment.model_config.get("name", figures["model"])
         figures["rss_trainer_mb"] = cli.rss_mb() - before
         if not eval_apart:
@@ -421,10 +422,10 @@ def benchmark_figures(config: ml_collections.ConfigDict, seconds: float | None =
 
             figures["input_img_per_s"] = measure_input(trainer.experiment.source, "train", batch_size, input_seconds)
         figures.update(compiled_figures(trainer.train_step, last.state, bare.batch, last.metrics, name="step",
-                                        devices=jax.device_count()))
+                                        devices=devices))
         figures["compiles"] = trainer.compile_count("train")
     figures["peak_rss_mb"] = max(figures["step_peak_rss_mb"], figures["loop_peak_rss_mb"])
-    figures["peak_gflop_per_s"] = matmul_peak(min(seconds, PEAK_SECONDS))
+    figures["peak_gflop_per_s"] = matmul_peak(min(seconds, PEAK_SECONDS), devices=figures["devices"])
     for phase, flops in (("step", "step_gflop"), ("loop", "step_gflop"), ("eval", "eval_gflop")):
         if flops in figures:
             achieved = figures[flops] * figures[f"{phase}_img_per_s"] / batch_size

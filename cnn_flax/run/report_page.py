@@ -27,15 +27,15 @@ log = logging.getLogger("cnn_flax")
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-cpu", "tensorflow", "numpy")
 
 
-def environment() -> dict[str, Any]:
-    """Versions and devices of this process, in the words a bug report needs."""
+def environment(num_devices: int = 0) -> dict[str, Any]:
+    """Versions and the devices of the run (config.num_devices), in the words a bug report needs."""
     versions = {}
     for package in PACKAGES:
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             continue
-    devices = jax.devices()
+    devices = jax.local_devices()[:num_devices] if num_devices > 0 else jax.devices()
     return {"python": platform.python_version(), **versions, "backend": jax.default_backend(),
             "devices": [f"{d.device_kind} ({d.platform}:{d.id})" for d in devices],
             "device count": len(devices), "processes": jax.process_count(),
@@ -76,7 +76,8 @@ def record_run(workdir: str, mode: str, config: ml_collections.ConfigDict | None
     info = _read_info(workdir)
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
     commands = [*info.get("commands", []), {"mode": mode, "command": _command(), "time": now}]
-    info = {"environment": environment(), "commands": commands[-20:],
+    num_devices = int(config.get("num_devices", 0)) if config is not None else 0
+    info = {"environment": environment(num_devices), "commands": commands[-20:],
             "learning_rate_plan": _plan(config) if config is not None else info.get("learning_rate_plan")}
     write_json(os.path.join(workdir, "run_info.json"), info)
     return info

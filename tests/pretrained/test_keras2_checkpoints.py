@@ -58,6 +58,7 @@ def config(init_from: str = FILE, **overrides):
     result.optimizer.update(dict(keras=True, name="sgd", learning_rate=0.005, momentum=0.9, nesterov=True))
     result.schedule.name = "constant"
     result.model.bn_momentum = 0.99  # the file's Keras BatchNorm (the quickstart itself trains with 0.9)
+    result.num_devices = 1
     return with_overrides(result, overrides)
 
 

@@ -332,7 +332,7 @@ def test_predict_mode_end_to_end_matches_keras(vgg16_full, images, tmp_path, cap
     path, _, reference = vgg16_full
     keras_probs = softmax(np.asarray(reference(keras_inputs(images, (224, 224)), training=False)))
     config = vgg16_imagenet.get_config()
-    config.init_from = path
+    config.init_from, config.num_devices = path, 1
     workdir = str(tmp_path / "predict")
     modes.predict(config, workdir, images)
     written = json.load(open(f"{workdir}/predictions.json"))

@@ -155,7 +155,7 @@ def test_a_terminal_shows_bars_then_one_line_per_epoch_and_no_log_records(first_
 
 def test_plain_output_has_no_bars_and_one_line_per_epoch(tmp_path):
     config = quickstart.get_config()
-    config.update(dict(num_epochs=3, steps_per_epoch=2, eval_steps=1, log_every_steps=1))
+    config.update(dict(num_epochs=3, steps_per_epoch=2, eval_steps=1, log_every_steps=1, num_devices=1))
     config.data.image_size = 16
     out = io.StringIO()
     with contextlib.redirect_stderr(out):

@@ -24,7 +24,7 @@ def trained(tmp_path_factory):
                                     horizontal_flip=False))
     # 8x8 (the digits' own size) keeps steps cheap; BatchNorm's running statistics (momentum 0.99) need a
     # few hundred steps before evaluation, which uses them, agrees with training.
-    config.update(dict(num_epochs=24, batch_size=16, checkpoint_every_epochs=24, log_every_steps=100))
+    config.update(dict(num_epochs=24, batch_size=16, checkpoint_every_epochs=24, log_every_steps=100, num_devices=1))
     config.optimizer.update(dict(learning_rate=0.01, momentum=0.9))
     workdir = str(base / "run")
     result = train_and_evaluate(config, workdir)  # prepares the folder first: no files yet

@@ -235,7 +235,8 @@ def test_predict_with_gradcam_refuses_a_layer_the_model_lacks(trained_run):
 @pytest.mark.slow  # compiles the steps for pmap
 def test_a_pmap_run_report_has_the_maps_of_its_mistakes(tmp_path):
     workdir = str(tmp_path)
-    train_and_evaluate(tiny_config(num_epochs=1, steps_per_epoch=2, parallel="pmap", **{"gradcam.mistakes": 2}),
+    train_and_evaluate(tiny_config(num_epochs=1, steps_per_epoch=2, parallel="pmap", num_devices=0,
+                                   **{"gradcam.mistakes": 2}),
                        workdir)
     with Image.open(os.path.join(workdir, "mistakes_gradcam.png")) as figure:
         assert figure.size[1] > figure.size[0] / 2  # two rows of three panels

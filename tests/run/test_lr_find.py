@@ -104,7 +104,7 @@ def test_lr_find_starts_from_init_from(sweep, tmp_path):
 
 @pytest.mark.slow  # compiles the step for pmap
 def test_the_sweep_runs_under_pmap(tmp_path):
-    result = lr_find(_digits(parallel="pmap", **{"lr_find.steps": 4}), str(tmp_path))
+    result = lr_find(_digits(parallel="pmap", num_devices=0, **{"lr_find.steps": 4}), str(tmp_path))
     assert result["stopped"] == "completed 4 steps" and len(result["losses"]) == 4
     assert all(math.isfinite(v) for v in result["losses"])
     np.testing.assert_allclose(result["rates"], sweep_rates(1e-7, 10.0, 4), rtol=1e-12)

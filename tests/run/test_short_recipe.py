@@ -23,7 +23,7 @@ RECIPE = {"num_epochs": 4, "optimizer.name": "adamw", "optimizer.learning_rate":
 def test_four_epochs_of_the_current_recipe_reach_ninety_percent_with_plain_and_averaged_weights(tmp_path):
     from configs import quickstart
 
-    config = with_overrides(quickstart.get_config(), {**RECIPE, "data.image_size": 16})
+    config = with_overrides(quickstart.get_config(), {**RECIPE, "data.image_size": 16, "num_devices": 1})
     with optimized_compiles():  # accum_steps=2 runs the convolutions inside a lax.scan
         result = train_and_evaluate(config, str(tmp_path))
     metrics = result.metrics

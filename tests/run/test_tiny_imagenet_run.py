@@ -15,7 +15,7 @@ def test_prepare_then_train_deeper_googlenet_on_a_small_tiny_imagenet(tmp_path):
     write_tiny_imagenet_root(root)
     config = deeper_exp2_adam.get_config()
     config.data.update(dict(root=root, dir=data_dir, test_per_class=2))
-    config.update(dict(num_epochs=1, batch_size=8, steps_per_epoch=2, checkpoint_every_epochs=1))
+    config.update(dict(num_epochs=1, batch_size=8, steps_per_epoch=2, checkpoint_every_epochs=1, num_devices=1))
     written = modes.prepare(config)
     assert sorted(os.path.basename(p) for p in written) == ["test.hdf5", "train.hdf5", "val.hdf5"]
     summary = modes.summary(config)  # the class count comes from wnids.txt only when the data is read

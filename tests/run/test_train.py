@@ -67,6 +67,8 @@ def test_a_run_leaves_every_documented_file(uninterrupted):
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     report = open(os.path.join(workdir, "report.txt")).read()
     assert "precision" in report and "weighted avg" in report
+    environment = json.load(open(os.path.join(workdir, "run_info.json")))["environment"]
+    assert environment["devices"] == ["cpu (cpu:0)"] and environment["device count"] == 1  # num_devices=1
 
 
 def test_two_epochs_then_four_equal_four_uninterrupted(uninterrupted, tmp_path):
@@ -156,7 +158,7 @@ def test_pmap_path_runs_the_whole_loop(tmp_path):
     # Step-level equality with jit is in test_training_parallel; pmap draws dropout and augmentation per
     # device, so whole runs differ in their random numbers. Here: the loop, checkpoint and report work.
     workdir = str(tmp_path)
-    result = train_and_evaluate(tiny_config(num_epochs=2, parallel="pmap"), workdir)
+    result = train_and_evaluate(tiny_config(num_epochs=2, parallel="pmap", num_devices=0), workdir)
     history = _history(workdir)
     assert [r["epoch"] for r in history] == [1, 2] and all(np.isfinite(r["train_loss"]) for r in history)
     assert 0.0 <= result.metrics["rank1"] <= 1.0
@@ -170,7 +172,7 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
 
 def test_batch_size_not_divisible_by_devices(tmp_path):
     with pytest.raises(UserError, match="batch_size=12 is not divisible by the 8 devices"):
-        train_and_evaluate(tiny_config(batch_size=12), str(tmp_path))
+        train_and_evaluate(tiny_config(batch_size=12, num_devices=0), str(tmp_path))
 
 
 def test_on_device_data_and_half_precision_runs(uninterrupted, tmp_path):
@@ -202,10 +204,11 @@ def test_init_from_another_runs_checkpoint(uninterrupted, tmp_path):
         initial_variables(other)
 
 
-MODERN = {"ema_decay": 0.9, "optimizer.accum_steps": 2, "loss.label_smoothing": 0.1, "optimizer.name": "adamw",
-          "optimizer.weight_decay": 0.01, "optimizer.learning_rate": 0.003, "schedule.name": "warmup_cosine",
-          "schedule.warmup_epochs": 0.5, "optimizer.clip_global_norm": 5.0, "data.augment.mixup_alpha": 0.2,
-          "data.augment.cutmix_alpha": 1.0}
+# On all eight devices: the one whole run here whose batches, gradients and moving average are split over them.
+MODERN = {"num_devices": 0, "ema_decay": 0.9, "optimizer.accum_steps": 2, "loss.label_smoothing": 0.1,
+          "optimizer.name": "adamw", "optimizer.weight_decay": 0.01, "optimizer.learning_rate": 0.003,
+          "schedule.name": "warmup_cosine", "schedule.warmup_epochs": 0.5, "optimizer.clip_global_norm": 5.0,
+          "data.augment.mixup_alpha": 0.2, "data.augment.cutmix_alpha": 1.0}
 
 
 @optimized_compiles()

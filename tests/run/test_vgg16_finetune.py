@@ -35,7 +35,7 @@ def phase(name: str, root: str, data_dir: str, **changes):
     config.data.augment.update(dict(rotation=0.0, zoom=0.0, width_shift=0.0, height_shift=0.0, shear=0.0,
                                     horizontal_flip=False))
     config.update(dict(num_epochs=1, batch_size=8, steps_per_epoch=2, eval_steps=1, checkpoint_every_epochs=1,
-                       **changes))
+                       num_devices=1, **changes))
     return config
 
 
