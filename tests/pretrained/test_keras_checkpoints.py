@@ -123,7 +123,9 @@ def saved(request, tmp_path_factory) -> Saved:
     directory = tmp_path_factory.mktemp(request.param)
     keras.utils.set_random_seed(len(request.param))
     model = case.build(keras, False)
-    model.compile(optimizer=keras_optimizer(case.optimizer), loss="sparse_categorical_crossentropy")
+    # Eagerly: three steps do not repay tracing the train function (twice: the last batch has another size) and
+    # compiling it with XLA, a third of this file's time.
+    model.compile(optimizer=keras_optimizer(case.optimizer), loss="sparse_categorical_crossentropy", run_eagerly=True)
     for step in range(2):
         model.train_on_batch(*digits(case.size, seed=step))
     files = {"hdf5": str(directory / "epoch_2.hdf5"), "keras": str(directory / "epoch_2.keras"),
