@@ -78,6 +78,24 @@ def test_every_zoo_model_round_trips_exactly_with_summary_layer_names(tmp_path, 
         np.testing.assert_array_equal(got, want)
 
 
+def test_files_of_the_safetensors_library_read_the_same_in_every_dtype(tmp_path):
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(3)
+    tensors = {"bf16": rng.normal(size=(5, 3)).astype(ml_dtypes.bfloat16), "f16": rng.normal(size=7).astype(np.float16),
+               "f64": rng.normal(size=(2, 2, 2)), "scalar": np.asarray(3.5, np.float32),
+               "empty": np.zeros((0, 4), np.float32), "flags": np.asarray([True, False, True]),
+               "i8": np.arange(-3, 3, dtype=np.int8), "u16": np.arange(9, dtype=np.uint16).reshape(3, 3)}
+    save_file(tensors, str(tmp_path / "theirs.safetensors"), metadata={"source": "safetensors"})
+    arrays, metadata = read_safetensors(tmp_path / "theirs.safetensors")
+    assert metadata == {"source": "safetensors"} and set(arrays) == set(tensors)
+    for name, expected in tensors.items():
+        got = arrays[name]
+        assert got.dtype == expected.dtype and got.shape == expected.shape and got.flags.writeable, name
+        assert got.tobytes() == expected.tobytes(), name
+
+
 def test_another_models_file_and_damaged_files_are_one_line_errors(tmp_path):
     small = create_model(ZOO["vgg_A"][0])
     shapes = jax.eval_shape(lambda: init_traced(small, (32, 32, 3), jax.random.key(0)))
