@@ -218,8 +218,8 @@ class WriteHistory(Hook):
     """The epoch's log line, history.json and training.png (on process 0).
 
     history.json is written every epoch. training.png is redrawn at the first epoch's end, then at most once
-    every `plot_seconds` and whenever the run ends or stops, so it is never more than that behind: drawing it
-    takes 0.1-0.2 s, as long as a whole epoch of a small network on a CPU.
+    every `plot_seconds` and whenever the run ends or stops, so it lags by at most that and one epoch: drawing
+    it takes 0.1-0.2 s, as long as a whole epoch of a small network on a CPU.
     """
 
     def __init__(self, history: History, files: RunFiles, plot_seconds: float = 10.0) -> None:
