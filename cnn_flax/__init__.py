@@ -2,7 +2,7 @@
 
 Layers, lowest first; each imports only from those below it (pyproject.toml's import-linter contract,
 checked in CI):
-  leaves      errors, atomic, defaults, console, runtime, tensorflow_cpu: import nothing of cnn_flax
+  leaves      errors, atomic, defaults, console, runtime, lazy, tensorflow_cpu: import nothing of cnn_flax
               (tensorflow_cpu only console).
   models      Linen modules and their registry; plain Linen, no knowledge of how they are run.
   data        datasets (sources/), augmentation and preprocessing (augment/), the registry, batching.
@@ -15,19 +15,12 @@ checked in CI):
 launch.py sits on top: flags, logging, the distributed start, then one entry of its MODES table.
 """
 
+from cnn_flax.lazy import lazy_attributes
+
 __version__ = "0.1.0"
 
 # The research entry points, imported on first use so that `import cnn_flax.models` stays cheap.
 _LAZY = {"load_run": "cnn_flax.run.load", "load_model": "cnn_flax.run.load", "Run": "cnn_flax.run.load",
          "Model": "cnn_flax.run.load", "to_nnx": "cnn_flax.models.to_nnx"}
 __all__ = ["__version__", *_LAZY]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'cnn_flax' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

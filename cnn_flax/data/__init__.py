@@ -10,8 +10,9 @@ The names below are imported on first use: `prepare` decodes photos in freshly s
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from cnn_flax.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from cnn_flax.data.augment.keras_affine import affine_warp, random_affine
@@ -48,15 +49,4 @@ __all__ = [
     "random_affine",
     "register_source",
 ]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'cnn_flax.data' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

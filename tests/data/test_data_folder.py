@@ -214,7 +214,7 @@ def test_the_decoding_workers_import_neither_jax_nor_the_rest_of_the_data_packag
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["['cnn_flax',", "'cnn_flax.data',", "'cnn_flax.data.sources',",
-                                   "'cnn_flax.data.sources.images']"]
+                                   "'cnn_flax.data.sources.images',", "'cnn_flax.lazy']"]
     assert set(cnn_flax.data.__all__) == set(cnn_flax.data._LAZY) <= set(dir(cnn_flax.data))
     assert all(getattr(cnn_flax.data, name) is not None for name in cnn_flax.data.__all__)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
