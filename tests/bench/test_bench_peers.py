@@ -84,7 +84,8 @@ def test_a_tiny_peer_run_prints_its_line_without_our_jax_code(framework):
     imported = set(out.strip().splitlines()[-1].split()[1:])
     assert imported == {"cnn_flax", "cnn_flax.bench", "cnn_flax.bench.cli", "cnn_flax.bench.peers",
                         "cnn_flax.bench.peers.deck", "cnn_flax.bench.phases",
-                        "cnn_flax.defaults", "cnn_flax.errors", f"cnn_flax.bench.peers.{framework}_models"}
+                        "cnn_flax.defaults", "cnn_flax.errors", "cnn_flax.lazy",
+                        f"cnn_flax.bench.peers.{framework}_models"}
 
 
 def test_a_missing_framework_or_bad_flag_is_one_line(monkeypatch):
