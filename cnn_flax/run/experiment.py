@@ -30,7 +30,7 @@ from cnn_flax.training.optim import (
     describe_optimizer,
     learning_rate_plan,
 )
-from cnn_flax.training.parallel import batch_norm_axis, check_batch_size, make_parallel, run_devices
+from cnn_flax.training.parallel import batch_norm_axis, check_batch_size, make_parallel
 from cnn_flax.training.param_groups import with_param_groups
 
 log = logging.getLogger("cnn_flax")
@@ -197,12 +197,12 @@ def preprocessors(experiment: Experiment) -> Callable:
 
 
 def setup_parallel(config: ml_collections.ConfigDict):
-    devices = len(run_devices(config.num_devices))
-    check_batch_size(config.batch_size, devices)
-    check_accum_steps(config.optimizer.accum_steps, config.batch_size, devices)
+    parallel = make_parallel(config.parallel, config.num_devices)
+    check_batch_size(config.batch_size, parallel.device_count)
+    check_accum_steps(config.optimizer.accum_steps, config.batch_size, parallel.device_count)
     if config.data.on_device and config.parallel != "jit":
         raise UserError("data.on_device=True needs parallel='jit'; set --config.parallel=jit")
-    return make_parallel(config.parallel, config.num_devices)
+    return parallel
 
 
 def initial_variables(experiment: Experiment) -> dict[str, Any]:
