@@ -99,9 +99,11 @@ def test_a_model_created_with_cpu_kernels_computes_what_plain_linen_computes(nam
     value, grads = jax.jit(jax.value_and_grad(lambda p: loss(fast, p)))(variables["params"])
     np.testing.assert_allclose(value, expected, rtol=1e-5)
     # BatchNorm's gradient sums differently (see below): equal within float32 rounding of the gradients' scale
-    # (a conv bias before BatchNorm has a zero gradient, of which both sides hold rounding noise).
+    # (a conv bias before BatchNorm has a zero gradient, of which both sides hold rounding noise). The largest
+    # difference seen is 2.8e-6 of the scale (on an AMD EPYC; under 1e-6 on the Intel Xeon); a wrong gradient
+    # is off by 1e-2 of it or more.
     scale = max(float(np.abs(leaf).max()) for leaf in jax.tree.leaves(expected_grads))
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale),
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale),
                            grads, expected_grads)
 
 
