@@ -1,9 +1,10 @@
 """What a killed writer leaves: temporaries that say who wrote them, removed by the next run once their writer is dead.
 
 The helpers of `cnn_flax.atomic` are checked against real processes (one that ended, one that still runs,
-a pid taken over by another process, another machine's file); then `--mode=prepare` of a photo folder and
-`--mode=export` are killed with SIGKILL at observed points, and the same command run again must leave
-exactly the files of a run never killed, with the same content.
+a pid taken over by another process, another machine's file); then `--mode=prepare` of a photo folder is
+killed with SIGKILL while it writes each split, and the same command run again must leave exactly the files
+of a run never killed, with the same content. `--mode=export`, killed at random moments and at a fixed one
+while it replaces an export, is checked in the soak (test_soak.py), which trains the run it exports anyway.
 """
 
 import json
@@ -13,13 +14,9 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 from killing import (
-    EXPORT_TRAIN,
     assert_same_hdf5,
-    export_contents,
-    export_outputs,
     freeze_and_kill,
     launch,
     listing,
@@ -182,53 +179,3 @@ def test_a_prepare_beside_a_live_one_leaves_its_temporary_alone(photos, clean_pr
     result = launch(prepare_args(photos, data_dir), log_path)  # nothing to write, but the dead one's file goes
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_prepare(data_dir, clean_prepare)
-
-
-# --- export, killed -------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> tuple[str, str]:
-    """A tiny trained workdir and a clean export of it (in a copy of the workdir)."""
-    base = tmp_path_factory.mktemp("export")
-    workdir = str(base / "run")
-    result = launch([*EXPORT_TRAIN, "--workdir", workdir])
-    assert result.returncode == 0, result.stderr[-3000:]
-    result = launch([*EXPORT_TRAIN, "--workdir", workdir, "--mode=export"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    clean = str(base / "clean_export")
-    os.rename(os.path.join(workdir, "export"), clean)
-    return workdir, clean
-
-
-@pytest.mark.slow
-def test_export_killed_mid_way_then_rerun_equals_a_clean_export(trained_run, tmp_path):
-    workdir, clean = trained_run
-    log_path = str(tmp_path / "export.log")
-    before = listing(workdir)
-
-    def inside_partial(name: str):
-        return lambda: any(os.path.exists(os.path.join(workdir, p, name)) for p in partials(workdir))
-
-    for name in ("model.jax", "saved_model"):  # after the JAX program, and inside the SavedModel's writing
-        run = start([*EXPORT_TRAIN, "--workdir", workdir, "--mode=export"], log_path)
-        wait_for(inside_partial(name), run, log_path, f"{name} was in the export's temporary folder")
-        freeze_and_kill(run)
-        left = partials(workdir)
-        assert len(left) == 1 and left[0].startswith(".export.partial@") and f".{run.pid}." in left[0], left
-        assert not os.path.exists(os.path.join(workdir, "export"))  # nothing that looks finished
-    result = launch([*EXPORT_TRAIN, "--workdir", workdir, "--mode=export"], log_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    export = os.path.join(workdir, "export")
-    assert listing(workdir) == sorted([*before, "export", *(f"export/{p}" for p in listing(export))])
-    assert export_contents(export) == export_contents(clean)
-    for runtime, probabilities in export_outputs(clean).items():
-        np.testing.assert_array_equal(export_outputs(export)[runtime], probabilities, err_msg=runtime)
-
-    # --overwrite: killed once the new folder is nearly done; the old export stays whole until it is replaced.
-    run = start([*EXPORT_TRAIN, "--workdir", workdir, "--mode=export", "--overwrite"], log_path)
-    wait_for(inside_partial("saved_model"), run, log_path, "the new export's SavedModel was being written")
-    freeze_and_kill(run)
-    assert export_contents(export) == export_contents(clean) and len(partials(workdir)) == 1
-    result = launch([*EXPORT_TRAIN, "--workdir", workdir, "--mode=export", "--overwrite"], log_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert not partials(workdir) and export_contents(export) == export_contents(clean)

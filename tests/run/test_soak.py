@@ -2,6 +2,9 @@
 plateau's rate lowering on), of prepare and of export, restarting the same command each time; the finished
 result must equal an uninterrupted run's, with nothing left.
 
+Export is also killed at one fixed moment of an `--overwrite` (its new SavedModel half-written while an
+export exists): the old export must stay whole until the rerun replaces it.
+
 Each writer's uninterrupted run is timed first and the kill moments are drawn (seeded) inside that time, so
 every kill lands while the run works: training's from its start, prepare's and export's from the moment
 their first temporary appears (their start-up, importing libraries, takes most of their time here). What
@@ -31,6 +34,7 @@ from killing import (
     prepare_args,
     saved,
     start,
+    wait_for,
     write_digit_photos,
 )
 
@@ -144,13 +148,35 @@ def test_training_prepare_and_export_survive_kills_at_random_moments(tmp_path):
     clean_workdir = str(tmp_path / "export_clean")
     shutil.copytree(reference, clean_workdir)
     duration = timed([*TRAIN, "--workdir", clean_workdir, "--mode=export"], clean_workdir, temporary)
-    outcomes = [kill_at(export_args, log_path, rng.uniform(0.0, 0.75) * duration, workdir, temporary)
-                for _ in range(2)]
+    export, clean_export = os.path.join(workdir, "export"), os.path.join(clean_workdir, "export")
+    outcomes = []
+    for _ in range(2):
+        outcomes.append(kill_at(export_args, log_path, rng.uniform(0.0, 0.75) * duration, workdir, temporary))
+        # Nothing that looks finished unless it is: an export/ there is the whole export.
+        assert not os.path.exists(export) or export_contents(export) == export_contents(clean_export)
     result = launch(export_args)
     assert result.returncode == 0, result.stderr[-3000:]
     report("export", outcomes)
-    export, clean_export = os.path.join(workdir, "export"), os.path.join(clean_workdir, "export")
-    assert export_contents(export) == export_contents(clean_export)
-    for runtime, probabilities in export_outputs(clean_export).items():
-        np.testing.assert_array_equal(export_outputs(export)[runtime], probabilities, err_msg=runtime)
+    assert_same_export(export, clean_export)
     assert not leftovers(workdir) and not partials(workdir)
+
+    # And at a fixed moment of --overwrite, with an export there: while the new SavedModel is being written
+    # inside the temporary folder. The old export stays whole beside the killed run's one temporary.
+    run = start(export_args, log_path)
+    wait_for(lambda: any(os.path.exists(os.path.join(workdir, p, "saved_model")) for p in partials(workdir)),
+             run, log_path, "the new export's SavedModel was being written")
+    freeze_and_kill(run)
+    left = partials(workdir)
+    assert len(left) == 1 and left[0].startswith(".export.partial@") and f".{run.pid}." in left[0], left
+    assert export_contents(export) == export_contents(clean_export)
+    result = launch(export_args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_export(export, clean_export)
+    assert not leftovers(workdir) and not partials(workdir)
+
+
+def assert_same_export(export: str, clean: str) -> None:
+    """Files, export.json without timings, the JAX program, and equal outputs in every runtime."""
+    assert export_contents(export) == export_contents(clean)
+    for runtime, probabilities in export_outputs(clean).items():
+        np.testing.assert_array_equal(export_outputs(export)[runtime], probabilities, err_msg=runtime)

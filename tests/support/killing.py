@@ -19,6 +19,7 @@ from collections.abc import Callable
 import h5py
 import numpy as np
 from repo_paths import ROOT
+from xla_settings import xla_flags
 
 TIMEOUT = 300
 PARTIAL = re.compile(r"\.partial[@-]")
@@ -33,7 +34,7 @@ def env(devices: int = 1, optimize: bool = False) -> dict[str, str]:
                TF_CPP_MIN_LOG_LEVEL="3",
                JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=xla_flags(devices))
     return out
 
 
@@ -150,11 +151,6 @@ def assert_same_hdf5(path_a: str, path_b: str) -> None:
 
 
 # --- export ---
-
-EXPORT_TRAIN = ["--config", "configs/quickstart.py", "--config.data.image_size=16", "--config.batch_size=32",
-                "--config.steps_per_epoch=2", "--config.num_epochs=1", "--config.eval_steps=1",
-                "--config.export.onnx=no"]
-
 
 def export_contents(folder: str) -> dict:
     """What an export must reproduce: its files, export.json without timings, labels and the JAX program.
