@@ -2,7 +2,9 @@
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from xla_settings import xla_flags
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))  # eight CPU devices; XLA's faster-compiling emitters
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # TensorFlow's plain float32 kernels: its oneDNN ones (bf16/AMX paths on recent CPUs) put Keras's own gradients
 # 1e-3 to 1e-2 off the exact ones, too far for the tests that compare a Keras training step with ours.
