@@ -118,18 +118,33 @@ def ema_decay_at(updates_done: jax.Array | int, decay: float) -> jax.Array:
     return jnp.minimum(jnp.float32(decay), (1.0 + t) / (10.0 + t))
 
 
+def micro_batches_unrolled(choice: bool | None = None) -> bool:
+    """Whether the micro-batches of gradient accumulation run as straight-line code rather than in a loop:
+    `choice`, or when None, on the CPU backend only.
+
+    XLA:CPU runs the convolutions in a loop's body far slower than the same code outside one: MiniVGG on
+    16x16 images, batch 32 in two micro-batches (2 cores, optimizing compiles), took 11.9 s an epoch in a
+    `lax.scan` and 1.2 s unrolled (1.0 s without accumulation); the compile was no slower. On GPU and TPU
+    the loop stays: it keeps one micro-batch's activations in memory at a time, which is what accumulation
+    is for there.
+    """
+    return jax.default_backend() == "cpu" if choice is None else choice
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preprocess: Preprocess, *, seed: int,
                     aux_weight: float = 0.3, l2: float = 0.0, label_smoothing: float = 0.0, accum_steps: int = 1,
                     ema_decay: float = 0.0, ema_warmup: bool = False, axis_name: str | None = None,
                     mixing: Any = None, freeze: str = "",
-                    scaled_tx: Callable[[jax.Array], optax.GradientTransformation] | None = None):
+                    scaled_tx: Callable[[jax.Array], optax.GradientTransformation] | None = None,
+                    unroll_micro_batches: bool | None = None):
     """One optimizer update per call.
 
     `mixing` (data.mixing.Mixing or None) mixes each batch with itself and trains on the mixed targets;
     the accuracy metric stays on the true labels. Under pmap each device mixes within its own shard.
     `freeze` (a regular expression over parameter paths) keeps the BatchNorm statistics of frozen layers.
     With `accum_steps` = k > 1 the batch is cut into k micro-batches (`split_micro_batches`) that run one
-    after the other in a `lax.scan`; their gradients are averaged into one update, so a model without
+    after the other in a `lax.scan` (written out one after the other with `unroll_micro_batches`, by default
+    on the CPU backend: `micro_batches_unrolled`); their gradients are averaged into one update, so a model without
     BatchNorm gets the full batch's gradient. The whole batch is augmented and mixed first, so the
     micro-batches see what the full batch would. BatchNorm normalises each micro-batch with that
     micro-batch's own statistics, and each micro-batch moves the running statistics in turn: k updates of
@@ -166,7 +181,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preproce
         zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
         split = lambda x: split_micro_batches(x, accum_steps)  # noqa: E731
         micro = (jnp.arange(accum_steps), split(images), jax.tree_util.tree_map(split, rows))
-        (grad_sum, batch_stats), (losses, logits) = jax.lax.scan(micro_step, (zeros, state.batch_stats), micro)
+        (grad_sum, batch_stats), (losses, logits) = jax.lax.scan(
+            micro_step, (zeros, state.batch_stats), micro, unroll=micro_batches_unrolled(unroll_micro_batches))
         grads = jax.tree_util.tree_map(lambda g: g / accum_steps, grad_sum)
         return (losses.mean(), (join_micro_batches(logits), batch_stats)), grads
 

@@ -9,7 +9,7 @@ averaged. End to end on the real digits, so marked slow.
 """
 
 import pytest
-from run_configs import optimized_compiles, with_overrides
+from run_configs import with_overrides
 
 from cnn_flax.run.train import train_and_evaluate
 
@@ -24,8 +24,7 @@ def test_four_epochs_of_the_current_recipe_reach_ninety_percent_with_plain_and_a
     from configs import quickstart
 
     config = with_overrides(quickstart.get_config(), {**RECIPE, "data.image_size": 16, "num_devices": 1})
-    with optimized_compiles():  # accum_steps=2 runs the convolutions inside a lax.scan
-        result = train_and_evaluate(config, str(tmp_path))
+    result = train_and_evaluate(config, str(tmp_path))
     metrics = result.metrics
     assert metrics["num_examples"] == 450
     assert metrics["rank1"] >= 0.9 and metrics["ema_rank1"] >= 0.9, metrics

@@ -7,7 +7,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from run_configs import optimized_compiles, tiny_config
+from run_configs import tiny_config
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.util.tensor_util import make_ndarray
 
@@ -211,7 +211,6 @@ MODERN = {"num_devices": 0, "ema_decay": 0.9, "optimizer.accum_steps": 2, "loss.
           "data.augment.mixup_alpha": 0.2, "data.augment.cutmix_alpha": 1.0}
 
 
-@optimized_compiles()
 def test_modern_switches_resume_bit_exactly_and_report_the_moving_average(tmp_path, monkeypatch, capsys):
     from cnn_flax.training.checkpoint import load_variables
 

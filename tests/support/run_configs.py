@@ -8,8 +8,7 @@ import jax
 @contextlib.contextmanager
 def optimized_compiles():
     """XLA's optimizing compiles, as a user's run has them, for tests whose steps (not their compiles) take the
-    time: many steps, large networks (VGG16), or convolutions inside a loop (gradient accumulation's
-    `lax.scan`, which XLA:CPU runs ~10x slower without them). Elsewhere the unoptimized compiles win."""
+    time: many steps, large networks (VGG16). Elsewhere the unoptimized compiles win."""
     jax.config.update("jax_disable_most_optimizations", False)
     try:
         yield

@@ -23,7 +23,7 @@ from cnn_flax.training.optim import (
     learning_rate_plan,
 )
 from cnn_flax.training.state import TrainState, ema_update
-from cnn_flax.training.step import make_train_step, split_micro_batches, training_loss
+from cnn_flax.training.step import make_train_step, micro_batches_unrolled, split_micro_batches, training_loss
 from configs import googlenet_imagenet
 from configs.common import base
 
@@ -240,21 +240,28 @@ def _train(model, tx, steps=1, **options):
     return states, metrics.compute()
 
 
-def test_accumulation_equals_the_full_batch_without_batchnorm():
+# The micro-batches in a loop (GPU and TPU) and written out one after the other (the CPU backend's default).
+UNROLLED = pytest.mark.parametrize("unrolled", [False, True], ids=["loop", "unrolled"])
+
+
+@UNROLLED
+def test_accumulation_equals_the_full_batch_without_batchnorm(unrolled):
     """With label smoothing and mixup/CutMix too: the batch is mixed whole, then split."""
     tx, mixing = optax.adamw(0.01, weight_decay=0.01), Mixing(mixup_alpha=0.4, cutmix_alpha=1.0)
     (_, full), full_metrics = _train(PlainNet(), tx, label_smoothing=0.1, l2=1e-3, mixing=mixing)
-    (_, micro), micro_metrics = _train(PlainNet(), tx, label_smoothing=0.1, l2=1e-3, mixing=mixing, accum_steps=4)
+    (_, micro), micro_metrics = _train(PlainNet(), tx, label_smoothing=0.1, l2=1e-3, mixing=mixing, accum_steps=4,
+                                       unroll_micro_batches=unrolled)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), full.params, micro.params)
     for key in ("loss", "accuracy"):
         assert float(micro_metrics[key]) == pytest.approx(float(full_metrics[key]), abs=1e-6)
 
 
-def test_accumulation_with_batchnorm_normalises_and_updates_per_micro_batch():
+@UNROLLED
+def test_accumulation_with_batchnorm_normalises_and_updates_per_micro_batch(unrolled):
     """Documented behaviour: micro-batch j (rows j, j+k, …) is normalised by its own statistics, the running
     statistics move once per micro-batch in turn, and the update uses the mean of the micro-batch gradients."""
     model, k, lr = NormNet(), 2, 0.1
-    (start, after), _ = _train(model, optax.sgd(lr), accum_steps=k)
+    (start, after), _ = _train(model, optax.sgd(lr), accum_steps=k, unroll_micro_batches=unrolled)
     images, labels = _preprocess(_batch()["image"], None), _batch()["label"]
     batch_stats, grads = start.batch_stats, []
     for j in range(k):
@@ -268,6 +275,11 @@ def test_accumulation_with_batchnorm_normalises_and_updates_per_micro_batch():
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), after.params, expected)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), after.batch_stats, batch_stats)
     np.testing.assert_array_equal(split_micro_batches(jnp.arange(6), 2), [[0, 2, 4], [1, 3, 5]])
+
+
+def test_the_micro_batches_are_unrolled_on_the_cpu_backend_unless_told():
+    assert jax.default_backend() == "cpu" and micro_batches_unrolled() is True
+    assert micro_batches_unrolled(False) is False and micro_batches_unrolled(True) is True
 
 
 def test_ema_in_the_train_step_follows_every_update():
