@@ -8,7 +8,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from run_configs import optimized_compiles, tiny_config
+from run_configs import tiny_config
 
 from cnn_flax.evaluation.lr_find import diverged, smooth, sweep_rates
 from cnn_flax.run.lr_find import lr_find, sweep_optimizer
@@ -48,8 +48,7 @@ def _digits(**overrides):
 def sweep(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("lr_find"))
     config = _digits(**{"lr_find.steps": 120})
-    with optimized_compiles():
-        return config, workdir, lr_find(config, workdir)
+    return config, workdir, lr_find(config, workdir)
 
 
 def test_the_sweep_is_geometric_and_stops_where_the_loss_diverges(sweep):
@@ -84,8 +83,7 @@ def test_the_suggested_rate_trains_and_a_rate_from_the_flat_start_does_not(sweep
     scores = {}
     for name, rate in (("suggested", suggested), ("too_small", 1e-6)):
         run = _digits(num_epochs=2, **{"optimizer.learning_rate": rate, "schedule.name": "constant"})
-        with optimized_compiles():
-            scores[name] = train_and_evaluate(run, str(tmp_path / name)).metrics["rank1"]
+        scores[name] = train_and_evaluate(run, str(tmp_path / name)).metrics["rank1"]
     assert scores["suggested"] >= 0.5, scores  # ten classes: chance is 0.1
     assert scores["too_small"] < 0.3, scores
 
@@ -95,9 +93,8 @@ def test_lr_find_starts_from_init_from(sweep, tmp_path):
     """Weights of another run as the start: the first step's loss is that run's, far below a fresh model's."""
     config, _, result = sweep
     trained = str(tmp_path / "trained")
-    with optimized_compiles():
-        train_and_evaluate(_digits(num_epochs=2), trained)
-        warm = lr_find(_digits(init_from=trained, **{"lr_find.steps": 3}), str(tmp_path / "warm"))
+    train_and_evaluate(_digits(num_epochs=2), trained)
+    warm = lr_find(_digits(init_from=trained, **{"lr_find.steps": 3}), str(tmp_path / "warm"))
     assert warm["losses"][0] < 0.6 * result["losses"][0]
     assert warm["stopped"] == "completed 3 steps" and warm["suggestions"]["steepest"] is None
 
