@@ -31,7 +31,7 @@ jax.config.update("jax_platforms", "cpu")
 # one of them (threshold 0): unoptimized compiles mostly take under a second, so at JAX's threshold each
 # process a test starts compiled them all again. Measured on six end-to-end files: 205 s -> 183 s from an
 # empty cache, 150 s with the cache filled.
-jax.config.update("jax_compilation_cache_dir", CACHE)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])  # CACHE unless set
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
