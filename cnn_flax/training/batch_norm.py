@@ -21,16 +21,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_flax.training.step import micro_batches_unrolled, split_micro_batches
+from cnn_flax.training.step import split_micro_batches
 
 
 def make_batch_stats_step(model: nn.Module, preprocess: Callable, *, accum_steps: int = 1,
-                          start: float = 0.0, unroll_micro_batches: bool | None = None) -> Callable:
+                          start: float = 0.0) -> Callable:
     """`(variables, batch) -> the batch_stats after one update from running statistics all equal to start`.
 
     With accum_steps = k the batch is cut into the k micro-batches training normalised separately, and the
-    result is the mean of their updates (from `start` each); they run one after the other in a loop, or
-    written out as the train step's (`micro_batches_unrolled`: on the CPU backend unless told).
+    result is the mean of their updates (from `start` each).
     """
 
     def moved(variables: dict[str, Any], images: jax.Array) -> Any:
@@ -44,9 +43,6 @@ def make_batch_stats_step(model: nn.Module, preprocess: Callable, *, accum_steps
         if accum_steps == 1:
             return moved(variables, images)
         micro = split_micro_batches(images, accum_steps)
-        if micro_batches_unrolled(unroll_micro_batches):
-            updates = [moved(variables, micro[k]) for k in range(accum_steps)]
-            return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs).mean(axis=0), *updates)
         per_micro = jax.lax.map(lambda part: moved(variables, part), micro)  # [k, ...] per leaf
         return jax.tree_util.tree_map(lambda x: x.mean(axis=0), per_micro)
 
