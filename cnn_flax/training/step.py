@@ -143,9 +143,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, preproce
     the accuracy metric stays on the true labels. Under pmap each device mixes within its own shard.
     `freeze` (a regular expression over parameter paths) keeps the BatchNorm statistics of frozen layers.
     With `accum_steps` = k > 1 the batch is cut into k micro-batches (`split_micro_batches`) that run one
-    after the other in a `lax.scan` (written out one after the other with `unroll_micro_batches`, by default
-    on the CPU backend: `micro_batches_unrolled`); their gradients are averaged into one update, so a model without
-    BatchNorm gets the full batch's gradient. The whole batch is augmented and mixed first, so the
+    after the other in a `lax.scan`, written out rather than looped where `micro_batches_unrolled` says (the
+    CPU backend, unless `unroll_micro_batches` chooses); their gradients are averaged into one update, so a
+    model without BatchNorm gets the full batch's gradient. The whole batch is augmented and mixed first, so the
     micro-batches see what the full batch would. BatchNorm normalises each micro-batch with that
     micro-batch's own statistics, and each micro-batch moves the running statistics in turn: k updates of
     the running averages per optimizer step, as k separate forward passes in train mode would. With

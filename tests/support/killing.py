@@ -26,13 +26,13 @@ PARTIAL = re.compile(r"\.partial[@-]")
 
 
 def env(devices: int = 1, optimize: bool = False) -> dict[str, str]:
-    """CPU devices as on a laptop; compiled programs are shared with the other tests through the cache.
+    """CPU devices as on a laptop; compiled programs are shared with the other tests through the cache
+    (conftest's $JAX_COMPILATION_CACHE_DIR, inherited).
 
     `optimize`: XLA's optimizing compiles, as a user's run has them, for a run whose steps (not its compiles)
     take the time (the quickstart's three epochs: 31 s without them, 18 s with, from a filled cache)."""
     out = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="0" if optimize else "1",
                TF_CPP_MIN_LOG_LEVEL="3",
-               JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".jax_cache")),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                XLA_FLAGS=xla_flags(devices))
     return out
