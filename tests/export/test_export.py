@@ -11,7 +11,6 @@ benchmark lines) share one one-layer export.
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -22,8 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from random_weights import random_variables
 from repo_paths import ROOT  # noqa: E402
 from run_configs import tiny_config
+from xla_settings import xla_flags
 
 from cnn_flax.data.augment.preprocess import normalize
 from cnn_flax.data.dataset import DatasetInfo
@@ -70,25 +71,6 @@ FAMILIES = {
 # One batch size per network: each size is one more compile for JAX and TensorFlow. The export checks ONNX
 # at batch 2 and TFLite stores batch 1; the quickstart's files also run batches 1 and 3 in turn, one load each.
 ZOO_BATCHES, QUICKSTART_BATCHES = [3], [1, 3]
-
-
-def random_variables(model, size: int, seed: int, first_kernel_scale: float = 1.0) -> dict:
-    """Training-mode variables (GoogLeNet's auxiliary heads included), He-scaled so softmax is not saturated."""
-    shapes = jax.eval_shape(lambda: init_traced(model, (size, size, 3), jax.random.key(0)))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            scale = first_kernel_scale if leaf.ndim == 4 and leaf.shape[-2] == 3 else 1.0  # RGB in: the first
-            return rng.normal(0, scale * math.sqrt(1.0 / math.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
-        if name == "var":
-            return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-        if name == "scale":
-            return (1 + 0.1 * rng.normal(size=leaf.shape)).astype(np.float32)
-        return (0.05 * rng.normal(size=leaf.shape)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, {k: v for k, v in shapes.items() if k != "intermediates"})
 
 
 def synthetic_info(size: int, num_classes: int) -> DatasetInfo:
@@ -167,8 +149,9 @@ def separate_process(zoo, trained, tmp_path_factory):
                          batches=batches))
     with open(root / "spec.json", "w") as handle:
         json.dump(spec, handle)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
-    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"  # as in this process: compiles are the slow part
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # As in this process, on one device: compiles are the slow part.
+    env.update(JAX_DISABLE_MOST_OPTIMIZATIONS="1", XLA_FLAGS=xla_flags(1))
     done = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "support", "export_artifacts_check.py"),
                            str(root / "spec.json")], cwd=str(root), env=env, capture_output=True, text=True,
                           timeout=900)

@@ -25,7 +25,7 @@ from PIL import Image
 from repo_paths import ROOT  # noqa: E402
 
 from cnn_flax.errors import UserError
-from cnn_flax.models import create_model, init_variables
+from cnn_flax.models import create_model, init_traced, init_variables
 from cnn_flax.pretrained import imagenet_class_names
 from cnn_flax.pretrained.safetensors_io import save_variables
 from cnn_flax.pretrained.torch_pickle import read_torch_file
@@ -83,8 +83,9 @@ def saved_state(path: str) -> dict:
 
 
 def ours(variant: str, size: int, **options):
+    """Our VGG and the shapes of its variables: a file gives every weight, so nothing needs initialising."""
     model = create_model({"name": "vgg", "variant": variant, "num_classes": 1000, **options})
-    return model, init_variables(model, jax.random.key(0), (size, size, 3))
+    return model, jax.eval_shape(lambda: init_traced(model, (size, size, 3), jax.random.key(0)))
 
 
 def test_reader_gives_torchs_numbers_for_both_file_layouts_without_torch(tmp_path):
@@ -163,7 +164,7 @@ def test_every_columns_convolutions_equal_torchvisions(references, variant):
     path, expected = references[f"vgg_{variant}.pth"]
     model, template = ours(variant, 32, include_top=False)
     variables = load_weight_file(path, model, template, (32, 32, 3))
-    got = np.asarray(model.apply(variables, COLUMN_IMAGES, train=False))
+    got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, COLUMN_IMAGES))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
@@ -181,33 +182,40 @@ def test_wrong_column_batchnorm_files_and_sizes_are_one_line_errors(references):
         load_weight_file(vgg11, model, template, (32, 32, 3))
 
 
-def _full_model_check(tmp_path, variant: str, file_kind: str) -> None:
-    images = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)
-    # the stream-of-pickles layout torchvision's published VGG files have, or timm's Hub file: model.safetensors
-    # in timm's layout, written by the safetensors library
-    name, layout = (f"vgg_{variant}.pth", "legacy") if file_kind == "pth" else ("model.safetensors", "timm")
-    path, expected = torchvision_references(tmp_path, {name: dict(kind="full", variant=variant, layout=layout,
-                                                                  images=images)})[name]
+FULL_IMAGES = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)
+# The stream-of-pickles layout torchvision's published VGG files have, and timm's Hub file: model.safetensors in
+# timm's layout, written by the safetensors library.
+FULL_NETWORKS = {"vgg_A.pth": dict(kind="full", variant="A", layout="legacy", images=FULL_IMAGES),
+                 "model.safetensors": dict(kind="full", variant="D", layout="timm", images=FULL_IMAGES)}
+
+
+@pytest.fixture(scope="module")
+def full_references(tmp_path_factory) -> dict[str, tuple[str, np.ndarray | None]]:
+    """Both full networks from one start of torch (the slow tests')."""
+    return torchvision_references(tmp_path_factory.mktemp("torchvision_full"), FULL_NETWORKS)
+
+
+def _full_model_check(full_references, name: str, variant: str) -> None:
+    path, expected = full_references[name]
     model, template = ours(variant, 224)
     variables = load_weight_file(str(path), model, template, (224, 224, 3))
-    got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
+    got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, FULL_IMAGES))
     assert got.shape == (1, 1000)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     assert np.argmax(got) == np.argmax(expected)
     with pytest.raises(UserError, match=r"the classifier reads a 7x7x512 feature map \(224x224 images\) but the model "
                                         r"is built for 64x64: set data.image_size=224, or use include_top=False"):
-        small, small_template = ours(variant, 64)
-        load_weight_file(str(path), small, small_template, (64, 64, 3))
+        load_weight_file(str(path), *ours(variant, 64), (64, 64, 3))
 
 
 @pytest.mark.slow
-def test_vgg_a_from_a_torchvision_pth_gives_torchvisions_logits(tmp_path):
-    _full_model_check(tmp_path, "A", "pth")
+def test_vgg_a_from_a_torchvision_pth_gives_torchvisions_logits(full_references):
+    _full_model_check(full_references, "vgg_A.pth", "A")
 
 
 @pytest.mark.slow
-def test_vgg_d_from_a_timm_safetensors_file_gives_torchvisions_logits(tmp_path):
-    _full_model_check(tmp_path, "D", "safetensors")
+def test_vgg_d_from_a_timm_safetensors_file_gives_torchvisions_logits(full_references):
+    _full_model_check(full_references, "model.safetensors", "D")
 
 
 def test_a_new_classifier_keeps_the_models_own_layer(references, tmp_path):

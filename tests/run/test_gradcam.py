@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 from PIL import Image
+from random_weights import random_variables
 from run_configs import tiny_config
 
 from cnn_flax.errors import UserError
@@ -135,7 +136,7 @@ ZOO = [
     pytest.param(dict(name="deepergooglenet", num_classes=7, stage4=False), 64, "inception_3b",
                  id="deepergooglenet"),
     pytest.param(dict(name="vgg", variant="A-LRN", num_classes=4), 32, "block5_conv2", id="vgg",
-                 marks=pytest.mark.slow),  # 28M parameters: most of a minute on a CPU
+                 marks=pytest.mark.slow),  # 28M parameters
     # 224: GoogLeNet's final 7x7 average pool needs 7x7 maps; its auxiliary heads exist only in training.
     pytest.param(dict(name="googlenet", num_classes=6, aux_heads=True), 224, "inception_5b", id="googlenet",
                  marks=pytest.mark.slow),
@@ -145,16 +146,22 @@ ZOO = [
 @pytest.mark.parametrize(("model_config", "size", "layer"), ZOO)
 def test_every_zoo_architecture_gives_a_map_at_its_last_convolution(model_config, size, layer):
     model = create_model(model_config, cpu_kernels=True)
-    variables = init_variables(model, jax.random.key(0), (size, size, 3))
+    variables = random_variables(model, size, seed=0)  # any weights: the maps are compared with Flax's own
     variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
     images = np.random.default_rng(1).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
-    cam = GradCam(model, variables, scaled, (size, size, 3))
+    cam = GradCam(model, variables, scaled, (size, size, 3), batch_size=len(images))
     assert cam.layer == layer == feature_layers(model, (size, size, 3))[-1]
     features, gradients = cam.features_and_gradients(images, [1, 3])
+
     # The feature map is the layer's output as Flax itself records it.
-    _, recorded = model.apply(variables, scaled(jnp.asarray(images)), train=False, mutable=["intermediates"],
-                              capture_intermediates=lambda m, method: m.scope.path == (layer,) and method == "__call__")
-    np.testing.assert_allclose(features, recorded["intermediates"][layer]["__call__"][0], rtol=1e-5, atol=1e-6)
+    @jax.jit
+    def recorded(variables, images):
+        at_layer = lambda m, method: m.scope.path == (layer,) and method == "__call__"  # noqa: E731
+        _, state = model.apply(variables, scaled(images), train=False, mutable=["intermediates"],
+                               capture_intermediates=at_layer)
+        return state["intermediates"][layer]["__call__"][0]
+
+    np.testing.assert_allclose(features, recorded(variables, images), rtol=1e-5, atol=1e-6)
     assert np.abs(gradients).max() > 0
     maps = cam.maps(images, [1, 3])
     assert maps.shape == (2, *features.shape[1:3]) and np.all(np.isfinite(maps)) and np.all(maps >= 0)
