@@ -167,6 +167,15 @@ def test_digits_split_resize_and_channels():
     assert big.info.image_shape == (32, 32, 3) and big.arrays("train")[0].dtype == np.uint8
 
 
+def test_digits_resized_once_per_size_give_every_source_its_own_arrays():
+    first = make_source(ConfigDict({"name": "digits", "image_size": 12})).arrays("train")[0]
+    kept = first.copy()
+    first[:] = 0  # a source's arrays are its own: writing into them changes no later source's
+    again = make_source(ConfigDict({"name": "digits", "image_size": 12})).arrays("train")[0]
+    np.testing.assert_array_equal(again, kept)
+    assert again.flags.writeable and not np.shares_memory(again, first)
+
+
 def test_digits_come_from_scikit_learns_own_loader_where_its_file_is_elsewhere(monkeypatch):
     from cnn_flax.data.sources import digits
 
