@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 
 from cnn_flax.errors import UserError
-from cnn_flax.evaluation.files import new_figure, save_captioned_grid, save_figure, write_json, write_text
+from cnn_flax.evaluation.files import (
+    CaptionedGrid,
+    new_figure,
+    save_captioned_grid,
+    save_figure,
+    write_json,
+    write_text,
+)
 from cnn_flax.evaluation.metrics import rank_accuracies
 
 # Above this many classes a confusion matrix cell is too small for a number or a class name.
@@ -138,7 +145,7 @@ def plot_predictions(
     max_images: int = 25,
     notes: Sequence[str] | None = None,
     title: str = "Predictions",
-) -> None:
+) -> CaptionedGrid:
     """Save a grid of the first `max_images` images titled "pred: X / true: Y", mistakes red, hits green.
 
     images: uint8 [N, H, W, 3] (or [N, H, W] / [N, H, W, 1] grayscale), the raw pixels, not normalised.
@@ -159,7 +166,7 @@ def plot_predictions(
         caption = f"pred: {_short_name(names[predictions[i]])} / true: {_short_name(names[labels[i]])}"
         captions.append(caption + (f"\n{notes[i]}" if notes is not None and notes[i] else ""))
     colours = ["green" if predictions[i] == labels[i] else "red" for i in range(count)]
-    save_captioned_grid(images[:count], captions, colours, cols, path, title)
+    return save_captioned_grid(images[:count], captions, colours, cols, path, title)
 
 
 def _optional_float(value: Any) -> float | None:

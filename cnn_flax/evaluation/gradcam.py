@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from cnn_flax.atomic import atomic_file
-from cnn_flax.evaluation.files import save_captioned_grid
+from cnn_flax.evaluation.files import CaptionedGrid, save_captioned_grid
 
 # The overlay files of small inputs (digits' and CIFAR-10's 32x32) are enlarged to at least this many pixels a
 # side, by whole pixels, so the map can be seen; the heat map itself is interpolated to that size.
@@ -124,7 +124,7 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
 
 
 def plot_mistake_maps(images: Any, true_maps: Any, predicted_maps: Any, captions: Sequence[tuple[str, str, str]],
-                      path: str | os.PathLike, title: str = "Where the network looked (Grad-CAM)") -> None:
+                      path: str | os.PathLike, title: str = "Where the network looked (Grad-CAM)") -> CaptionedGrid:
     """A figure with one row per image: the image, the map of its true class, the map of the predicted class.
 
     captions: per row (image caption, true-class caption, predicted-class caption). The image is enlarged by
@@ -140,5 +140,5 @@ def plot_mistake_maps(images: Any, true_maps: Any, predicted_maps: Any, captions
     tiles = []
     for image, true_map, predicted_map in zip(images, true_maps, predicted_maps, strict=True):
         tiles += [overlay(image, true_map, alpha=0.0), overlay(image, true_map), overlay(image, predicted_map)]
-    save_captioned_grid(np.stack(tiles), [text for row in captions for text in row], ["black", "green", "red"] * count,
-                        3, path, title, tile_inches=2.4)
+    return save_captioned_grid(np.stack(tiles), [text for row in captions for text in row],
+                               ["black", "green", "red"] * count, 3, path, title)

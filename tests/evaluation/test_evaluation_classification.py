@@ -5,7 +5,6 @@ import re
 
 import numpy as np
 import pytest
-from matplotlib.colors import to_rgb
 from PIL import Image
 
 from cnn_flax.errors import UserError
@@ -126,45 +125,49 @@ def test_confusion_matrix_for_many_classes_drops_cell_numbers_and_names(tmp_path
     assert len(ax.get_xticks()) <= 20
 
 
-def test_prediction_grid(tmp_path, captured_figures):
+def test_prediction_grid(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(5, 16, 16, 3), dtype=np.uint8)
     labels = np.array([0, 1, 2, 0, 1])
     predictions = np.array([0, 2, 2, 1, 1])
     path = tmp_path / "predictions.png"
-    plot_predictions(images, labels, predictions, NAMES, path)
+    grid = plot_predictions(images, labels, predictions, NAMES, path)
     _assert_png(path, min_side=200)
-    figure = captured_figures[0]
-    assert figure.get_suptitle() == "Predictions"
-    assert len(figure.axes) == 1  # one image of every tile, captions as its texts
-    titles = figure.axes[0].texts
-    assert [t.get_text() for t in titles] == [
+    assert grid.title == "Predictions"
+    assert grid.captions == [
         "pred: cat / true: cat",
         "pred: bird / true: dog",
         "pred: bird / true: bird",
         "pred: dog / true: cat",
         "pred: dog / true: dog",
     ]
-    red, green = to_rgb("red"), to_rgb("green")
-    assert [to_rgb(t.get_color()) for t in titles] == [green, red, green, red, green]
-    # 3 columns (ceil of sqrt 5), 2 rows, one cell left white; each caption centred over its own tile
-    mosaic = figure.axes[0].images[0].get_array()
-    band, gap = round(16 * 0.22), round(16 * 0.1)
-    assert mosaic.shape == (2 * (band + 16), 3 * (16 + gap) - gap, 3)
-    for i, text in enumerate(titles):
-        top, left = (i // 3) * (band + 16) + band, (i % 3) * (16 + gap)
-        np.testing.assert_array_equal(mosaic[top:top + 16, left:left + 16], images[i])
-        assert text.get_position() == (left + 8, top - 0.5)
-    assert (mosaic[band + 16 + band:, 2 * (16 + gap):] == 255).all()
+    assert grid.colours == ["green", "red", "green", "red", "green"]
+    with Image.open(path) as saved:
+        np.testing.assert_array_equal(np.asarray(saved.convert("RGB")), grid.image)  # the PNG is what was drawn
+    # 3 columns (ceil of sqrt 5), 2 rows: each tile enlarged by whole pixels (nearest), one cell left white
+    side = 16 * grid.scale
+    assert grid.scale == 15
+    assert len({top for top, _ in grid.corners}) == 2 and len({left for _, left in grid.corners}) == 3
+    for (top, left), image in zip(grid.corners, images, strict=True):
+        np.testing.assert_array_equal(grid.image[top:top + side, left:left + side],
+                                      np.repeat(np.repeat(image, 15, 0), 15, 1))
+    (_, first_left), (bottom, _) = grid.corners[0], grid.corners[-1]
+    third_left = grid.corners[2][1]
+    assert (grid.image[bottom:bottom + side, third_left:third_left + side] == 255).all()
+    # the captions are drawn above their tiles, in their colour: red above the first mistake
+    caption = grid.image[grid.corners[1][0] - 14:grid.corners[1][0], grid.corners[1][1]:grid.corners[1][1] + side]
+    assert ((caption[..., 0] > 200) & (caption[..., 1] < 80)).any()
+    above_hit = grid.image[grid.corners[0][0] - 14:grid.corners[0][0], first_left:first_left + side]
+    assert not ((above_hit[..., 0] > 200) & (above_hit[..., 1] < 80)).any()
 
 
-def test_prediction_grid_limits_images_and_shortens_long_names(tmp_path, captured_figures):
+def test_prediction_grid_limits_images_and_shortens_long_names(tmp_path):
     images = np.zeros((30, 8, 8, 1), dtype=np.uint8)
     names = ["goldfish, Carassius auratus", "European fire salamander, Salamandra salamandra"]
     labels = np.ones(30, dtype=int)
-    plot_predictions(images, labels, np.zeros(30, dtype=int), names, tmp_path / "p.png", max_images=4)
-    titles = [text.get_text() for text in captured_figures[0].axes[0].texts]
-    assert titles == ["pred: goldfish / true: European fire…"] * 4
+    grid = plot_predictions(images, labels, np.zeros(30, dtype=int), names, tmp_path / "p.png", max_images=4)
+    assert grid.captions == ["pred: goldfish / true: European fire…"] * 4
+    assert grid.image.shape[2] == 3 and len(grid.corners) == 4  # grayscale drawn as RGB
 
 
 def test_write_evaluation_writes_every_file(tmp_path):
