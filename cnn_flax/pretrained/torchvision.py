@@ -140,12 +140,11 @@ def _first_dense(path: str, weight: np.ndarray, ours: tuple[int, ...], input_sha
         side = round((weight.shape[1] // 512) ** 0.5)
         weight = weight.reshape(out, 512, side, side)
     side = weight.shape[2]
-    kernel = _channels_last_rows(weight)
-    if kernel.shape != tuple(ours):
+    if (weight.shape[1] * weight.shape[2] * weight.shape[3], out) != tuple(ours):  # before the costly reordering
         raise UserError(f"{path}: the classifier reads a {side}x{side}x512 feature map ({side * 32}x{side * 32} "
                         f"images) but the model is built for {input_shape[0]}x{input_shape[1]}: set "
                         f"data.image_size={side * 32}, or use include_top=False")
-    return kernel
+    return _channels_last_rows(weight)
 
 
 def _channels_last_rows(weight: np.ndarray, tile: int = 64) -> np.ndarray:
