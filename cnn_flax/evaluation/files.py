@@ -66,7 +66,8 @@ def _font(pixels: int) -> Any:
     from PIL import ImageFont
 
     spec = importlib.util.find_spec("matplotlib")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
         path = os.path.join(folder, _FONT_FILE)
         if os.path.isfile(path):
             return ImageFont.truetype(path, pixels)
