@@ -170,6 +170,26 @@ def test_prediction_grid_limits_images_and_shortens_long_names(tmp_path):
     assert grid.image.shape[2] == 3 and len(grid.corners) == 4  # grayscale drawn as RGB
 
 
+def test_grid_captions_fall_back_to_pillows_font_without_matplotlibs(tmp_path, monkeypatch):
+    import importlib.util
+
+    from cnn_flax.evaluation import files
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "matplotlib"
+                        else real(name, *args))
+    files._font.cache_clear()
+    try:
+        grid = plot_predictions(np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1]), np.array([1, 1]), NAMES,
+                                tmp_path / "p.png")
+    finally:
+        files._font.cache_clear()
+    _assert_png(tmp_path / "p.png", min_side=200)
+    top, left = grid.corners[0]  # a mistake: its caption drawn in red above it
+    caption = grid.image[top - 16:top, left:left + 8 * grid.scale]
+    assert ((caption[..., 0] > 200) & (caption[..., 1] < 80)).any()
+
+
 def test_write_evaluation_writes_every_file(tmp_path):
     # 6 classes; the label's score is, by hand: 1st, 3rd, 6th (last), 1st -> rank-1 2/4, rank-5 3/4.
     scores = np.array(
