@@ -178,12 +178,11 @@ def test_grid_captions_fall_back_to_pillows_font_without_matplotlibs(tmp_path, m
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "matplotlib"
                         else real(name, *args))
-    files._font.cache_clear()
-    try:
-        grid = plot_predictions(np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1]), np.array([1, 1]), NAMES,
-                                tmp_path / "p.png")
-    finally:
-        files._font.cache_clear()
+    # Sizes no grid has used yet, so the fonts are looked up now (each size's font is kept once found).
+    monkeypatch.setattr(files, "CAPTION_PIXELS", files.CAPTION_PIXELS + 1)
+    monkeypatch.setattr(files, "TITLE_PIXELS", files.TITLE_PIXELS + 1)
+    grid = plot_predictions(np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1]), np.array([1, 1]), NAMES,
+                            tmp_path / "p.png")
     _assert_png(tmp_path / "p.png", min_side=200)
     top, left = grid.corners[0]  # a mistake: its caption drawn in red above it
     caption = grid.image[top - 16:top, left:left + 8 * grid.scale]
