@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from cnn_flax.errors import UserError
-from cnn_flax.models import create_model, init_traced, init_variables
+from cnn_flax.models import create_model, init_variables
 from cnn_flax.pretrained import load_keras_weights
 from cnn_flax.pretrained.keras_h5 import read_keras_checkpoint
 from cnn_flax.training.keras_optim import restore_keras_slots
@@ -40,6 +40,7 @@ from configs.common import base
 
 keras = pytest.importorskip("keras")
 import keras_models  # noqa: E402  (tests/ is on the path; after the Keras skip)
+from random_weights import variable_shapes  # noqa: E402
 
 BATCH = 16
 
@@ -153,11 +154,6 @@ def ours(case: Case):
     return model, init_variables(model, jax.random.key(0), shape), shape
 
 
-def shapes_of(model, shape: tuple[int, ...]) -> dict:
-    """The variables' shapes alone: enough for a file that gives every weight, or for a load that must fail."""
-    return jax.eval_shape(lambda: init_traced(model, shape, jax.random.key(0)))
-
-
 def assert_close(ours_: np.ndarray, theirs: np.ndarray, rtol: float) -> None:  # relative to the largest
     np.testing.assert_allclose(ours_, theirs, rtol=rtol, atol=rtol * float(np.max(np.abs(theirs))))
 
@@ -253,17 +249,17 @@ def test_wrong_architecture_and_damaged_files_are_one_line_errors(saved, tmp_pat
     other = create_model(dict(case.model, num_classes=7))
     shape = (case.size, case.size, 3)
     with pytest.raises(UserError) as error:
-        load_keras_weights(path, other, shapes_of(other, shape), shape)
+        load_keras_weights(path, other, variable_shapes(other, shape), shape)
     assert re.fullmatch(re.escape(f"{path}: layer logits (the file's ") + r"dense(_\d+)?" + re.escape(
         ") has kernel (336, 10) in the file but (336, 7) in the model; the file classifies 10 classes: set "
         "model.num_classes=10 or skip this layer (init_skip=logits)"), str(error.value))
     elu = create_model(dict(case.model, activation="elu"))
     with pytest.raises(UserError, match=r"the file's network uses relu where the model uses elu; set "
                                         r"--config.model.activation=relu$"):
-        load_keras_weights(path, elu, shapes_of(elu, shape), shape)
+        load_keras_weights(path, elu, variable_shapes(elu, shape), shape)
     deeper = create_model(dict(name="deepergooglenet", num_classes=10, stage4=False))
     with pytest.raises(UserError) as error:
-        load_keras_weights(path, deeper, shapes_of(deeper, (64, 64, 3)), (64, 64, 3))
+        load_keras_weights(path, deeper, variable_shapes(deeper, (64, 64, 3)), (64, 64, 3))
     assert str(error.value).startswith(f"{path}: layer conv1_5x5/conv (the file's conv2d") and \
         "has kernel (3, 3, 3, 96) in the file but (5, 5, 3, 64) in the model" in str(error.value)
     model, template, _ = ours(case)
@@ -288,7 +284,7 @@ def test_every_format_of_another_network_or_truncated_is_a_one_line_error(saved,
         pytest.skip("the case with every format is enough")
     shape = (case.size, case.size, 3)
     other = create_model(dict(case.model, num_classes=7))
-    other_template = shapes_of(other, shape)
+    other_template = variable_shapes(other, shape)
     model, template, _ = ours(case)
     for fmt, path in saved.files.items():
         with pytest.raises(UserError) as error:
@@ -340,7 +336,7 @@ def test_networks_without_batch_norm_load_from_keras_files(name, tmp_path):
                           and len(keras_model.outputs) > 1 else keras_model(images, training=False))
     model = create_model(config)
     shape = (size, size, 3)
-    template = shapes_of(model, shape)  # the file gives every weight
+    template = variable_shapes(model, shape)  # the file gives every weight
     logits = jax.jit(lambda v, x: model.apply(v, x, train=False))
     for suffix in ("h5", "keras"):
         path = str(tmp_path / f"{name}.{suffix}")
@@ -411,12 +407,12 @@ def test_deeper_googlenet_4a_4e_and_vgg_b_c_load_from_keras_files(name, tmp_path
     keras_model.save(path)
     model = create_model(config)
     shape = (size, size, 3)
-    template = shapes_of(model, shape)
+    template = variable_shapes(model, shape)
     variables = load_keras_weights(path, model, template, shape)
     assert_close(np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)), expected, 1e-4)
     changes, message = MISFITS[name]
     other = create_model(dict(config, **changes))
     with pytest.raises(UserError) as error:
-        load_keras_weights(path, other, shapes_of(other, shape), shape)
+        load_keras_weights(path, other, variable_shapes(other, shape), shape)
     assert str(error.value).startswith(path) and "\n" not in str(error.value)
     assert re.search(message, str(error.value)), str(error.value)

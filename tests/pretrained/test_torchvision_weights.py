@@ -22,10 +22,11 @@ import ml_dtypes
 import numpy as np
 import pytest
 from PIL import Image
+from random_weights import variable_shapes
 from repo_paths import ROOT  # noqa: E402
 
 from cnn_flax.errors import UserError
-from cnn_flax.models import create_model, init_traced, init_variables
+from cnn_flax.models import create_model, init_variables
 from cnn_flax.pretrained import imagenet_class_names
 from cnn_flax.pretrained.safetensors_io import save_variables
 from cnn_flax.pretrained.torch_pickle import read_torch_file
@@ -85,7 +86,7 @@ def saved_state(path: str) -> dict:
 def ours(variant: str, size: int, **options):
     """Our VGG and the shapes of its variables: a file gives every weight, so nothing needs initialising."""
     model = create_model({"name": "vgg", "variant": variant, "num_classes": 1000, **options})
-    return model, jax.eval_shape(lambda: init_traced(model, (size, size, 3), jax.random.key(0)))
+    return model, variable_shapes(model, (size, size, 3))
 
 
 def test_reader_gives_torchs_numbers_for_both_file_layouts_without_torch(tmp_path):

@@ -1,8 +1,8 @@
-"""Random weights for a zoo network without running its initialiser.
+"""A zoo network's variables without running its initialiser: their shapes, or random numpy weights.
 
 Initialising the real way compiles and runs the whole network once more (GoogLeNet at 224x224: four seconds
-from an empty compile cache); tests that compare two computations of one network take any weights. The
-shapes come from `jax.eval_shape`, the values from numpy.
+from an empty compile cache). A weight file that gives every weight needs only the shapes; tests that compare
+two computations of one network take any weights.
 """
 
 import math
@@ -13,11 +13,16 @@ import numpy as np
 from cnn_flax.models import init_traced
 
 
+def variable_shapes(model, input_shape: tuple[int, ...]) -> dict:
+    """Every collection's shapes and dtypes (`jax.ShapeDtypeStruct` leaves), traced, never compiled."""
+    return jax.eval_shape(lambda: init_traced(model, tuple(input_shape), jax.random.key(0)))
+
+
 def random_variables(model, size: int, seed: int, first_kernel_scale: float = 1.0) -> dict:
     """Every collection but `intermediates` (GoogLeNet's auxiliary heads included) for `size`x`size` RGB
     images: kernels He-scaled by fan-in so that a softmax is not saturated, BatchNorm statistics and scales
     near 1, small biases. `first_kernel_scale` scales the RGB-in kernels (pixel-scale inputs)."""
-    shapes = jax.eval_shape(lambda: init_traced(model, (size, size, 3), jax.random.key(0)))
+    shapes = variable_shapes(model, (size, size, 3))
     rng = np.random.default_rng(seed)
 
     def fill(path, leaf):
